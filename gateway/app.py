@@ -1,0 +1,107 @@
+"""The ASGI app: where the steps meet, in one short function (`Gateway.handle`)."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from gateway.config import Config
+from gateway.credentials import bearer_token
+from gateway.decision import Grant, authorize, is_public, route
+from gateway.errors import Refusal, render
+from gateway.keys import KeyStore
+from gateway.proxy import ClientDisconnected, Forwarder
+from gateway.tokens import TokenVerifier
+from gateway.types import Headers, Receive, Scope, Send
+from gateway.upstream import HttpxUpstream, Origin, UpstreamClient
+
+logger = logging.getLogger("gateway")
+
+
+def raw_path(scope: Scope) -> bytes:
+    raw = scope.get("raw_path")
+    if raw is None:
+        # a server without raw_path: re-encode the decoded path, so what is matched is what is sent
+        return quote(scope["path"], safe="/!$&'()*+,;=:@").encode("ascii")
+    # some servers include the query string in raw_path
+    return raw.partition(b"?")[0]
+
+
+def identity_headers(grant: Grant) -> Headers:
+    headers: Headers = [(b"x-auth-scopes", " ".join(sorted(grant.scopes)).encode("utf-8"))]
+    if grant.subject is not None:
+        headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
+    if grant.client is not None:
+        headers.append((b"x-auth-client", grant.client.encode("utf-8")))
+    return headers
+
+
+class Gateway:
+    """The gateway as an ASGI app.
+
+    :param config: a loaded `Config`; a reload swaps it whole.
+    :param upstream: the upstream client; by default an `HttpxUpstream` with the config's timeouts.
+    :param keys: the key store; by default one built from `config.tokens`.
+    """
+
+    def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> None:
+        tokens = config.tokens
+        self.config = config
+        self.keys = keys or KeyStore(
+            tokens.static_keys, tokens.jwks_url,
+            refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
+        )
+        self.verifier = TokenVerifier(tokens, self.keys)
+        self.upstream = upstream or HttpxUpstream(
+            connect_timeout=config.proxy.connect_timeout, read_timeout=config.proxy.read_timeout
+        )
+        self.forwarder = Forwarder(self.upstream, config.proxy)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # upgrades are hop-by-hop and never forwarded; the server answers 403
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tables = self.config.tables
+        method = scope["method"]
+        realm = "gateway"
+        try:
+            match = route(tables, method, raw_path(scope), scope.get("query_string", b""))
+            api = match.route.api
+            realm = api.name
+            identity: Headers = []
+            if not is_public(match):
+                token = bearer_token(
+                    [value for name, value in scope["headers"] if name == b"authorization"],
+                    scope.get("query_string", b""),
+                )
+                identity = identity_headers(authorize(match, await self.verifier.verify(token)))
+            upstream = api.upstream
+            await self.forwarder.forward(
+                scope, receive, send, Origin(upstream.scheme, upstream.host, upstream.port),
+                upstream.authority, match.upstream_target, identity, api.name,
+            )
+        except Refusal as refusal:
+            logger.info("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
+            status, headers, body = render(refusal, realm)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except ClientDisconnected:
+            logger.info("%s %s: client disconnected mid-request", method, scope.get("path"))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.keys.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.upstream.aclose()
+                await self.keys.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,187 @@
+"""The `gateway` command: serve, check, explain, demo. A thin layer over the functions the app
+itself calls: `check` is the loader, `explain` is the decision."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.credentials import bearer_token
+from gateway.decision import authorize, is_public, route
+from gateway.errors import Refusal, render
+from gateway.keys import KeyStore
+from gateway.scopes import SCOPE_TOKEN
+from gateway.tokens import TokenVerifier, VerifiedToken
+
+_DESCRIPTION = """\
+A reverse proxy that enforces OAuth scopes per route. It verifies each request's bearer token,
+works out the caller's scopes, and either forwards the request to the upstream API or answers
+itself (400, 401, 403, 404). Route tables (YAML) map METHOD /path/template to the scopes that
+grant it; gateway.yaml says where the tables and the token keys are.
+"""
+
+
+def _load(config_path: str) -> Config | None:
+    try:
+        return load_config(config_path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    import uvicorn
+
+    from gateway.app import Gateway
+
+    uvicorn.run(
+        Gateway(config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
+        proxy_headers=False,
+        # upstream Server and Date headers pass through unchanged, not doubled
+        server_header=False,
+        date_header=False,
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    counts = {api.name: 0 for api in config.tables.apis}
+    for compiled in config.tables.routes:
+        counts[compiled.api.name] += 1
+    per_table = ", ".join(f"{name}: {count}" for name, count in counts.items())
+    print(f"OK: {len(counts)} route tables, {len(config.tables.routes)} routes ({per_table}) from {args.config}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    path, _, query = args.path.partition("?")
+    lines = [f"request:   {args.method} {args.path}"]
+    realm = "gateway"
+    try:
+        match = route(config.tables, args.method.upper(), path.encode("utf-8"), query.encode("utf-8"))
+        compiled = match.route
+        realm = compiled.api.name
+        lines.append(f"path:      segments {list(match.path.segments)}")
+        lines.append(f"route:     {compiled.method} {compiled.template}  (table {compiled.api.name}, {compiled.source})")
+        if match.params:
+            lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
+        lines.append(f"requires:  {compiled.requirement.describe()}")
+        target = f"{compiled.api.upstream.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
+        if not is_public(match):
+            token = _explain_token(args, config, lines)
+            effective = compiled.api.catalog.effective(token.scopes)
+            lines.append(f"effective: {' '.join(sorted(effective)) or '(none)'}")
+            implied = sorted(effective - token.scopes)
+            if implied:
+                lines.append(f"implied:   {' '.join(implied)} (from the scopes catalog of {compiled.api.name})")
+            authorize(match, token)
+        lines.append(f"decision:  forward to {target}")
+        print("\n".join(lines))
+        return 0
+    except Refusal as refusal:
+        status, headers, _ = render(refusal, realm)
+        lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
+        for name, value in headers:
+            if name == b"www-authenticate":
+                lines.append(f"header:    WWW-Authenticate: {value.decode()}")
+        print("\n".join(lines))
+        return 1
+
+
+def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -> VerifiedToken:
+    if args.scopes is not None:
+        scopes = frozenset(args.scopes.split())
+        for scope in scopes:
+            if not SCOPE_TOKEN.fullmatch(scope):
+                raise SystemExit(f"--scopes: {scope!r} is not a valid scope")
+        lines.append(f"token:     scopes {' '.join(sorted(scopes)) or '(none)'} (from --scopes; signature and claims not checked)")
+        return VerifiedToken(claims={}, scopes=scopes, subject=None, client=None, expires_at=float("inf"))
+    header = [f"Bearer {args.token}".encode("latin-1")] if args.token is not None else []
+    token = bearer_token(header, b"")
+    tokens = config.tokens
+    keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
+    verified = asyncio.run(TokenVerifier(tokens, keys).verify(token))
+    claim = next((name for name in tokens.scope_claims if name in verified.claims), None)
+    lines.append(f"token:     valid; sub={verified.subject} client={verified.client}; scopes {' '.join(sorted(verified.scopes)) or '(none)'}"
+                 + (f" (from claim {claim!r})" if claim else ""))
+    return verified
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", default="gateway.yaml", metavar="FILE", help="gateway config file (default: gateway.yaml)")
+
+    serve = commands.add_parser("serve", help="run the gateway", description="Load the config and route tables, then serve until stopped (Ctrl-C).")
+    with_config(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser(
+        "check", help="validate the config and every route table",
+        description="Load everything as `serve` would. Exit 0 with a one-line summary, or exit 1 with one 'file:line: problem' line per problem.",
+    )
+    with_config(check)
+    check.set_defaults(run=_check)
+
+    explain = commands.add_parser(
+        "explain", help="show how one request would be decided",
+        description="Which route matches METHOD PATH, what it requires, and the decision with its reason. "
+        "Give the caller's scopes with --scopes, or a real token with --token (verified against the configured keys). "
+        "Exit 0 if the request would be forwarded, 1 if refused, 2 if the config does not load.",
+    )
+    with_config(explain)
+    explain.add_argument("method", metavar="METHOD", help="HTTP method, e.g. GET")
+    explain.add_argument("path", metavar="PATH", help="request path as sent to the gateway, e.g. /adyen/management/merchants/M1/webhooks")
+    who = explain.add_mutually_exclusive_group()
+    who.add_argument("--scopes", metavar='"A B"', help="space-separated scopes the caller holds")
+    who.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
+    explain.set_defaults(run=_explain)
+
+    demo = commands.add_parser(
+        "demo", help="run the gateway in front of a built-in demo upstream",
+        description="Start a demo upstream and the gateway in front of it, with throwaway keys, and print curl commands to try.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""`gateway demo`: the real gateway, loaded from real files, in front of a built-in upstream.
+
+Everything is made fresh in a temporary folder (an RSA key, its JWKS, gateway.yaml, a route table
+for Adyen's webhook endpoints) and loaded through the same `load_config` as `gateway serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.types import Receive, Scope, Send
+
+_TABLE = """\
+name: adyen-management
+upstream: http://127.0.0.1:{upstream_port}/v3
+prefix: /adyen/management
+scopes:
+  psp.webhook:read:
+    description: View webhook configurations
+  psp.webhook:write:
+    description: View, create, edit and delete webhook configurations
+    implies: [psp.webhook:read]
+routes:
+  GET /merchants/{{merchantId}}/webhooks: psp.webhook:read
+  GET /merchants/{{merchantId}}/webhooks/{{webhookId}}: psp.webhook:read
+  POST /merchants/{{merchantId}}/webhooks/{{webhookId}}/test: psp.webhook:read
+  POST /merchants/{{merchantId}}/webhooks: psp.webhook:write
+  PATCH /merchants/{{merchantId}}/webhooks/{{webhookId}}: psp.webhook:write
+  DELETE /merchants/{{merchantId}}/webhooks/{{webhookId}}: psp.webhook:write
+  GET /merchants/{{merchantId}}: [psp.accountsettings:write, psp.onlinepayment:write]
+"""
+
+_GATEWAY = """\
+routes: routes/
+tokens:
+  issuer: https://auth.demo.local
+  audience: demo-api
+  algorithms: [RS256]
+  jwks_file: keys/jwks.json
+proxy:
+  connect_timeout: 5
+  read_timeout: 30
+"""
+
+_ISSUER, _AUDIENCE, _KID = "https://auth.demo.local", "demo-api", "demo-key-1"
+
+
+async def echo_upstream(scope: Scope, receive: Receive, send: Send) -> None:
+    """The demo upstream: answers every request with what it received, as JSON."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = json.dumps({
+        "upstream": "demo",
+        "method": scope["method"],
+        "path": scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+        "query": scope["query_string"].decode("latin-1"),
+        "body_bytes": size,
+        "headers": {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
+    }, indent=2).encode() + b"\n"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
+    """Write key, JWKS, gateway.yaml and the route table; return demo tokens by name."""
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
+    jwk.update(kid=_KID, use="sig", alg="RS256")
+    (folder / "keys").mkdir()
+    (folder / "routes").mkdir()
+    (folder / "keys" / "jwks.json").write_text(json.dumps({"keys": [jwk]}, indent=2))
+    (folder / "routes" / "adyen-management.yaml").write_text(_TABLE.format(upstream_port=upstream_port))
+    (folder / "gateway.yaml").write_text(_GATEWAY)
+    now = int(time.time())
+
+    def mint(scope: str, subject: str) -> str:
+        claims = {"iss": _ISSUER, "aud": _AUDIENCE, "sub": subject, "client_id": "demo-client",
+                  "scope": scope, "iat": now, "exp": now + 12 * 3600}
+        return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": _KID})
+
+    return {"read": mint("psp.webhook:read", "reader@demo"), "write": mint("psp.webhook:write", "writer@demo")}
+
+
+def _instructions(base: str, tokens: dict[str, str], folder: Path) -> str:
+    webhooks = f"{base}/adyen/management/merchants/M123/webhooks"
+    read = '-H "Authorization: Bearer $READ"'
+    write = '-H "Authorization: Bearer $WRITE"'
+    return f"""
+Demo gateway on {base}, in front of a built-in upstream. Config and keys: {folder}
+
+Paste these two lines first (demo tokens, valid 12 hours):
+  READ={tokens["read"]}
+  WRITE={tokens["write"]}
+
+Allowed (200: the upstream echoes what it received, with X-Auth-* identity headers):
+  curl -i {read} {webhooks}
+
+Forbidden (403 insufficient_scope: a read token cannot create a webhook):
+  curl -i -X POST {read} -H "Content-Type: application/json" -d '{{"url": "https://example.com/hook"}}' {webhooks}
+
+Allowed with the write token (psp.webhook:write):
+  curl -i -X POST {write} -H "Content-Type: application/json" -d '{{"url": "https://example.com/hook"}}' {webhooks}
+
+Not found (404: no route, deny by default):
+  curl -i {read} {base}/adyen/management/merchants/M123/apiCredentials
+
+No token (401) and a path trick (400):
+  curl -i {webhooks}
+  curl -i --path-as-is {read} {base}/adyen/management/merchants/M123/webhooks/%2e%2e/secrets
+
+Explain a decision:
+  gateway explain --config {folder}/gateway.yaml POST /adyen/management/merchants/M123/webhooks --scopes psp.webhook:read
+
+Ctrl-C stops both servers.
+"""
+
+
+async def _serve_demo(host: str, port: int) -> int:
+    upstream_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    upstream_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    upstream_socket.bind(("127.0.0.1", 0))
+    upstream_port = upstream_socket.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as temporary:
+        folder = Path(temporary)
+        tokens = write_demo_files(folder, upstream_port)
+        config = load_config(folder / "gateway.yaml")
+        upstream = uvicorn.Server(uvicorn.Config(echo_upstream, log_level="warning", lifespan="off"))
+        gateway = uvicorn.Server(uvicorn.Config(
+            Gateway(config), host=host, port=port, log_level="info", lifespan="on",
+            proxy_headers=False, server_header=False, date_header=False,
+        ))
+        upstream_task = asyncio.create_task(upstream.serve(sockets=[upstream_socket]))
+        while not upstream.started:
+            await asyncio.sleep(0.01)
+        gateway_task = asyncio.create_task(gateway.serve())
+        while not gateway.started and not gateway_task.done():
+            await asyncio.sleep(0.01)
+        if gateway_task.done():
+            upstream.should_exit = True
+            await upstream_task
+            print(f"could not listen on {host}:{port}; choose another with --port")
+            return 1
+        print(_instructions(f"http://{host}:{port}", tokens, folder), flush=True)
+        await gateway_task
+        upstream.should_exit = True
+        await upstream_task
+    return 0
+
+
+def run_demo(host: str = "127.0.0.1", port: int = 8080) -> int:
+    try:
+        return asyncio.run(_serve_demo(host, port))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,136 @@
+"""Every answer the gateway gives itself, one class per refusal.
+
+    Refusal
+    ├── InvalidRequest     400 invalid_request  (ambiguous path, several credentials, token outside the header)
+    ├── NotFound           404 not_found        (no route: deny by default)
+    ├── Unauthorized       401 unauthorized     (no bearer credentials on a protected route)
+    ├── InvalidToken       401 invalid_token    (signature, alg, kid, exp, nbf, iss, aud, malformed)
+    ├── Forbidden          403 forbidden        (valid token, requirement not met)
+    ├── BadGateway         502 bad_gateway      (upstream refused, reset or answered garbage)
+    └── GatewayTimeout     504 gateway_timeout  (upstream too slow)
+
+Each knows its status, its `error` code and its WWW-Authenticate parameters; `render()` is the
+one place an answer is built from it (DESIGN.md, "Answers").
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.types import Headers
+
+
+class Refusal(Exception):
+    """A request the gateway answers itself instead of forwarding."""
+
+    status = 500
+    error = "internal_error"
+    # RFC 6750 `error` attribute for WWW-Authenticate, or None when the answer carries none
+    bearer_error: str | None = None
+    challenge = False
+
+    def __init__(self, description: str, **extra: object) -> None:
+        super().__init__(description)
+        self.description = description
+        self.extra = extra
+
+    def challenge_params(self) -> list[tuple[str, str]]:
+        params = []
+        if self.bearer_error:
+            params.append(("error", self.bearer_error))
+            params.append(("error_description", self.description))
+        return params
+
+
+class InvalidRequest(Refusal):
+    """The request is malformed or ambiguous: a path an upstream could read differently, or
+    credentials sent more than once or outside the Authorization header."""
+
+    status = 400
+    error = "invalid_request"
+
+
+class CredentialsInvalidRequest(InvalidRequest):
+    """Several credentials, or a token outside the Authorization header (RFC 6750 3.1)."""
+
+    bearer_error = "invalid_request"
+    challenge = True
+
+
+class NotFound(Refusal):
+    """No route matches the method and path, or the route hides its existence."""
+
+    status = 404
+    error = "not_found"
+
+
+class Unauthorized(Refusal):
+    """A protected route was called without bearer credentials."""
+
+    status = 401
+    error = "unauthorized"
+    challenge = True
+
+
+class InvalidToken(Refusal):
+    """The bearer token is malformed, badly signed, expired, not yet valid, or for someone else."""
+
+    status = 401
+    error = "invalid_token"
+    bearer_error = "invalid_token"
+    challenge = True
+
+
+class Forbidden(Refusal):
+    """The token is valid but its scopes do not meet the route's requirement."""
+
+    status = 403
+    error = "forbidden"
+    bearer_error = "insufficient_scope"
+    challenge = True
+
+    def __init__(self, description: str, *, scope: str, **extra: object) -> None:
+        super().__init__(description, **extra)
+        self.scope = scope
+
+    def challenge_params(self) -> list[tuple[str, str]]:
+        return [*super().challenge_params(), ("scope", self.scope)]
+
+
+class BadGateway(Refusal):
+    """The upstream could not be reached, reset the connection or answered something unusable."""
+
+    status = 502
+    error = "bad_gateway"
+
+
+class GatewayTimeout(Refusal):
+    """The upstream did not connect or answer within the configured timeout."""
+
+    status = 504
+    error = "gateway_timeout"
+
+
+def _quoted(value: str) -> str:
+    # RFC 6750 attribute values are quoted-strings restricted to %x20-21 / %x23-5B / %x5D-7E
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" if c == '"' else "?" for c in value)
+
+
+def www_authenticate(refusal: Refusal, realm: str) -> bytes:
+    params = [("realm", realm), *refusal.challenge_params()]
+    return ("Bearer " + ", ".join(f'{name}="{_quoted(value)}"' for name, value in params)).encode("ascii")
+
+
+def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, bytes]:
+    """The status, headers and JSON body that answer `refusal`."""
+    body = json.dumps(
+        {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
+    ).encode("utf-8")
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+    ]
+    if refusal.challenge:
+        headers.append((b"www-authenticate", www_authenticate(refusal, realm)))
+    return refusal.status, headers, body

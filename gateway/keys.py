@@ -1,0 +1,235 @@
+"""Key material for token verification: JWKS documents, PEM public keys, an HMAC secret, and a
+remote JWKS kept fresh without ever trusting the token to choose how it is checked.
+
+Each key carries the algorithms it may verify, decided from its own type (and its JWK `alg`,
+when present), never from the token: an RSA key never checks an HMAC token, a P-256 key never
+an ES384 one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+logger = logging.getLogger("gateway.keys")
+
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
+ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
+_MIN_RSA_BITS = 2048
+_MIN_HMAC_BYTES = 32
+_MAX_JWKS_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    kid: str | None
+    algorithms: frozenset[str]  # the token `alg` values this key may verify
+    key: Any  # a cryptography public key, or the HMAC secret as bytes
+    origin: str
+
+
+def _algorithms_for(public_key: Any) -> frozenset[str]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < _MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {public_key.key_size} bits is too short (at least {_MIN_RSA_BITS})")
+        return RSA_ALGORITHMS
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        algorithm = _EC_ALGORITHMS.get(public_key.curve.name)
+        if algorithm is None:
+            raise ValueError(f"elliptic curve {public_key.curve.name} is not supported")
+        return frozenset({algorithm})
+    if isinstance(public_key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return frozenset({"EdDSA"})
+    raise ValueError(f"unsupported key type {type(public_key).__name__}")
+
+
+def _public(key: Any) -> Any:
+    # a JWKS or PEM that carries a private key still only ever verifies
+    return key.public_key() if hasattr(key, "public_key") else key
+
+
+def keys_from_jwks(document: Any, origin: str) -> tuple[list[VerificationKey], list[str]]:
+    """The usable signature keys of a JWKS document, and one warning per key left out.
+
+    :raises ValueError: the document is not a JWKS or holds no usable key.
+    """
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError('not a JWKS document (expected {"keys": [...]})')
+    keys: list[VerificationKey] = []
+    skipped: list[str] = []
+    for index, jwk in enumerate(document["keys"]):
+        label = f"key {index}" + (f' (kid "{jwk.get("kid")}")' if isinstance(jwk, Mapping) and "kid" in jwk else "")
+        try:
+            if not isinstance(jwk, Mapping):
+                raise ValueError("not an object")
+            if jwk.get("use", "sig") != "sig":
+                raise ValueError(f'"use" is {jwk.get("use")!r}, not "sig"')
+            if jwk.get("kty") == "oct":
+                raise ValueError("symmetric keys are never taken from a JWKS; configure hmac_secret_file")
+            if "kid" in jwk and not isinstance(jwk["kid"], str):
+                raise ValueError('"kid" must be a string')
+            public_key = _public(jwt.PyJWK(dict(jwk)).key)
+            algorithms = _algorithms_for(public_key)
+            if "alg" in jwk:
+                if jwk["alg"] not in algorithms:
+                    raise ValueError(f'"alg" {jwk["alg"]!r} does not fit a key of this type')
+                algorithms = frozenset({jwk["alg"]})
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            skipped.append(f"{origin}: {label} left out: {exc}")
+            continue
+        keys.append(VerificationKey(jwk.get("kid"), algorithms, public_key, origin))
+    if not keys:
+        raise ValueError("no usable signature key" + (": " + "; ".join(skipped) if skipped else ""))
+    return keys, skipped
+
+
+def key_from_pem(data: bytes, origin: str) -> VerificationKey:
+    """:raises ValueError: not a PEM public key of a supported type and size."""
+    try:
+        public_key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM public key ({exc})") from None
+    return VerificationKey(None, _algorithms_for(public_key), public_key, origin)
+
+
+def key_from_secret(secret: bytes, algorithms: Iterable[str], origin: str) -> VerificationKey:
+    """:raises ValueError: the secret is too short to be a safe HMAC key."""
+    if len(secret) < _MIN_HMAC_BYTES:
+        raise ValueError(f"HMAC secret has {len(secret)} bytes; at least {_MIN_HMAC_BYTES} are required")
+    return VerificationKey(None, frozenset(algorithms) & HMAC_ALGORITHMS, secret, origin)
+
+
+def _fingerprint(keys: Iterable[VerificationKey]) -> frozenset[tuple[object, ...]]:
+    return frozenset(
+        (key.kid, key.algorithms, key.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+        for key in keys
+    )
+
+
+class KeySet:
+    """An immutable set of keys, indexed by kid."""
+
+    __slots__ = ("keys", "_by_kid", "_without_kid")
+
+    def __init__(self, keys: Iterable[VerificationKey]) -> None:
+        self.keys = tuple(keys)
+        self._by_kid: dict[str, tuple[VerificationKey, ...]] = {}
+        for key in self.keys:
+            if key.kid is not None:
+                self._by_kid[key.kid] = (*self._by_kid.get(key.kid, ()), key)
+        self._without_kid = tuple(key for key in self.keys if key.kid is None)
+
+    def knows(self, kid: str) -> bool:
+        return kid in self._by_kid
+
+    def candidates(self, kid: str | None, algorithm: str) -> tuple[VerificationKey, ...]:
+        """Keys that may verify a token with this header: its kid's keys, else keys without a kid
+        (PEM, HMAC); with no kid in the token, every key."""
+        if kid is not None and kid in self._by_kid:
+            pool = self._by_kid[kid]
+        elif kid is not None:
+            pool = self._without_kid
+        else:
+            pool = self.keys
+        return tuple(key for key in pool if algorithm in key.algorithms)
+
+
+class KeyStore:
+    """Static keys plus, when `jwks_url` is set, a remote JWKS that is fetched at start, again when
+    older than `max_age`, and again on an unknown kid at most once per `refetch_interval`. A failed
+    fetch keeps the last good keys. `generation` changes whenever the usable keys change."""
+
+    def __init__(
+        self,
+        static_keys: Iterable[VerificationKey],
+        jwks_url: str | None = None,
+        *,
+        refetch_interval: float = 30.0,
+        max_age: float = 600.0,
+        fetch_timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._static = tuple(static_keys)
+        self.jwks_url = jwks_url
+        self.refetch_interval = refetch_interval
+        self.max_age = max_age
+        self._fetch_timeout = fetch_timeout
+        self._transport = transport
+        self.keys = KeySet(self._static)
+        self.generation = 0
+        self.last_error: str | None = None
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+        self._remote_fingerprint: frozenset[tuple[object, ...]] = frozenset()
+
+    async def start(self) -> None:
+        if self.jwks_url:
+            await self.refresh(force=True)
+
+    async def aclose(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+
+    async def candidates(self, kid: str | None, algorithm: str) -> tuple[VerificationKey, ...]:
+        if self.jwks_url:
+            now = time.monotonic()
+            if self._fetched_at == float("-inf") or (kid is not None and not self.keys.knows(kid)):
+                await self.refresh()
+            elif now - self._fetched_at > self.max_age and (self._background is None or self._background.done()):
+                self._background = asyncio.create_task(self.refresh())
+        return self.keys.candidates(kid, algorithm)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Fetch the remote JWKS, unless one was tried less than `refetch_interval` ago."""
+        attempted = self._attempted_at
+        async with self._lock:
+            if self._attempted_at != attempted:
+                return  # another task fetched while this one waited
+            if not force and time.monotonic() - self._attempted_at < self.refetch_interval:
+                return
+            self._attempted_at = time.monotonic()
+            try:
+                remote = await self._fetch()
+            except (httpx.HTTPError, ValueError) as exc:
+                self.last_error = f"JWKS fetch from {self.jwks_url} failed: {exc}"
+                logger.warning("%s; keeping %d known keys", self.last_error, len(self.keys.keys))
+                return
+            self.last_error = None
+            self._fetched_at = time.monotonic()
+            fingerprint = _fingerprint(remote)
+            if fingerprint != self._remote_fingerprint:
+                self._remote_fingerprint = fingerprint
+                self.keys = KeySet((*self._static, *remote))
+                self.generation += 1
+                logger.info("JWKS from %s: %d keys", self.jwks_url, len(remote))
+
+    async def _fetch(self) -> list[VerificationKey]:
+        assert self.jwks_url is not None
+        async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False, transport=self._transport) as client:
+            response = await client.get(self.jwks_url, headers={"accept": "application/json"})
+            if response.status_code != 200:
+                raise ValueError(f"status {response.status_code}")
+            if len(response.content) > _MAX_JWKS_BYTES:
+                raise ValueError("document larger than 1 MiB")
+            try:
+                document = json.loads(response.content)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+        keys, skipped = keys_from_jwks(document, f"jwks_url {self.jwks_url}")
+        for warning in skipped:
+            logger.warning("%s", warning)
+        return keys

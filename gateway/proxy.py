@@ -1,0 +1,160 @@
+"""Forwarding an allowed request: header hygiene both ways, then bodies streamed both ways.
+
+Rules (DESIGN.md, "Forwarding rules"): hop-by-hop headers and every header named in Connection
+are removed both ways; method-override headers and client copies of identity headers never
+reach the upstream; X-Forwarded-* are set from the real peer, trusting the client's own only
+when the peer is a configured trusted proxy. Upstream failures become 502/504 here, in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+
+from gateway.config import ProxySettings
+from gateway.errors import BadGateway, GatewayTimeout
+from gateway.types import Headers, Receive, Scope, Send
+from gateway.upstream import Origin, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
+
+logger = logging.getLogger("gateway.proxy")
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+    b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-method-override", b"x-http-method"})
+IDENTITY = frozenset({b"x-auth-subject", b"x-auth-client", b"x-auth-scopes"})
+# set by the gateway from what it saw itself; a client's copy is believed only from a trusted proxy
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"})
+# the ASGI server already answered `Expect: 100-continue` when the body was first read
+_REQUEST_ONLY_DROP = frozenset({b"host", b"expect"})
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+def _connection_listed(headers: Headers) -> frozenset[bytes]:
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
+def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
+    if peer is None or not settings.trusted_proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in settings.trusted_proxies)
+
+
+def upstream_request_headers(
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Headers
+) -> tuple[Headers, bool]:
+    """The headers to send upstream, and whether the request has a body."""
+    headers: Headers = scope["headers"]
+    listed = _connection_listed(headers)
+    client = scope.get("client")
+    peer = client[0] if client else None
+    trusted = _is_trusted(peer, settings)
+    outgoing: Headers = []
+    forwarded_for: list[bytes] = []
+    forwarded_proto = scope.get("scheme", "http").encode("ascii")
+    host = b""
+    has_body = False
+    for name, value in headers:
+        name = name.lower()
+        if name == b"content-length":
+            has_body = value.strip() not in (b"0", b"")
+        elif name == b"transfer-encoding":
+            has_body = True
+        if name in HOP_BY_HOP or name in listed or name in METHOD_OVERRIDE or name in IDENTITY:
+            continue
+        if name in _REQUEST_ONLY_DROP:
+            if name == b"host":
+                host = value
+            continue
+        if name in FORWARDING:
+            if not trusted:
+                continue
+            if name == b"x-forwarded-for":
+                forwarded_for.append(value)
+                continue
+            if name == b"x-forwarded-proto":
+                forwarded_proto = value
+                continue
+        outgoing.append((name, value))
+    if peer is not None:
+        forwarded_for.append(peer.encode("ascii"))
+    outgoing.append((b"host", authority))
+    if forwarded_for:
+        outgoing.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    outgoing.append((b"x-forwarded-proto", forwarded_proto))
+    if host and not (trusted and any(name == b"x-forwarded-host" for name, _ in outgoing)):
+        outgoing.append((b"x-forwarded-host", host))
+    outgoing.extend(identity)
+    return outgoing, has_body
+
+
+def downstream_response_headers(headers: Headers) -> Headers:
+    listed = _connection_listed(headers)
+    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in listed]
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected before its request body was complete")
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+class Forwarder:
+    def __init__(self, client: UpstreamClient, settings: ProxySettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, origin: Origin, authority: bytes, target: bytes, identity: Headers, api: str
+    ) -> None:
+        """Send the request upstream and stream the answer back.
+
+        :raises BadGateway, GatewayTimeout: before anything was sent to the client. A failure
+            after the response started is re-raised as is, so the server aborts the connection
+            rather than end a truncated body as if it were complete.
+        """
+        headers, has_body = upstream_request_headers(scope, self.settings, authority, identity)
+        request = UpstreamRequest(
+            origin=origin, method=scope["method"], target=target, headers=headers,
+            body=_request_body(receive) if has_body else None,
+        )
+        try:
+            response = await self.client.send(request)
+        except UpstreamTimeout as exc:
+            logger.warning("upstream of %s timed out: %s", api, exc)
+            raise GatewayTimeout(f"the upstream of {api} did not answer in time") from exc
+        except UpstreamError as exc:
+            logger.warning("upstream of %s failed: %s", api, exc)
+            raise BadGateway(f"the upstream of {api} could not be reached or answered badly") from exc
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": downstream_response_headers(response.headers),
+            })
+            async for chunk in response.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()

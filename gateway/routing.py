@@ -1,0 +1,146 @@
+"""Route templates compiled into a segment trie: lookup cost follows the path's depth, never the
+number of routes. At each segment a literal child is tried before the parameter child, so the
+most specific template wins whatever order the tables were written in."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.scopes import Requirement, ScopeCatalog
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LITERAL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f/\\{}%?#]")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where an API's allowed requests go, split once at load time."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    base_path: bytes  # without trailing '/', prepended to the forwarded path
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """One route table: an upstream API behind a path prefix."""
+
+    name: str
+    upstream: Upstream
+    prefix: tuple[str, ...]
+    catalog: ScopeCatalog
+    source: str  # the table's file
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    api: Api
+    method: str
+    template: str
+    requirement: Requirement
+    # (name, index into the full path's segments) for each `{name}`
+    params: tuple[tuple[str, int], ...]
+    source: str  # file:line
+
+    def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
+        return {name: segments[index] for name, index in self.params}
+
+
+def parse_template(template: str) -> tuple[str | None, ...]:
+    """Split `/a/{id}/b` into ('a', None, 'b'): a literal segment, or None for a parameter.
+
+    :raises ValueError: with a message naming what is wrong.
+    """
+    if not template.startswith("/"):
+        raise ValueError("path template must start with '/'")
+    if template == "/":
+        return ()
+    shape: list[str | None] = []
+    names: set[str] = set()
+    for segment in template[1:].split("/"):
+        if not segment:
+            raise ValueError("path template has an empty segment ('//' or a trailing '/')")
+        param = _PARAM.fullmatch(segment)
+        if param:
+            if param.group(1) in names:
+                raise ValueError(f"parameter {{{param.group(1)}}} appears twice")
+            names.add(param.group(1))
+            shape.append(None)
+        elif "{" in segment or "}" in segment:
+            raise ValueError(f"segment {segment!r}: a parameter is a whole segment '{{name}}' with a name of letters, digits and '_'")
+        elif segment in (".", ".."):
+            raise ValueError("dot segments are not allowed in templates")
+        elif _LITERAL_FORBIDDEN.search(segment):
+            raise ValueError(f"segment {segment!r} has a character a decoded path segment cannot hold")
+        else:
+            shape.append(segment)
+    return tuple(shape)
+
+
+def template_params(template: str, offset: int) -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (match.group(1), offset + index)
+        for index, segment in enumerate(template[1:].split("/"))
+        if (match := _PARAM.fullmatch(segment))
+    )
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+class RouteTrie:
+    """All routes of all tables, keyed by full path (prefix included). Built once, never edited."""
+
+    __slots__ = ("_root", "count")
+
+    def __init__(self, entries: Iterable[tuple[tuple[str | None, ...], Route]]) -> None:
+        self._root = _Node()
+        self.count = 0
+        for shape, route in entries:
+            node = self._root
+            for segment in shape:
+                if segment is None:
+                    node.param = node.param or _Node()
+                    node = node.param
+                else:
+                    node = node.literals.setdefault(segment, _Node())
+            if route.method in node.routes:
+                raise ValueError(f"duplicate of {node.routes[route.method].source}")
+            node.routes[route.method] = route
+            self.count += 1
+
+    def match(self, method: str, segments: tuple[str, ...]) -> Route | None:
+        """The most specific route for `method` and decoded `segments`, or None."""
+        return self._walk(self._root, method, segments, 0)
+
+    def _walk(self, node: _Node, method: str, segments: tuple[str, ...], depth: int) -> Route | None:
+        if depth == len(segments):
+            route = node.routes.get(method)
+            if route is None and method == "HEAD":
+                route = node.routes.get("GET")
+            return route
+        child = node.literals.get(segments[depth])
+        if child is not None:
+            route = self._walk(child, method, segments, depth + 1)
+            if route is not None:
+                return route
+        if node.param is not None:
+            return self._walk(node.param, method, segments, depth + 1)
+        return None

@@ -1,0 +1,245 @@
+"""Helpers shared by the tests: test keys, token minting, config writing, loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h11
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+
+KEYS = Path(__file__).parent / "keys"
+ISSUER = "https://auth.test"
+AUDIENCE = "payments-api"
+
+
+def private_key(name: str) -> Any:
+    return serialization.load_pem_private_key((KEYS / f"{name}.pem").read_bytes(), password=None)
+
+
+def mint(
+    scope: str | list[str] | None = "psp.webhook:read",
+    *,
+    key: str = "rsa",
+    algorithm: str = "RS256",
+    kid: str | None = "rsa-1",
+    lifetime: float = 300,
+    headers: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+    **claims: Any,
+) -> str:
+    """A token signed with a test key; claims default to a valid token for the test config."""
+    now = int(time.time())
+    body: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "client_id": "client-1",
+                            "iat": now, "exp": now + lifetime}
+    if scope is not None:
+        body["scope"] = scope
+    body.update(claims)
+    for name in drop:
+        body.pop(name, None)
+    signing_key: Any = (KEYS / "hmac.secret").read_text().strip() if algorithm.startswith("HS") else private_key(key)
+    header = dict(headers or {})
+    if kid is not None:
+        header["kid"] = kid
+    return jwt.encode(body, signing_key, algorithm=algorithm, headers=header)
+
+
+TABLE = """\
+name: payments
+upstream: {upstream}
+prefix: /api
+scopes:
+  psp.webhook:write:
+    implies: [psp.webhook:read]
+routes:
+  GET /merchants/{merchantId}/webhooks: psp.webhook:read
+  POST /merchants/{merchantId}/webhooks: psp.webhook:write
+  GET /merchants/{merchantId}/webhooks/{webhookId}: psp.webhook:read
+  GET /merchants/{merchantId}/webhooks/special: psp.admin
+  GET /merchants/{merchantId}: [psp.accountsettings:write, psp.onlinepayment:write]
+  POST /paymentLinks: [[psp:paybylink:write, psp.onlinepayment.tokenization:write]]
+  GET /status: public
+  POST /echo: public
+  GET /me: authenticated
+"""
+
+
+def write_config(
+    folder: Path,
+    upstream: str = "http://upstream.test:8080/v3",
+    *,
+    table: str = TABLE,
+    tokens: str | None = None,
+    proxy: str = "",
+) -> Path:
+    """gateway.yaml + routes/payments.yaml in `folder`, with the test JWKS; returns the config path."""
+    routes = folder / "routes"
+    routes.mkdir(exist_ok=True)
+    (routes / "payments.yaml").write_text(table.replace("{upstream}", upstream))
+    if tokens is None:
+        tokens = f"""\
+tokens:
+  issuer: {ISSUER}
+  audience: {AUDIENCE}
+  jwks_file: {KEYS / 'jwks.json'}
+  leeway: 5
+"""
+    (folder / "gateway.yaml").write_text(f"routes: routes/\n{tokens}{proxy}")
+    return folder / "gateway.yaml"
+
+
+# --- a loopback upstream that records what it received and misbehaves on request ----------------
+
+
+@dataclass
+class Received:
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == name]
+
+
+Behaviour = Callable[[Received, socket.socket], None]
+
+
+def answer(status: int = 200, body: bytes = b'{"ok": true}', headers: list[tuple[bytes, bytes]] | None = None) -> Behaviour:
+    def respond(request: Received, connection: socket.socket) -> None:
+        head = [b"HTTP/1.1 %d X" % status]
+        for name, value in headers or [(b"content-type", b"application/json")]:
+            head.append(name + b": " + value)
+        if not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers or []):
+            head.append(b"content-length: %d" % len(body))
+        connection.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    return respond
+
+
+@dataclass
+class RecordingUpstream:
+    """A threaded loopback HTTP/1.1 server: parses each request with h11, records it, then lets
+    `behaviour` write whatever bytes it likes."""
+
+    behaviour: Behaviour = field(default_factory=answer)
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        upstream = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                parser = h11.Connection(h11.SERVER)
+                self.request.settimeout(10)
+                request = None
+                body = b""
+                while True:
+                    event = parser.next_event()
+                    if event is h11.NEED_DATA:
+                        data = self.request.recv(65536)
+                        if not data:
+                            return
+                        parser.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        assert request is not None
+                        received = Received(request.method, request.target, list(request.headers.raw_items()), body)
+                        upstream.received.append(received)
+                        upstream.behaviour(received, self.request)
+                        return
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class LiveServer:
+    """An ASGI app under a real uvicorn on a loopback port, in its own thread and event loop."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        settings = dict(log_level="warning", lifespan="on", proxy_headers=False, server_header=False, date_header=False)
+        settings.update(options)
+        self.server = uvicorn.Server(uvicorn.Config(app, **settings))
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self._socket])), daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self._socket.close()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> RawResponse:
+    """Send exact bytes, read one response with h11 (connection closed after)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request)
+        parser = h11.Connection(h11.CLIENT)
+        parser.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))  # align h11's state
+        parser.send(h11.EndOfMessage())
+        response = None
+        body = b""
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                data = connection.recv(65536)
+                parser.receive_data(data)
+                if not data and response is None:
+                    raise ConnectionError("closed before a response")
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                assert response is not None
+                return RawResponse(response.status_code, list(response.headers.raw_items()), body)
+
+
+def request_bytes(method: str, target: str | bytes, headers: list[tuple[str, str]] = (), body: bytes = b"") -> bytes:
+    target_bytes = target.encode("latin-1") if isinstance(target, str) else target
+    lines = [method.encode() + b" " + target_bytes + b" HTTP/1.1", b"host: gateway.test", b"connection: close"]
+    lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
+    if body:
+        lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

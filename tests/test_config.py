@@ -1,0 +1,156 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.scopes import Access
+from tests.support import KEYS, write_config
+
+GOOD_HEAD = "name: t\nupstream: http://up.test/v3\nprefix: /p\n"
+
+# (route table text, line of the problem, words the message must hold)
+BROKEN_TABLES = [
+    (GOOD_HEAD + "routes:\n  GET /a: s\n  FETCH /b: s\n", 6, "unknown method 'FETCH'"),
+    (GOOD_HEAD + "routes:\n  get /a: s\n", 5, "unknown method 'get'"),
+    (GOOD_HEAD + "routes:\n  GET a/b: s\n", 5, "must start with '/'"),
+    (GOOD_HEAD + "routes:\n  GET /a//b: s\n", 5, "empty segment"),
+    (GOOD_HEAD + "routes:\n  GET /a/: s\n", 5, "empty segment"),
+    (GOOD_HEAD + "routes:\n  GET /a/{id: s\n", 5, "a parameter is a whole segment"),
+    (GOOD_HEAD + "routes:\n  GET /a/x{id}: s\n", 5, "a parameter is a whole segment"),
+    (GOOD_HEAD + "routes:\n  GET /a/{}: s\n", 5, "a parameter is a whole segment"),
+    (GOOD_HEAD + "routes:\n  GET /a/{id}/{id}: s\n", 5, "appears twice"),
+    (GOOD_HEAD + "routes:\n  GET /a/../b: s\n", 5, "dot segments"),
+    (GOOD_HEAD + "routes:\n  GET /a/%2F: s\n", 5, "cannot hold"),
+    (GOOD_HEAD + "routes:\n  GET: s\n", 5, "must be 'METHOD /path/template'"),
+    (GOOD_HEAD + "routes:\n  GET /a: s\n  GET /a: t\n", 6, "duplicate key 'GET /a' (first at line 5)"),
+    (GOOD_HEAD + "routes:\n  GET /a/{x}: s\n  GET /a/{y}: t\n", 6, "same method and path as GET /a/{x}"),
+    (GOOD_HEAD + "routes:\n  GET /a: [s, [t, [u]]]\n", 5, "nest only one level"),
+    (GOOD_HEAD + "routes:\n  GET /a: []\n", 5, "requirement must be"),
+    (GOOD_HEAD + "routes:\n  GET /a: [[]]\n", 5, "at least one scope"),
+    (GOOD_HEAD + "routes:\n  GET /a: {x: 1}\n", 5, "unknown key 'x'"),
+    (GOOD_HEAD + "routes:\n  GET /a: 42\n", 5, "scope must be a string"),
+    (GOOD_HEAD + "routes:\n  GET /a: true\n", 5, "scope must be a string"),
+    (GOOD_HEAD + "routes:\n  GET /a: read write\n", 5, "holds a space"),
+    (GOOD_HEAD + "routes:\n  GET /a: [public, s]\n", 5, "stands alone"),
+    (GOOD_HEAD + "routes:\n  GET /a: 'a\"b'\n", 5, "not a valid scope"),
+    (GOOD_HEAD + "routes:\n  GET /a: null\n", 5, "scope must be a string"),
+    (GOOD_HEAD + "scopes:\n  s:\n    implies: [ghost]\nroutes:\n  GET /a: s\n", 6, "'ghost' names nothing"),
+    (GOOD_HEAD + "scopes:\n  s:\n    implies: []\nroutes:\n  GET /a: s\n", 6, "non-empty list"),
+    (GOOD_HEAD + "scopes:\n  s:\n    implies: [t]\n  t:\n    implies: [s]\nroutes:\n  GET /a: s\n", 6, "implication cycle s -> t -> s"),
+    (GOOD_HEAD + "scopes:\n  s:\n    implies: [s]\nroutes:\n  GET /a: s\n", 6, "implication cycle s -> s"),
+    (GOOD_HEAD + "scopes:\n  s:\n    inherits: [t]\nroutes:\n  GET /a: s\n", 6, "unknown key 'inherits'"),
+    (GOOD_HEAD + "routes:\n  GET /a: s\nextra: 1\n", 6, "unknown key 'extra'"),
+    ("name: t\nroutes:\n  GET /a: s\n", 1, "missing key 'upstream'"),
+    ("name: t\nupstream: ftp://x\nroutes:\n  GET /a: s\n", 2, "http:// or https://"),
+    ("name: t\nupstream: http://x/?q=1\nroutes:\n  GET /a: s\n", 2, "must not carry a query"),
+    ("name: t\nupstream: http://x:99999\nroutes:\n  GET /a: s\n", 2, "invalid port"),
+    ("name: 'a b'\nupstream: http://x\nroutes:\n  GET /a: s\n", 1, "may hold only"),
+    ("name: t\nupstream: http://x\nprefix: /p/{id}\nroutes:\n  GET /a: s\n", 3, "literal segments"),
+    ("name: t\nupstream: http://x\nprefix: p\nroutes:\n  GET /a: s\n", 3, "must start with '/'"),
+    ("name: t\nupstream: http://x\nroutes: [GET /a]\n", 3, "routes must be a mapping"),
+    ("- a\n- b\n", 1, "route table must be a mapping"),
+    ("name: t\n  bad: indent\n", 2, "invalid YAML"),
+    ("", 1, "file is empty"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BROKEN_TABLES)
+def test_broken_route_tables_name_file_line_and_problem(tmp_path: Path, text: str, line: int, message: str) -> None:
+    config = write_config(tmp_path, table=text)
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    shown = [str(problem) for problem in error.value.problems]
+    expected_file = str(tmp_path / "routes" / "payments.yaml")
+    assert any(text.startswith(f"{expected_file}:{line}: ") and message in text for text in shown), shown
+
+
+BROKEN_GATEWAY = [
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/jwks.json\n  algorithms: [none]\n", 4, "'none' is never accepted"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/jwks.json\n  algorithms: [RS256, HS256]\n", 4, "needs a shared secret"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/jwks.json\n  algorithms: [RS1]\n", 4, "unknown algorithm 'RS1'"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/missing.json\n", 3, "cannot read"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/rsa.pub.pem\n", 3, "jwks_file"),
+    ("routes: routes/\ntokens:\n  public_keys: [{keys}/rsa-short.pub.pem]\n", 3, "too short"),
+    ("routes: routes/\ntokens:\n  public_keys: [{keys}/jwks.json]\n", 3, "not a PEM public key"),
+    ("routes: routes/\ntokens:\n  jwks_url: file:///etc/passwd\n", 3, "http(s) URL"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/jwks.json\n  leeway: -1\n", 4, "number >= 0"),
+    ("routes: routes/\ntokens:\n  jwks_file: {keys}/jwks.json\n  issuer: x\n  audiance: y\n", 5, "unknown key 'audiance'"),
+    ("routes: routes/\ntokens:\n  algorithms: [HS256]\n  hmac_secret_file: {keys}/short.secret\n", 4, "at least 32"),
+    ("routes: routes/\ntokens:\n  hmac_secret_file: {keys}/hmac.secret\n", 3, "lists no HS256"),
+    ("routes: routes/\n", 1, "no key is configured"),
+    ("routes: nowhere/\ntokens:\n  jwks_file: {keys}/jwks.json\n", 1, "does not exist"),
+    ("tokens:\n  jwks_file: {keys}/jwks.json\n", 1, "missing key 'routes'"),
+    ("routes: routes/\nproxy:\n  read_timeout: 0\n", 3, "number >= 0.001"),
+    ("routes: routes/\nproxy:\n  trusted_proxies: [10.0.0.0/33]\n", 3, "not an IP address"),
+    ("routes: routes/\nlisten: 1\n", 2, "unknown key 'listen'"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BROKEN_GATEWAY)
+def test_broken_gateway_configs_name_file_line_and_problem(tmp_path: Path, text: str, line: int, message: str) -> None:
+    (tmp_path / "short.secret").write_text("too-short")
+    config = write_config(tmp_path)
+    config.write_text(text.format(keys=KEYS).replace(f"{KEYS}/short.secret", str(tmp_path / "short.secret")))
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    shown = [str(problem) for problem in error.value.problems]
+    assert any(text.startswith(f"{config}:{line}: ") and message in text for text in shown), shown
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table=GOOD_HEAD + "routes:\n  FETCH /a: s\n  GET /b//c: s\n  GET /d: [[]]\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert [problem.line for problem in error.value.problems] == [5, 6, 7]
+
+
+def test_duplicate_routes_across_files_name_both_places(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="name: a\nupstream: http://a\nprefix: /p\nroutes:\n  GET /x/{id}: s\n")
+    (tmp_path / "routes" / "zz.yaml").write_text("name: b\nupstream: http://b\nroutes:\n  GET /p/x/{other}: s\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    [problem] = error.value.problems
+    assert problem.file.endswith("zz.yaml") and problem.line == 4
+    assert "payments.yaml:5" in problem.message
+
+
+def test_the_worked_example_of_the_design_loads(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="""\
+name: adyen-management
+upstream: http://management.internal:8080/v3
+prefix: /adyen
+scopes:
+  psp.webhook:write:
+    implies: [psp.webhook:read]
+routes:
+  GET /merchants/{merchantId}/webhooks: psp.webhook:read
+  POST /merchants/{merchantId}/webhooks: psp.webhook:write
+  GET /merchants/{merchantId}: [psp.accountsettings:write, psp.admin]
+  POST /paymentLinks: [[psp:paybylink:write, psp.onlinepayment.tokenization:write]]
+  GET /status: public
+  GET /me: authenticated
+  GET /options: {scopes: [a, [b, c]]}
+""")
+    loaded = load_config(config)
+    routes = {f"{r.method} {r.template}": r.requirement for r in loaded.tables.routes}
+    assert routes["GET /merchants/{merchantId}"].alternatives == (frozenset({"psp.accountsettings:write"}), frozenset({"psp.admin"}))
+    assert routes["POST /paymentLinks"].alternatives == (frozenset({"psp:paybylink:write", "psp.onlinepayment.tokenization:write"}),)
+    assert routes["GET /status"].access is Access.PUBLIC
+    assert routes["GET /me"].access is Access.AUTHENTICATED
+    assert routes["GET /options"].alternatives == (frozenset({"a"}), frozenset({"b", "c"}))
+    api = loaded.tables.apis[0]
+    assert api.upstream.base_path == b"/v3" and api.upstream.port == 8080 and api.prefix == ("adyen",)
+    assert api.catalog.implied == {"psp.webhook:write": frozenset({"psp.webhook:read"})}
+    assert loaded.tokens.leeway == 5 and loaded.proxy.read_timeout == 30
+
+
+def test_defaults_are_documented_values(tmp_path: Path) -> None:
+    loaded = load_config(write_config(tmp_path, tokens=f"tokens:\n  jwks_file: {KEYS / 'jwks.json'}\n"))
+    assert loaded.tokens.algorithms[:1] == ("RS256",) and "HS256" not in loaded.tokens.algorithms
+    assert loaded.tokens.leeway == 30 and loaded.tokens.scope_claims == ("scope", "scp")
+    assert (loaded.proxy.connect_timeout, loaded.proxy.read_timeout, loaded.proxy.trusted_proxies) == (5, 30, ())
+
+
+def test_a_table_of_public_routes_needs_no_keys(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  GET /status: public\n", tokens="")
+    assert load_config(config).tables.needs_tokens() is False
