@@ -1,0 +1,192 @@
+"""The gateway as an ASGI app, driven through httpx.ASGITransport; upstreams mocked with respx."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from tests.support import mint, write_config
+
+pytestmark = pytest.mark.anyio
+UPSTREAM = "http://upstream.test:8080"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = Gateway(load_config(write_config(tmp_path, upstream=f"{UPSTREAM}/v3")))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 50000)), base_url="http://gateway.test") as http:
+        yield http
+
+
+@pytest.fixture
+def mock_upstream() -> AsyncIterator[respx.Route]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router.route(host="upstream.test").mock(return_value=httpx.Response(200, json={"upstream": True}))
+
+
+def bearer(scope: str | None = "psp.webhook:read", **claims: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(scope, **claims)}"}
+
+
+# (method, path, headers, status, error, WWW-Authenticate must contain)
+ANSWERS = [
+    ("GET", "/api/merchants/M1/webhooks", bearer(), 200, None, None),
+    ("GET", "/api/merchants/M1/webhooks", bearer("psp.webhook:write"), 200, None, None),
+    ("GET", "/api/status", {}, 200, None, None),
+    ("GET", "/api/status", {"Authorization": "Bearer not-a-token"}, 200, None, None),
+    ("GET", "/api/me", bearer(None), 200, None, None),
+    ("GET", "/api/merchants/M1/webhooks", {}, 401, "unauthorized", 'Bearer realm="payments"'),
+    ("GET", "/api/me", {}, 401, "unauthorized", 'Bearer realm="payments"'),
+    ("GET", "/api/merchants/M1/webhooks", {"Authorization": "Basic dTpw"}, 401, "unauthorized", 'Bearer realm="payments"'),
+    ("GET", "/api/merchants/M1/webhooks", {"Authorization": "Bearer a.b.c"}, 401, "invalid_token", 'error="invalid_token"'),
+    ("GET", "/api/merchants/M1/webhooks", bearer(lifetime=-60), 401, "invalid_token", 'error="invalid_token"'),
+    ("GET", "/api/merchants/M1/webhooks", bearer(key="rsa-other"), 401, "invalid_token", 'error="invalid_token"'),
+    ("GET", "/api/merchants/M1/webhooks", bearer(aud="other"), 401, "invalid_token", 'error="invalid_token"'),
+    ("GET", "/api/merchants/M1/webhooks", {"Authorization": "Bearer a b"}, 400, "invalid_request", 'error="invalid_request"'),
+    ("POST", "/api/merchants/M1/webhooks", bearer(), 403, "forbidden", 'error="insufficient_scope", error_description='),
+    ("POST", "/api/merchants/M1/webhooks", bearer(), 403, "forbidden", 'scope="psp.webhook:write"'),
+    ("GET", "/api/merchants/M1/webhooks/special", bearer(), 403, "forbidden", 'scope="psp.admin"'),
+    ("GET", "/api/merchants/M1/secrets", bearer(), 404, "not_found", None),
+    ("GET", "/api/merchants/M1/secrets", {}, 404, "not_found", None),
+    ("DELETE", "/api/status", {}, 404, "not_found", None),
+    ("GET", "/other/merchants/M1/webhooks", bearer(), 404, "not_found", None),
+    ("GET", "/api/merchants/M1/webhooks/", bearer(), 400, "invalid_request", None),
+    ("GET", "/api/merchants/M1%2Fx/webhooks", bearer(), 400, "invalid_request", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status", "error", "challenge"), ANSWERS)
+async def test_answers_and_refusals(client: httpx.AsyncClient, mock_upstream: respx.Route, method: str, path: str,
+                                    headers: dict, status: int, error: str | None, challenge: str | None) -> None:
+    response = await client.request(method, path, headers=headers)
+    assert response.status_code == status, response.text
+    if error is None:
+        assert mock_upstream.call_count == 1
+        assert response.json() == {"upstream": True}
+        return
+    assert mock_upstream.call_count == 0, "a refused request reached the upstream"
+    body = response.json()
+    assert body["error"] == error and body["error_description"]
+    assert response.headers["content-type"] == "application/json"
+    if challenge is None:
+        assert "www-authenticate" not in response.headers
+    else:
+        assert challenge in response.headers["www-authenticate"]
+        assert response.headers["www-authenticate"].startswith('Bearer realm="payments"')
+
+
+async def test_the_query_token_is_refused_with_a_challenge(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    response = await client.get("/api/merchants/M1/webhooks", params={"access_token": mint()})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    assert mock_upstream.call_count == 0
+
+
+async def test_forwarded_request_is_the_matched_one_with_identity_headers(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    response = await client.post(
+        "/api/merchants/M%41/webhooks?b=2&a=1", content=b'{"url": "x"}',
+        headers={**bearer("psp.webhook:write", sub="alice", client_id="shop"), "X-Auth-Subject": "mallory",
+                 "X-Auth-Scopes": "everything", "X-Auth-Client": "evil", "X-HTTP-Method-Override": "DELETE",
+                 "X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200
+    sent = mock_upstream.calls.last.request
+    assert sent.method == "POST" and sent.url.raw_path == b"/v3/merchants/M%41/webhooks?b=2&a=1"
+    assert sent.content == b'{"url": "x"}'
+    assert sent.headers.get_list("x-auth-subject") == ["alice"]
+    assert sent.headers.get_list("x-auth-client") == ["shop"]
+    assert sent.headers.get_list("x-auth-scopes") == ["psp.webhook:read psp.webhook:write"]
+    for override in ("x-http-method-override", "x-method-override", "x-http-method"):
+        assert override not in sent.headers
+    assert sent.headers["host"] == "upstream.test:8080"
+    assert sent.headers["x-forwarded-host"] == "gateway.test"
+    assert sent.headers["x-forwarded-for"] == "203.0.113.9"
+    assert sent.headers["x-forwarded-proto"] == "http"
+    assert sent.headers["authorization"].startswith("Bearer ")
+
+
+async def test_public_routes_forward_no_identity_even_if_the_client_sends_one(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    await client.get("/api/status", headers={"X-Auth-Subject": "admin", "X-Auth-Scopes": "psp.admin"})
+    sent = mock_upstream.calls.last.request
+    assert "x-auth-subject" not in sent.headers and "x-auth-scopes" not in sent.headers
+
+
+async def test_client_forwarding_headers_are_replaced_by_the_real_peer(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    await client.get("/api/status", headers={"X-Forwarded-For": "10.0.0.1", "X-Forwarded-Host": "evil.test",
+                                             "X-Forwarded-Proto": "https", "Forwarded": "for=10.0.0.1", "X-Real-IP": "10.0.0.1"})
+    sent = mock_upstream.calls.last.request
+    assert sent.headers.get_list("x-forwarded-for") == ["203.0.113.9"]
+    assert sent.headers.get_list("x-forwarded-host") == ["gateway.test"]
+    assert sent.headers.get_list("x-forwarded-proto") == ["http"]
+    assert "forwarded" not in sent.headers and "x-real-ip" not in sent.headers
+
+
+async def test_a_trusted_proxy_may_pass_on_the_client_address(tmp_path: Path) -> None:
+    app = Gateway(load_config(write_config(tmp_path, upstream=UPSTREAM, proxy="proxy:\n  trusted_proxies: [203.0.113.0/24]\n")))
+    with respx.mock() as router:
+        upstream = router.route(host="upstream.test").mock(return_value=httpx.Response(204))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 1)), base_url="http://gw") as http:
+            await http.get("/api/status", headers={"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"})
+    sent = upstream.calls.last.request
+    assert sent.headers["x-forwarded-for"] == "198.51.100.7, 203.0.113.9"
+    assert sent.headers["x-forwarded-proto"] == "https"
+
+
+async def test_hop_by_hop_headers_are_removed_both_ways(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    mock_upstream.return_value = httpx.Response(200, headers=[
+        ("Connection", "close, X-Upstream-Private"), ("X-Upstream-Private", "1"), ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authenticate", "Basic"), ("Trailer", "X-T"), ("Upgrade", "h2c"), ("X-Kept", "yes"),
+    ], content=b"ok")
+    response = await client.get("/api/status", headers={
+        "Connection": "X-Client-Private", "X-Client-Private": "1", "Keep-Alive": "300", "TE": "trailers",
+        "Proxy-Authorization": "Basic x", "Upgrade": "websocket", "Proxy-Connection": "keep-alive", "Trailer": "X", "X-Kept": "yes",
+    })
+    sent = mock_upstream.calls.last.request
+    for name in ("connection", "x-client-private", "keep-alive", "te", "proxy-authorization", "upgrade", "proxy-connection", "trailer"):
+        assert name not in sent.headers, name
+    assert sent.headers["x-kept"] == "yes"
+    for name in ("x-upstream-private", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
+        assert name not in response.headers, name
+    assert response.headers["x-kept"] == "yes" and response.content == b"ok"
+
+
+async def test_upstream_status_headers_and_body_pass_through(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    mock_upstream.return_value = httpx.Response(418, headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Encoding", "gzip")], content=b"\x1f\x8b raw")
+    async with client.stream("GET", "/api/status") as response:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 418
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert response.headers["content-encoding"] == "gzip"
+    assert raw == b"\x1f\x8b raw"  # passed on undecoded
+
+
+@pytest.mark.parametrize(("failure", "status", "error"), [
+    (httpx.ConnectError("refused"), 502, "bad_gateway"),
+    (httpx.ReadError("reset"), 502, "bad_gateway"),
+    (httpx.RemoteProtocolError("garbage"), 502, "bad_gateway"),
+    (httpx.ConnectTimeout("slow"), 504, "gateway_timeout"),
+    (httpx.ReadTimeout("slow"), 504, "gateway_timeout"),
+    (httpx.PoolTimeout("busy"), 504, "gateway_timeout"),
+])
+async def test_upstream_failures_become_502_or_504(client: httpx.AsyncClient, mock_upstream: respx.Route, failure: Exception, status: int, error: str) -> None:
+    mock_upstream.side_effect = failure
+    response = await client.get("/api/merchants/M1/webhooks", headers=bearer())
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    assert "upstream.test" not in response.text  # the upstream's address is not revealed
+
+
+async def test_the_request_body_is_streamed_not_buffered(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
+    chunks = [b"a" * 65536 for _ in range(16)]
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    response = await client.post("/api/echo", content=body())
+    assert response.status_code == 200
+    assert mock_upstream.calls.last.request.content == b"".join(chunks)

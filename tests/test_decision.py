@@ -1,0 +1,81 @@
+"""The decision as a pure function: no sockets, no event loop."""
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Tables, load_config
+from gateway.decision import authorize, is_public, route
+from gateway.errors import Forbidden
+from gateway.tokens import VerifiedToken
+from tests.support import write_config
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> Tables:
+    return load_config(write_config(tmp_path_factory.mktemp("decision"))).tables
+
+
+def token(*scopes: str) -> VerifiedToken:
+    return VerifiedToken(claims={}, scopes=frozenset(scopes), subject="u", client="c", expires_at=float("inf"))
+
+
+# (method, path, scopes held, allowed)
+MATRIX = [
+    ("GET", "/api/merchants/M1/webhooks", ["psp.webhook:read"], True),
+    ("GET", "/api/merchants/M1/webhooks", ["psp.webhook:write"], True),  # write implies read
+    ("GET", "/api/merchants/M1/webhooks", ["psp.accountsettings:write"], False),
+    ("GET", "/api/merchants/M1/webhooks", [], False),
+    ("POST", "/api/merchants/M1/webhooks", ["psp.webhook:write"], True),
+    ("POST", "/api/merchants/M1/webhooks", ["psp.webhook:read"], False),  # read never implies write
+    ("GET", "/api/merchants/M1/webhooks/W1", ["psp.webhook:read"], True),
+    ("GET", "/api/merchants/M1/webhooks/special", ["psp.webhook:read"], False),  # literal route wins, needs psp.admin
+    ("GET", "/api/merchants/M1/webhooks/special", ["psp.admin"], True),
+    ("GET", "/api/merchants/M1", ["psp.accountsettings:write"], True),
+    ("GET", "/api/merchants/M1", ["psp.onlinepayment:write"], True),
+    ("GET", "/api/merchants/M1", ["psp.webhook:write"], False),
+    ("POST", "/api/paymentLinks", ["psp:paybylink:write", "psp.onlinepayment.tokenization:write"], True),
+    ("POST", "/api/paymentLinks", ["psp:paybylink:write"], False),
+    ("POST", "/api/paymentLinks", ["psp.onlinepayment.tokenization:write"], False),
+    ("GET", "/api/me", [], True),
+    ("HEAD", "/api/merchants/M1/webhooks", ["psp.webhook:read"], True),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "scopes", "allowed"), MATRIX)
+def test_allow_deny_matrix(tables: Tables, method: str, path: str, scopes: list[str], allowed: bool) -> None:
+    match = route(tables, method, path.encode())
+    if allowed:
+        grant = authorize(match, token(*scopes))
+        assert set(scopes) <= grant.scopes
+    else:
+        with pytest.raises(Forbidden):
+            authorize(match, token(*scopes))
+
+
+def test_a_refusal_names_the_requirement_and_what_the_token_had(tables: Tables) -> None:
+    with pytest.raises(Forbidden) as refused:
+        authorize(route(tables, "GET", b"/api/merchants/M1"), token("psp.webhook:read"))
+    assert refused.value.description == (
+        "GET /merchants/{merchantId} requires one of: psp.accountsettings:write; psp.onlinepayment:write; "
+        "the token grants psp.webhook:read"
+    )
+    assert refused.value.scope == "psp.accountsettings:write"
+    assert refused.value.extra["required"] == [["psp.accountsettings:write"], ["psp.onlinepayment:write"]]
+
+
+def test_all_of_requirements_are_listed_together(tables: Tables) -> None:
+    with pytest.raises(Forbidden) as refused:
+        authorize(route(tables, "POST", b"/api/paymentLinks"), token())
+    assert "requires psp.onlinepayment.tokenization:write and psp:paybylink:write; the token grants no scopes" in refused.value.description
+    assert refused.value.scope == "psp.onlinepayment.tokenization:write psp:paybylink:write"
+
+
+def test_effective_scopes_include_implied_ones(tables: Tables) -> None:
+    grant = authorize(route(tables, "GET", b"/api/merchants/M1/webhooks"), token("psp.webhook:write"))
+    assert grant.scopes == {"psp.webhook:write", "psp.webhook:read"}
+
+
+def test_public_routes_are_recognised_without_a_token(tables: Tables) -> None:
+    assert is_public(route(tables, "GET", b"/api/status"))
+    assert not is_public(route(tables, "GET", b"/api/me"))
