@@ -155,7 +155,7 @@ async def test_hop_by_hop_headers_are_removed_both_ways(client: httpx.AsyncClien
 
 
 async def test_upstream_status_headers_and_body_pass_through(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
-    mock_upstream.return_value = httpx.Response(418, headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Encoding", "gzip")], content=b"\x1f\x8b raw")
+    mock_upstream.return_value = httpx.Response(418, headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Encoding", "gzip")], stream=httpx.ByteStream(b"\x1f\x8b raw"))
     async with client.stream("GET", "/api/status") as response:
         raw = b"".join([chunk async for chunk in response.aiter_raw()])
     assert response.status_code == 418
