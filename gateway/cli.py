@@ -34,6 +34,18 @@ def _load(config_path: str) -> Config | None:
         return None
 
 
+def uvicorn_options() -> dict[str, object]:
+    """The server settings every way of running the gateway shares."""
+    return {
+        "lifespan": "on",
+        # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
+        "proxy_headers": False,
+        # upstream Server and Date headers pass through unchanged, not doubled
+        "server_header": False,
+        "date_header": False,
+    }
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -47,12 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        lifespan="on",
-        # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
-        proxy_headers=False,
-        # upstream Server and Date headers pass through unchanged, not doubled
-        server_header=False,
-        date_header=False,
+        **uvicorn_options(),
     )
     return 0
 
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return args.run(args)
 
 

@@ -18,6 +18,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import Gateway
+from gateway.cli import uvicorn_options
 from gateway.config import load_config
 from gateway.types import Receive, Scope, Send
 
@@ -142,10 +143,7 @@ async def _serve_demo(host: str, port: int) -> int:
         tokens = write_demo_files(folder, upstream_port)
         config = load_config(folder / "gateway.yaml")
         upstream = uvicorn.Server(uvicorn.Config(echo_upstream, log_level="warning", lifespan="off"))
-        gateway = uvicorn.Server(uvicorn.Config(
-            Gateway(config), host=host, port=port, log_level="info", lifespan="on",
-            proxy_headers=False, server_header=False, date_header=False,
-        ))
+        gateway = uvicorn.Server(uvicorn.Config(Gateway(config), host=host, port=port, log_level="info", **uvicorn_options()))
         upstream_task = asyncio.create_task(upstream.serve(sockets=[upstream_socket]))
         while not upstream.started:
             await asyncio.sleep(0.01)

@@ -181,8 +181,9 @@ class LiveServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        settings = dict(log_level="warning", lifespan="on", proxy_headers=False, server_header=False, date_header=False)
-        settings.update(options)
+        from gateway.cli import uvicorn_options
+
+        settings = {"log_level": "warning", **uvicorn_options(), **options}
         self.server = uvicorn.Server(uvicorn.Config(app, **settings))
         self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self._socket])), daemon=True)
         self._thread.start()

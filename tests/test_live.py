@@ -1,0 +1,200 @@
+"""The real gateway under uvicorn on loopback, fed exact bytes, in front of loopback upstreams."""
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import LiveServer, RecordingUpstream, Received, answer, mint, raw_exchange, request_bytes, write_config
+
+TOKEN = ("authorization", f"Bearer {mint('psp.webhook:read psp.webhook:write', lifetime=3600)}")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer]) -> LiveServer:
+    return live_gateway(write_config(tmp_path, upstream=f"{upstream.url}/v3", proxy="proxy:\n  read_timeout: 1\n  connect_timeout: 1\n"))
+
+
+@pytest.mark.parametrize(("target", "forwarded"), [
+    (b"/api/merchants/M1/webhooks", b"/v3/merchants/M1/webhooks"),
+    (b"/api/merchants/M%41/webhooks", b"/v3/merchants/M%41/webhooks"),
+    (b"/api/merchants/m%c3%a9/webhooks", b"/v3/merchants/m%c3%a9/webhooks"),
+    (b"/api/merchants/M;v=1/webhooks", b"/v3/merchants/M;v=1/webhooks"),
+    (b"/api/merchants/M1/webhooks?b=%2F&a=1&a=2&c", b"/v3/merchants/M1/webhooks?b=%2F&a=1&a=2&c"),
+    (b"/api/merchants/M1/webhooks?", b"/v3/merchants/M1/webhooks"),
+])
+def test_the_bytes_matched_are_the_bytes_forwarded(gateway: LiveServer, upstream: RecordingUpstream, target: bytes, forwarded: bytes) -> None:
+    response = raw_exchange(gateway.port, request_bytes("GET", target, [TOKEN]))
+    assert response.status == 200, response.body
+    assert [r.target for r in upstream.received] == [forwarded]
+
+
+PATH_TRICKS = [
+    b"/api/merchants/M1/%2e%2e/webhooks",
+    b"/api/merchants/M1/webhooks/..",
+    b"/api/merchants/../merchants/M1/webhooks",
+    b"/api/merchants/M1/./webhooks",
+    b"/api/merchants/M1//webhooks",
+    b"//api/merchants/M1/webhooks",
+    b"/api/merchants/M1/webhooks/",
+    b"/api/merchants/M1%2fwebhooks",
+    b"/api/merchants/M1%2Fx/webhooks",
+    b"/api/merchants/M1%5c..%5cx/webhooks",
+    b"/api/merchants/M1\\..\\x/webhooks",
+    b"/api/merchants/M1%00/webhooks",
+    b"/api/merchants/M1%/webhooks",
+    b"/api/merchants/M1%g0/webhooks",
+    b"/api/merchants/%ff%fe/webhooks",
+    b"/api/merchants/M1/..;/webhooks",
+    b"/api/status/..;/merchants/M1/webhooks",
+    b"/api/merchants/%252e%252e/webhooks",
+]
+
+
+@pytest.mark.parametrize("target", PATH_TRICKS)
+def test_ambiguous_paths_are_refused_before_anything_is_forwarded(gateway: LiveServer, upstream: RecordingUpstream, target: bytes) -> None:
+    response = raw_exchange(gateway.port, request_bytes("GET", target, [TOKEN]))
+    assert response.status == 400
+    assert response.json()["error"] == "invalid_request"
+    assert "refused" in response.json()["error_description"]
+    assert upstream.received == []
+
+
+def test_method_override_headers_do_not_change_what_is_authorised(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    reader = ("authorization", f"Bearer {mint('psp.webhook:read')}")
+    response = raw_exchange(gateway.port, request_bytes("GET", "/api/merchants/M1/webhooks", [reader, ("x-http-method-override", "POST"), ("x-method-override", "DELETE"), ("X-HTTP-Method", "PATCH")]))
+    assert response.status == 200
+    [sent] = upstream.received
+    assert sent.method == b"GET"
+    assert not sent.header(b"x-http-method-override") and not sent.header(b"x-method-override") and not sent.header(b"x-http-method")
+
+
+def test_client_sent_identity_and_forwarding_headers_are_dropped(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    response = raw_exchange(gateway.port, request_bytes("GET", "/api/merchants/M1/webhooks", [
+        TOKEN, ("x-auth-subject", "root"), ("X-Auth-Scopes", "psp.admin"), ("x-auth-client", "admin"),
+        ("x-forwarded-for", "10.1.1.1"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.test"),
+        ("forwarded", "for=10.1.1.1"), ("x-real-ip", "10.1.1.1"),
+    ]))
+    assert response.status == 200
+    [sent] = upstream.received
+    assert sent.header(b"x-auth-subject") == [b"user-1"]
+    assert sent.header(b"x-auth-client") == [b"client-1"]
+    assert sent.header(b"x-auth-scopes") == [b"psp.webhook:read psp.webhook:write"]
+    assert sent.header(b"x-forwarded-for") == [b"127.0.0.1"]
+    assert sent.header(b"x-forwarded-proto") == [b"http"]
+    assert sent.header(b"x-forwarded-host") == [b"gateway.test"]
+    assert sent.header(b"forwarded") == [] and sent.header(b"x-real-ip") == []
+
+
+def test_connection_listed_headers_are_removed(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    raw_exchange(gateway.port, request_bytes("GET", "/api/status", [("x-private", "1"), ("connection", "x-private")]))
+    [sent] = upstream.received
+    assert sent.header(b"x-private") == [] and sent.header(b"connection") in ([], [b"keep-alive"])
+
+
+def test_a_chunked_request_body_is_streamed_through_complete(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (b"a" * 1000, b"b" * 70000, b"c")) + b"0\r\n\r\n"
+    request = b"POST /api/echo HTTP/1.1\r\nhost: g\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n" + chunked
+    response = raw_exchange(gateway.port, request)
+    assert response.status == 200
+    [sent] = upstream.received
+    assert sent.body == b"a" * 1000 + b"b" * 70000 + b"c"
+
+
+def test_a_large_body_passes_both_ways(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+    big = bytes(range(256)) * 8192  # 2 MiB
+    upstream = RecordingUpstream(behaviour=answer(200, big, [(b"content-type", b"application/octet-stream")]))
+    try:
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+        response = raw_exchange(gateway.port, request_bytes("POST", "/api/echo", body=big[::-1]))
+        assert response.status == 200 and response.body == big
+        assert upstream.received[0].body == big[::-1]
+    finally:
+        upstream.close()
+
+
+def test_smuggling_with_both_content_length_and_chunked_never_reaches_the_upstream(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    smuggle = (b"POST /api/echo HTTP/1.1\r\nhost: g\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n"
+               b"0\r\n\r\nGET /api/merchants/M1/webhooks HTTP/1.1\r\nhost: g\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as connection:
+        connection.sendall(smuggle)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert all(r.target != b"/v3/merchants/M1/webhooks" for r in upstream.received)
+
+
+def slow(request: Received, connection: socket.socket) -> None:
+    time.sleep(2.5)
+    answer()(request, connection)
+
+
+def garbage(request: Received, connection: socket.socket) -> None:
+    connection.sendall(b"SPDY/9 banana\r\n\r\n")
+
+
+def close_at_once(request: Received, connection: socket.socket) -> None:
+    connection.shutdown(socket.SHUT_RDWR)
+
+
+def headers_then_close(request: Received, connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
+    connection.shutdown(socket.SHUT_RDWR)
+
+
+def injected_header(request: Received, connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize(("behaviour", "status", "error"), [
+    (slow, 504, "gateway_timeout"),
+    (garbage, 502, "bad_gateway"),
+    (close_at_once, 502, "bad_gateway"),
+    (injected_header, 502, "bad_gateway"),
+])
+def test_upstream_faults_are_answered_by_the_gateway(tmp_path: Path, live_gateway: Callable[..., LiveServer], behaviour, status: int, error: str) -> None:
+    upstream = RecordingUpstream(behaviour=behaviour)
+    try:
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy="proxy:\n  read_timeout: 0.5\n"))
+        response = raw_exchange(gateway.port, request_bytes("GET", "/api/merchants/M1/webhooks", [TOKEN]))
+        assert response.status == status
+        assert response.json()["error"] == error
+    finally:
+        upstream.close()
+
+
+def test_an_unreachable_upstream_is_a_502(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        free_port = placeholder.getsockname()[1]
+    gateway = live_gateway(write_config(tmp_path, upstream=f"http://127.0.0.1:{free_port}"))
+    response = raw_exchange(gateway.port, request_bytes("GET", "/api/status"))
+    assert response.status == 502 and response.json()["error"] == "bad_gateway"
+
+
+def test_an_upstream_dying_mid_body_aborts_the_client_connection(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+    upstream = RecordingUpstream(behaviour=headers_then_close)
+    try:
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as connection:
+            connection.sendall(request_bytes("GET", "/api/status"))
+            reply = b""
+            while chunk := connection.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 1000" in head.lower()
+        assert len(body) < 1000  # the client sees a truncated body, never a complete-looking one
+    finally:
+        upstream.close()
+
+
+def test_refusals_are_answered_on_a_real_socket_with_their_challenge(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    response = raw_exchange(gateway.port, request_bytes("DELETE", "/api/merchants/M1/webhooks", [("authorization", f"Bearer {mint('psp.webhook:read')}")]))
+    assert response.status == 404
+    response = raw_exchange(gateway.port, request_bytes("POST", "/api/merchants/M1/webhooks", [("authorization", f"Bearer {mint('psp.webhook:read')}")], b"{}"))
+    assert response.status == 403
+    assert response.header(b"www-authenticate") == b'Bearer realm="payments", error="insufficient_scope", error_description="POST /merchants/{merchantId}/webhooks requires psp.webhook:write; the token grants psp.webhook:read", scope="psp.webhook:write"'
+    assert upstream.received == []
