@@ -1,0 +1,150 @@
+"""The `gateway` command as a user runs it: the installed console script, in a subprocess."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import RecordingUpstream, mint, write_config
+
+GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GATEWAY, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_check_prints_a_summary_and_exits_0(tmp_path: Path) -> None:
+    result = run("check", "--config", str(write_config(tmp_path)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"OK: 1 route tables, 9 routes \(payments: 9\) from .*gateway.yaml\n", result.stdout)
+
+
+def test_check_defaults_to_gateway_yaml_in_the_current_folder(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    assert run("check", cwd=tmp_path).returncode == 0
+
+
+def test_check_lists_every_problem_as_file_line_message_and_exits_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  FETCH /a: s\n  GET /b: [[]]\n")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1
+    table = tmp_path / "routes" / "payments.yaml"
+    assert result.stdout.splitlines() == [
+        f"{table}:4: FETCH /a: unknown method 'FETCH' (expected one of: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT)",
+        f"{table}:5: GET /b: an all-of list must hold at least one scope",
+    ]
+
+
+def test_explain_shows_route_requirement_and_a_forward(tmp_path: Path) -> None:
+    result = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks?x=1", "--scopes", "psp.webhook:write")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "route:     GET /merchants/{merchantId}/webhooks  (table payments, " in result.stdout
+    assert "params:    merchantId=M1" in result.stdout
+    assert "requires:  psp.webhook:read" in result.stdout
+    assert "implied:   psp.webhook:read" in result.stdout
+    assert "decision:  forward to http://upstream.test:8080/v3/merchants/M1/webhooks?x=1" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "decision"), [
+    (["POST", "/api/merchants/M1/webhooks", "--scopes", "psp.webhook:read"], "decision:  403 forbidden: POST /merchants/{merchantId}/webhooks requires psp.webhook:write"),
+    (["GET", "/api/merchants/M1/webhooks"], "decision:  401 unauthorized"),
+    (["GET", "/api/nowhere", "--scopes", "a"], "decision:  404 not_found: no route for GET /api/nowhere"),
+    (["GET", "/api/merchants/%2e%2e/webhooks"], "decision:  400 invalid_request"),
+    (["GET", "/api/merchants/M1/webhooks", "--token", "x.y.z"], "decision:  401 invalid_token: malformed token"),
+])
+def test_explain_says_why_a_request_is_refused_and_exits_1(tmp_path: Path, args: list[str], decision: str) -> None:
+    result = run("explain", "--config", str(write_config(tmp_path)), *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert decision in result.stdout
+
+
+def test_explain_verifies_a_real_token(tmp_path: Path) -> None:
+    result = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint("psp.webhook:read"))
+    assert result.returncode == 0, result.stdout
+    assert "token:     valid; sub=user-1 client=client-1; scopes psp.webhook:read (from claim 'scope')" in result.stdout
+    expired = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint(lifetime=-3600))
+    assert expired.returncode == 1 and "401 invalid_token: token expired at" in expired.stdout
+
+
+def test_help_explains_each_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "check", "explain", "demo"):
+        assert command in result.stdout
+    assert "--scopes" in run("explain", "--help").stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    port = _free_port()
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(port, process)
+        base = f"http://127.0.0.1:{port}"
+        allowed = httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}", "X-Forwarded-For": "6.6.6.6"})
+        assert allowed.status_code == 200
+        assert "server" not in allowed.headers or allowed.headers["server"] != "uvicorn"
+        assert upstream.received[0].header(b"x-forwarded-for") == [b"127.0.0.1"]
+        assert httpx.get(f"{base}/api/merchants/M1/webhooks").status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+        upstream.close()
+
+
+def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  GET /a/{: s\n")
+    result = run("serve", "--config", str(config), "--port", str(_free_port()))
+    assert result.returncode == 1 and "payments.yaml:4:" in result.stdout
+
+
+def test_the_demo_serves_an_allowed_a_forbidden_and_a_not_found_call() -> None:
+    port = _free_port()
+    process = subprocess.Popen([GATEWAY, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for(port, process)
+        output = ""
+        assert process.stdout is not None
+        while "Ctrl-C" not in output:
+            output += process.stdout.readline()
+        read = re.search(r"READ=(\S+)", output).group(1)
+        commands = [line.strip() for line in output.splitlines() if line.strip().startswith("curl")]
+        assert len(commands) >= 5
+        webhooks = f"http://127.0.0.1:{port}/adyen/management/merchants/M123/webhooks"
+        auth = {"Authorization": f"Bearer {read}"}
+        echoed = httpx.get(webhooks, headers=auth)
+        assert echoed.status_code == 200 and echoed.json()["headers"]["x-auth-scopes"] == "psp.webhook:read"
+        assert httpx.post(webhooks, headers=auth, json={}).status_code == 403
+        assert httpx.get(f"http://127.0.0.1:{port}/adyen/management/merchants/M123/apiCredentials", headers=auth).status_code == 404
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
