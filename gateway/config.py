@@ -51,7 +51,7 @@ class TokenSettings:
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     jwks_url: str | None = None
     static_keys: tuple[VerificationKey, ...] = ()
-    leeway: float = 30.0
+    leeway: float = 0.0
     scope_claims: tuple[str, ...] = ("scope", "scp")
     jwks_refetch_interval: float = 30.0
     jwks_max_age: float = 600.0

@@ -147,7 +147,7 @@ routes:
 def test_defaults_are_documented_values(tmp_path: Path) -> None:
     loaded = load_config(write_config(tmp_path, tokens=f"tokens:\n  jwks_file: {KEYS / 'jwks.json'}\n"))
     assert loaded.tokens.algorithms[:1] == ("RS256",) and "HS256" not in loaded.tokens.algorithms
-    assert loaded.tokens.leeway == 30 and loaded.tokens.scope_claims == ("scope", "scp")
+    assert loaded.tokens.leeway == 0 and loaded.tokens.scope_claims == ("scope", "scp")
     assert (loaded.proxy.connect_timeout, loaded.proxy.read_timeout, loaded.proxy.trusted_proxies) == (5, 30, ())
 
 

@@ -198,3 +198,13 @@ def test_refusals_are_answered_on_a_real_socket_with_their_challenge(gateway: Li
     assert response.status == 403
     assert response.header(b"www-authenticate") == b'Bearer realm="payments", error="insufficient_scope", error_description="POST /merchants/{merchantId}/webhooks requires psp.webhook:write; the token grants psp.webhook:read", scope="psp.webhook:write"'
     assert upstream.received == []
+
+
+def test_proxy_environment_variables_never_divert_upstream_traffic(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+    assert raw_exchange(gateway.port, request_bytes("GET", "/api/status")).status == 200
+    assert len(upstream.received) == 1
