@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
-from gateway.config import Config
+from gateway.config import Config, ProxySettings
 from gateway.credentials import bearer_token
 from gateway.decision import Grant, authorize, is_public, route
 from gateway.errors import Refusal, render
 from gateway.keys import KeyStore
+from gateway.pool import PooledUpstream
 from gateway.proxy import ClientDisconnected, Forwarder
 from gateway.tokens import TokenVerifier
 from gateway.types import Headers, Receive, Scope, Send
@@ -25,6 +26,16 @@ def raw_path(scope: Scope) -> bytes:
         return quote(scope["path"], safe="/!$&'()*+,;=:@").encode("ascii")
     # some servers include the query string in raw_path
     return raw.partition(b"?")[0]
+
+
+def upstream_client(settings: ProxySettings) -> UpstreamClient:
+    if settings.client == "httpx":
+        return HttpxUpstream(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
+    return PooledUpstream(
+        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+        total_timeout=settings.total_timeout, max_connections=settings.max_connections,
+        idle_timeout=settings.idle_timeout, ca_file=str(settings.ca_file) if settings.ca_file else None,
+    )
 
 
 def identity_headers(grant: Grant) -> Headers:
@@ -52,9 +63,7 @@ class Gateway:
             refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
         )
         self.verifier = TokenVerifier(tokens, self.keys)
-        self.upstream = upstream or HttpxUpstream(
-            connect_timeout=config.proxy.connect_timeout, read_timeout=config.proxy.read_timeout
-        )
+        self.upstream = upstream or upstream_client(config.proxy)
         self.forwarder = Forwarder(self.upstream, config.proxy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

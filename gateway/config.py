@@ -62,7 +62,12 @@ class TokenSettings:
 class ProxySettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    total_timeout: float = 0.0  # 0: no limit on the whole exchange
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    client: str = "pool"  # "pool" (asyncio protocols + httptools) or "httpx" (mockable with respx)
+    max_connections: int = 100  # per upstream
+    idle_timeout: float = 30.0
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ _TOKEN_KEYS = {
     "issuer", "audience", "algorithms", "jwks_url", "jwks_file", "public_keys", "hmac_secret_file",
     "leeway", "scope_claims", "jwks_refetch_interval", "jwks_max_age", "cache_size",
 }
-_PROXY_KEYS = {"connect_timeout", "read_timeout", "trusted_proxies"}
+_PROXY_KEYS = {"connect_timeout", "read_timeout", "total_timeout", "trusted_proxies", "client", "max_connections", "idle_timeout", "ca_file"}
+UPSTREAM_CLIENTS = ("pool", "httpx")
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "routes"}
 _CATALOG_ENTRY_KEYS = {"description", "implies"}
 _ROUTE_OPTION_KEYS = {"scopes"}
@@ -222,7 +228,7 @@ class _Loader:
                 self._report(invalid.node, invalid.message)
         if "proxy" in entries:
             try:
-                proxy = self._proxy(entries["proxy"][1])
+                proxy = self._proxy(entries["proxy"][1], path.parent)
             except _Invalid as invalid:
                 self._report(invalid.node, invalid.message)
         if tables is not None and tables.needs_tokens() and not (tokens.static_keys or tokens.jwks_url):
@@ -304,12 +310,24 @@ class _Loader:
         self._section(parse)
         return TokenSettings(static_keys=tuple(keys), **settings)
 
-    def _proxy(self, node: yaml.Node) -> ProxySettings:
+    def _proxy(self, node: yaml.Node, base: Path) -> ProxySettings:
         entries = self._mapping(node, "proxy", _PROXY_KEYS)
         settings: dict[str, Any] = {}
-        for name in ("connect_timeout", "read_timeout"):
+        for name in ("connect_timeout", "read_timeout", "idle_timeout"):
             if name in entries:
                 settings[name] = self._number(entries[name][1], f"proxy.{name}", minimum=0.001)
+        if "total_timeout" in entries:
+            settings["total_timeout"] = self._number(entries["total_timeout"][1], "proxy.total_timeout")
+        if "max_connections" in entries:
+            settings["max_connections"] = int(self._typed(entries["max_connections"][1], "proxy.max_connections", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"))
+        if "client" in entries:
+            settings["client"] = self._typed(entries["client"][1], "proxy.client", lambda v: v in UPSTREAM_CLIENTS, " or ".join(UPSTREAM_CLIENTS))
+        if "ca_file" in entries:
+            node = entries["ca_file"][1]
+            ca_file = base / self._string(node, "proxy.ca_file")
+            if not ca_file.is_file():
+                raise _Invalid(node, f"proxy.ca_file: {ca_file} does not exist")
+            settings["ca_file"] = ca_file
         if "trusted_proxies" in entries:
             node = entries["trusted_proxies"][1]
             networks = []

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.config import ProxySettings
-from gateway.errors import BadGateway, GatewayTimeout
+from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
 from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import Origin, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
 
@@ -57,8 +57,12 @@ def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
 
 def upstream_request_headers(
     scope: Scope, settings: ProxySettings, authority: bytes, identity: Headers
-) -> tuple[Headers, bool]:
-    """The headers to send upstream, and whether the request has a body."""
+) -> tuple[Headers, bool, int | None]:
+    """The headers to send upstream (framing left to the upstream client), whether the request
+    has a body, and its length when the client declared one.
+
+    :raises InvalidRequest: a Content-Length that is not one non-negative number.
+    """
     headers: Headers = scope["headers"]
     listed = _connection_listed(headers)
     client = scope.get("client")
@@ -68,13 +72,17 @@ def upstream_request_headers(
     forwarded_for: list[bytes] = []
     forwarded_proto = scope.get("scheme", "http").encode("ascii")
     host = b""
-    has_body = False
+    chunked = False
+    length: int | None = None
     for name, value in headers:
         name = name.lower()
         if name == b"content-length":
-            has_body = value.strip() not in (b"0", b"")
-        elif name == b"transfer-encoding":
-            has_body = True
+            if length is not None or not value.strip().isdigit():
+                raise InvalidRequest("Content-Length must be a single non-negative number")
+            length = int(value)
+            continue
+        if name == b"transfer-encoding":
+            chunked = True
         if name in HOP_BY_HOP or name in listed or name in METHOD_OVERRIDE or name in IDENTITY:
             continue
         if name in _REQUEST_ONLY_DROP:
@@ -100,7 +108,8 @@ def upstream_request_headers(
     if host and not (trusted and any(name == b"x-forwarded-host" for name, _ in outgoing)):
         outgoing.append((b"x-forwarded-host", host))
     outgoing.extend(identity)
-    return outgoing, has_body
+    has_body = chunked or bool(length)
+    return outgoing, has_body, None if chunked else length
 
 
 def downstream_response_headers(headers: Headers) -> Headers:
@@ -134,10 +143,10 @@ class Forwarder:
             after the response started is re-raised as is, so the server aborts the connection
             rather than end a truncated body as if it were complete.
         """
-        headers, has_body = upstream_request_headers(scope, self.settings, authority, identity)
+        headers, has_body, length = upstream_request_headers(scope, self.settings, authority, identity)
         request = UpstreamRequest(
             origin=origin, method=scope["method"], target=target, headers=headers,
-            body=_request_body(receive) if has_body else None,
+            body=_request_body(receive) if has_body else None, content_length=length,
         )
         try:
             response = await self.client.send(request)

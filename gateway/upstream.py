@@ -44,8 +44,9 @@ class UpstreamRequest:
     origin: Origin
     method: str
     target: bytes  # path and query, sent byte for byte
-    headers: Headers  # final: the client adds no header of its own except framing
+    headers: Headers  # final, without framing headers: the client frames the body itself
     body: AsyncIterator[bytes] | None  # None: the request has no body
+    content_length: int | None = None  # None with a body: length unknown, sent chunked
 
 
 class UpstreamResponse(Protocol):
@@ -119,8 +120,11 @@ class HttpxUpstream:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         origin = request.origin
         url = httpx.URL(scheme=origin.scheme, host=origin.host, port=origin.port, raw_path=request.target)
+        headers = request.headers
+        if request.body is not None and request.content_length is not None:
+            headers = [*headers, (b"content-length", b"%d" % request.content_length)]
         # built directly, not with client.build_request: no default headers, no cookies added
-        outgoing = httpx.Request(request.method, url, headers=request.headers, content=request.body)
+        outgoing = httpx.Request(request.method, url, headers=headers, content=request.body)
         with _translate_httpx_errors():
             response = await self._client.send(outgoing, stream=True)
         return _HttpxResponse(response)

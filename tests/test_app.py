@@ -18,7 +18,7 @@ UPSTREAM = "http://upstream.test:8080"
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = Gateway(load_config(write_config(tmp_path, upstream=f"{UPSTREAM}/v3")))
+    app = Gateway(load_config(write_config(tmp_path, upstream=f"{UPSTREAM}/v3", proxy="proxy:\n  client: httpx\n")))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 50000)), base_url="http://gateway.test") as http:
         yield http
 
@@ -127,7 +127,7 @@ async def test_client_forwarding_headers_are_replaced_by_the_real_peer(client: h
 
 
 async def test_a_trusted_proxy_may_pass_on_the_client_address(tmp_path: Path) -> None:
-    app = Gateway(load_config(write_config(tmp_path, upstream=UPSTREAM, proxy="proxy:\n  trusted_proxies: [203.0.113.0/24]\n")))
+    app = Gateway(load_config(write_config(tmp_path, upstream=UPSTREAM, proxy="proxy:\n  client: httpx\n  trusted_proxies: [203.0.113.0/24]\n")))
     with respx.mock() as router:
         upstream = router.route(host="upstream.test").mock(return_value=httpx.Response(204))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 1)), base_url="http://gw") as http:

@@ -9,12 +9,25 @@ import pytest
 
 from tests.support import LiveServer, RecordingUpstream, Received, answer, mint, raw_exchange, request_bytes, write_config
 
+CLIENTS = ["pool", "httpx"]
+
+
+@pytest.fixture(params=CLIENTS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every loopback test runs against both upstream clients."""
+    return request.param
+
+
+def proxy(client_kind: str, **settings: object) -> str:
+    return "proxy:\n" + "".join(f"  {name}: {value}\n" for name, value in {"client": client_kind, **settings}.items())
+
+
 TOKEN = ("authorization", f"Bearer {mint('psp.webhook:read psp.webhook:write', lifetime=3600)}")
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer]) -> LiveServer:
-    return live_gateway(write_config(tmp_path, upstream=f"{upstream.url}/v3", proxy="proxy:\n  read_timeout: 1\n  connect_timeout: 1\n"))
+def gateway(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer], client_kind: str) -> LiveServer:
+    return live_gateway(write_config(tmp_path, upstream=f"{upstream.url}/v3", proxy=proxy(client_kind, read_timeout=1, connect_timeout=1)))
 
 
 @pytest.mark.parametrize(("target", "forwarded"), [
@@ -103,11 +116,11 @@ def test_a_chunked_request_body_is_streamed_through_complete(gateway: LiveServer
     assert sent.body == b"a" * 1000 + b"b" * 70000 + b"c"
 
 
-def test_a_large_body_passes_both_ways(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+def test_a_large_body_passes_both_ways(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str) -> None:
     big = bytes(range(256)) * 8192  # 2 MiB
     upstream = RecordingUpstream(behaviour=answer(200, big, [(b"content-type", b"application/octet-stream")]))
     try:
-        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy=proxy(client_kind)))
         response = raw_exchange(gateway.port, request_bytes("POST", "/api/echo", body=big[::-1]))
         assert response.status == 200 and response.body == big
         assert upstream.received[0].body == big[::-1]
@@ -155,10 +168,10 @@ def injected_header(request: Received, connection: socket.socket) -> None:
     (close_at_once, 502, "bad_gateway"),
     (injected_header, 502, "bad_gateway"),
 ])
-def test_upstream_faults_are_answered_by_the_gateway(tmp_path: Path, live_gateway: Callable[..., LiveServer], behaviour, status: int, error: str) -> None:
+def test_upstream_faults_are_answered_by_the_gateway(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str, behaviour, status: int, error: str) -> None:
     upstream = RecordingUpstream(behaviour=behaviour)
     try:
-        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy="proxy:\n  read_timeout: 0.5\n"))
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy=proxy(client_kind, read_timeout=0.5)))
         response = raw_exchange(gateway.port, request_bytes("GET", "/api/merchants/M1/webhooks", [TOKEN]))
         assert response.status == status
         assert response.json()["error"] == error
@@ -166,19 +179,19 @@ def test_upstream_faults_are_answered_by_the_gateway(tmp_path: Path, live_gatewa
         upstream.close()
 
 
-def test_an_unreachable_upstream_is_a_502(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+def test_an_unreachable_upstream_is_a_502(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str) -> None:
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
         free_port = placeholder.getsockname()[1]
-    gateway = live_gateway(write_config(tmp_path, upstream=f"http://127.0.0.1:{free_port}"))
+    gateway = live_gateway(write_config(tmp_path, upstream=f"http://127.0.0.1:{free_port}", proxy=proxy(client_kind)))
     response = raw_exchange(gateway.port, request_bytes("GET", "/api/status"))
     assert response.status == 502 and response.json()["error"] == "bad_gateway"
 
 
-def test_an_upstream_dying_mid_body_aborts_the_client_connection(tmp_path: Path, live_gateway: Callable[..., LiveServer]) -> None:
+def test_an_upstream_dying_mid_body_aborts_the_client_connection(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str) -> None:
     upstream = RecordingUpstream(behaviour=headers_then_close)
     try:
-        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy=proxy(client_kind)))
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as connection:
             connection.sendall(request_bytes("GET", "/api/status"))
             reply = b""
@@ -200,11 +213,11 @@ def test_refusals_are_answered_on_a_real_socket_with_their_challenge(gateway: Li
     assert upstream.received == []
 
 
-def test_proxy_environment_variables_never_divert_upstream_traffic(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_environment_variables_never_divert_upstream_traffic(tmp_path: Path, upstream: RecordingUpstream, live_gateway: Callable[..., LiveServer], client_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    gateway = live_gateway(write_config(tmp_path, upstream=upstream.url))
+    gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy=proxy(client_kind)))
     assert raw_exchange(gateway.port, request_bytes("GET", "/api/status")).status == 200
     assert len(upstream.received) == 1

@@ -1,0 +1,462 @@
+"""The production upstream client: per-upstream pools of keep-alive connections on asyncio
+protocols, responses parsed with httptools (llhttp, the parser uvicorn uses).
+
+The mirror image of uvicorn's httptools server protocol: a response parser fed by
+`data_received`, flow control both ways (a slow client pauses reading from the upstream; a slow
+upstream pauses the request body), and a pool in place of a listener. It moves HTTP messages
+and nothing else; errors leave it only as `UpstreamTimeout` or `UpstreamUnavailable`.
+
+Framing is always the gateway's own: Content-Length when the length is known, chunked when it
+is not, never both. A connection goes back to the pool only when the response was read to its
+end, the request was sent whole, and neither side asked to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+
+from gateway.types import Headers
+from gateway.upstream import Origin, UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
+
+_MAX_HEADER_BYTES = 64 * 1024
+_HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream is paused
+_LOW_WATER = 64 * 1024
+_BODYLESS_METHODS_NEEDING_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _Exchange:
+    """One request/response on a connection; the target of httptools' parser callbacks."""
+
+    __slots__ = (
+        "connection", "parser", "head", "status", "headers", "header_bytes", "chunks", "buffered",
+        "waiter", "complete", "error", "framed", "no_body", "interim", "received_bytes", "keep_alive",
+    )
+
+    def __init__(self, connection: _Connection, no_body: bool) -> None:
+        self.connection = connection
+        self.parser = httptools.HttpResponseParser(self)
+        self.head: asyncio.Future[None] = connection.loop.create_future()
+        self.status = 0
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self.error: Exception | None = None
+        self.framed = False
+        self.no_body = no_body  # HEAD: the parser cannot be told, so the exchange ends at the head
+        self.interim = False
+        self.received_bytes = False
+        self.keep_alive = False
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.header_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > _MAX_HEADER_BYTES:
+            raise UpstreamUnavailable(f"response headers larger than {_MAX_HEADER_BYTES} bytes")
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status == 101:
+            raise UpstreamUnavailable("upstream switched protocols, which the gateway does not forward")
+        if status < 200:
+            self.interim = True  # 1xx: skipped; the final answer follows on the same connection
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.no_body or status in (204, 304):
+            self.complete = True
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER:
+            self.connection.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.framed = False
+            return
+        self.complete = True
+        self._wake()
+
+    # connection events
+    def feed(self, data: bytes) -> None:
+        self.received_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self.fail(exc.__context__ if isinstance(exc.__context__, Exception) else UpstreamUnavailable(str(exc)))
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
+
+    def closed(self, exc: Exception | None) -> None:
+        if self.complete:
+            return
+        if exc is None and self.head.done() and not self.framed:
+            self.complete = True  # read-until-close body, ended cleanly
+            self._wake()
+            return
+        self.fail(UpstreamUnavailable("upstream closed the connection " + ("mid-body" if self.head.done() else "before answering")))
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved here: a sender failure may be what gets raised instead
+        self.connection.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    @property
+    def reusable(self) -> bool:
+        # a HEAD answer with a declared length leaves llhttp expecting a body that never comes;
+        # every exchange has a fresh parser, so the connection is still clean
+        return self.complete and self.error is None and self.keep_alive
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("loop", "pool", "transport", "exchange", "closed", "idle_handle", "_write_paused", "_drain")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: _OriginPool) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            self.abort()  # bytes nobody asked for: the connection's state is unknown
+            return
+        self.exchange.feed(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.closed(exc)
+        self._release_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._release_drain()
+
+    def _release_drain(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def drained(self) -> asyncio.Future[None] | None:
+        """A future that resolves when the upstream accepts more bytes, or None if it does now."""
+        if self._write_paused and not self.closed:
+            self._drain = self.loop.create_future()
+            return self._drain
+        return None
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamUnavailable("upstream closed the connection while the request was sent")
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def expire(self) -> None:
+        self.pool.discard_idle(self)
+
+
+class _OriginPool:
+    """Connections to one upstream: idle ones reused newest first, at most `limit` open."""
+
+    def __init__(self, client: PooledUpstream, origin: Origin) -> None:
+        self.client = client
+        self.origin = origin
+        self.idle: deque[_Connection] = deque()
+        self.open = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> tuple[_Connection, bool]:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.idle_handle is not None:
+                connection.idle_handle.cancel()
+                connection.idle_handle = None
+            if connection.closed:
+                self.open -= 1
+                continue
+            return connection, True
+        while self.open >= self.client.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.client.connect_timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout(f"no free connection to {self.origin.host}:{self.origin.port} within {self.client.connect_timeout}s") from None
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+            if self.idle:
+                return await self.acquire()
+        self.open += 1
+        try:
+            return await self._connect(), False
+        except BaseException:
+            self.open -= 1
+            self._wake_one()
+            raise
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        origin = self.origin
+        tls = self.client.ssl_context if origin.scheme == "https" else None
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(loop, self), origin.host, origin.port,
+                    ssl=tls, server_hostname=origin.host if tls else None,
+                ),
+                self.client.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"connecting to {origin.host}:{origin.port} took longer than {self.client.connect_timeout}s") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamUnavailable(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
+        return connection
+
+    def release(self, connection: _Connection, reusable: bool) -> None:
+        connection.exchange = None
+        if reusable and not connection.closed:
+            connection.idle_handle = connection.loop.call_later(self.client.idle_timeout, connection.expire)
+            self.idle.append(connection)
+        else:
+            connection.abort()
+            self.open -= 1
+        self._wake_one()
+
+    def discard_idle(self, connection: _Connection) -> None:
+        if connection in self.idle:
+            self.idle.remove(connection)
+            connection.abort()
+            self.open -= 1
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().abort()
+
+
+def _request_head(request: UpstreamRequest) -> bytes:
+    lines = [request.method.encode("ascii") + b" " + request.target + b" HTTP/1.1"]
+    for name, value in request.headers:
+        lines.append(name + b": " + value)
+    if request.body is None:
+        if request.method in _BODYLESS_METHODS_NEEDING_LENGTH:
+            lines.append(b"content-length: 0")
+    elif request.content_length is not None:
+        lines.append(b"content-length: %d" % request.content_length)
+    else:
+        lines.append(b"transfer-encoding: chunked")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _PooledResponse:
+    __slots__ = ("status", "headers", "_exchange", "_client", "_pool", "_sender", "_deadline", "_done")
+
+    def __init__(self, exchange: _Exchange, client: PooledUpstream, pool: _OriginPool, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
+        self._exchange = exchange
+        self._client = client
+        self._pool = pool
+        self._sender = sender
+        self._deadline = deadline
+        self._done = False
+        self.status = exchange.status
+        self.headers = exchange.headers
+
+    async def body(self) -> AsyncIterator[bytes]:
+        exchange = self._exchange
+        connection = exchange.connection
+        while True:
+            if exchange.chunks:
+                chunk = exchange.chunks.popleft()
+                exchange.buffered -= len(chunk)
+                if exchange.buffered < _LOW_WATER:
+                    connection.resume_reading()
+                yield chunk
+                continue
+            if exchange.error is not None:
+                raise exchange.error
+            if exchange.complete:
+                return
+            exchange.waiter = connection.loop.create_future()
+            await self._client.wait(exchange.waiter, self._deadline, "the upstream stopped sending its body")
+
+    async def aclose(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        exchange = self._exchange
+        sent_whole = self._sender is None or (self._sender.done() and not self._sender.cancelled() and self._sender.exception() is None)
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+        self._pool.release(exchange.connection, sent_whole and exchange.reusable and not exchange.chunks)
+
+
+class PooledUpstream:
+    """An `UpstreamClient` on pooled asyncio-protocol connections.
+
+    :param connect_timeout: seconds to open a connection (or wait for a free one): 504.
+    :param read_timeout: seconds without a byte from the upstream: 504 before the head, an
+        aborted response after it.
+    :param total_timeout: seconds for the whole exchange, 0 for no limit.
+    :param max_connections: open connections per upstream at most.
+    :param idle_timeout: seconds an unused keep-alive connection is kept.
+    :param ca_file: CA bundle for https:// upstreams (default: the system's); verification is always on.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float = 0,
+        max_connections: int = 100,
+        idle_timeout: float = 30,
+        ca_file: str | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.total_timeout = total_timeout
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.ssl_context = ssl.create_default_context(cafile=ca_file)
+        self._pools: dict[Origin, _OriginPool] = {}
+
+    async def wait(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
+        timeout = self.read_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(future, max(timeout, 0))
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"{what} for {self.read_timeout}s" if deadline is None or timeout == self.read_timeout else "the exchange exceeded total_timeout") from None
+
+    async def send(self, request: UpstreamRequest) -> _PooledResponse:
+        pool = self._pools.get(request.origin)
+        if pool is None:
+            pool = self._pools[request.origin] = _OriginPool(self, request.origin)
+        deadline = time.monotonic() + self.total_timeout if self.total_timeout else None
+        head = _request_head(request)
+        for attempt in (1, 2):
+            connection, reused = await pool.acquire()
+            exchange = _Exchange(connection, no_body=request.method == "HEAD")
+            connection.exchange = exchange
+            sender: asyncio.Task[None] | None = None
+            try:
+                connection.write(head)
+                if request.body is not None:
+                    sender = asyncio.ensure_future(self._send_body(connection, request, deadline))
+                await self._head(exchange, sender, deadline)
+            except UpstreamUnavailable:
+                if sender is not None:
+                    sender.cancel()
+                pool.release(connection, False)
+                if reused and attempt == 1 and request.body is None and not exchange.received_bytes:
+                    continue  # a pooled connection the upstream had closed: once more on a fresh one
+                raise
+            except BaseException:
+                if sender is not None:
+                    sender.cancel()
+                pool.release(connection, False)
+                raise
+            return _PooledResponse(exchange, self, pool, sender, deadline)
+        raise AssertionError("unreachable")
+
+    async def _head(self, exchange: _Exchange, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
+        if sender is not None:
+            # while the body goes up, the upstream may rightly say nothing (no read timeout), or
+            # answer early; a body that fails (the client went away) ends the wait
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+            done, _ = await asyncio.wait({exchange.head, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise UpstreamTimeout("the exchange exceeded total_timeout")
+            answered = exchange.head.done() and exchange.head.exception() is None
+            if not answered and sender.done() and sender.exception() is not None:
+                raise sender.exception()  # type: ignore[misc]
+        await self.wait(exchange.head, deadline, "the upstream did not answer")
+
+    async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None) -> None:
+        assert request.body is not None
+        chunked = request.content_length is None
+        sent = 0
+        async for chunk in request.body:
+            if not chunk:
+                continue
+            sent += len(chunk)
+            connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            drained = connection.drained()
+            if drained is not None:
+                await self.wait(drained, deadline, "the upstream stopped reading the request body")
+        if chunked:
+            connection.write(b"0\r\n\r\n")
+        elif sent != request.content_length:
+            connection.abort()
+            raise UpstreamUnavailable(f"request body was {sent} bytes, not the {request.content_length} declared")
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()

@@ -1,0 +1,370 @@
+"""The protocol-level upstream client against loopback upstreams that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.pool import PooledUpstream
+from gateway.upstream import Origin, UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
+
+pytestmark = pytest.mark.anyio
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Upstream]:
+    upstream = Upstream()
+    tasks: set[asyncio.Task] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream.connections += 1
+        tasks.add(asyncio.current_task())
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=tls)
+    upstream.port = server.sockets[0].getsockname()[1]
+    try:
+        yield upstream
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+
+
+async def read_request(reader: asyncio.StreamReader, upstream: Upstream | None = None) -> bytes:
+    """One request, head and body (Content-Length or chunked), as raw bytes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = b""
+    lowered = head.lower()
+    if b"content-length:" in lowered:
+        length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+    elif b"transfer-encoding: chunked" in lowered:
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.strip(), 16)
+            body += line + await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    if upstream is not None:
+        upstream.requests.append(head + body)
+    return head + body
+
+
+def keep_alive(upstream_ref: list[Upstream], response: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok") -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader, upstream_ref[0])
+            writer.write(response)
+            await writer.drain()
+    return handler
+
+
+def request(port: int, method: str = "GET", body: list[bytes] | None = None, length: int | None = None, scheme: str = "http", host: str = "127.0.0.1") -> UpstreamRequest:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in body or []:
+            yield chunk
+    return UpstreamRequest(origin=Origin(scheme, host, port), method=method, target=b"/x?y=1", headers=[(b"host", b"up")],
+                           body=chunks() if body is not None else None, content_length=length)
+
+
+async def exchange(client: PooledUpstream, upstream_request: UpstreamRequest) -> tuple[int, list, bytes]:
+    response = await client.send(upstream_request)
+    try:
+        body = b"".join([chunk async for chunk in response.body()])
+    finally:
+        await response.aclose()
+    return response.status, response.headers, body
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[PooledUpstream]:
+    pool = PooledUpstream(connect_timeout=1, read_timeout=1)
+    yield pool
+    await pool.aclose()
+
+
+async def test_keep_alive_connections_are_reused(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref)) as upstream:
+        ref.append(upstream)
+        for _ in range(5):
+            assert await exchange(client, request(upstream.port)) == (200, [(b"content-length", b"2")], b"ok")
+        assert upstream.connections == 1 and len(upstream.requests) == 5
+        assert upstream.requests[0].startswith(b"GET /x?y=1 HTTP/1.1\r\nhost: up\r\n\r\n")
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+])
+async def test_a_connection_either_side_closes_is_not_reused(client: PooledUpstream, response: bytes) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref, response)) as upstream:
+        ref.append(upstream)
+        for _ in range(3):
+            assert (await exchange(client, request(upstream.port)))[2] == b"ok"
+        assert upstream.connections == 3
+
+
+@pytest.mark.parametrize(("response", "body"), [
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"),
+    (b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n", b""),
+    (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n", b""),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok", b"ok"),
+])
+async def test_response_framings_and_interim_answers(client: PooledUpstream, response: bytes, body: bytes) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref, response)) as upstream:
+        ref.append(upstream)
+        for _ in range(2):
+            status, _, received = await exchange(client, request(upstream.port))
+            assert received == body and status in (200, 201, 204, 304)
+        assert upstream.connections == 1  # each framing leaves the connection reusable
+
+
+async def test_a_body_read_until_close(client: PooledUpstream) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+    async with serve(handler) as upstream:
+        assert (await exchange(client, request(upstream.port)))[2] == b"until the end"
+
+
+async def test_head_answers_have_no_body_and_keep_the_connection(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref, b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")) as upstream:
+        ref.append(upstream)
+        for _ in range(3):
+            status, headers, body = await exchange(client, request(upstream.port, method="HEAD"))
+            assert (status, body) == (200, b"") and (b"content-length", b"1000") in headers
+        assert upstream.connections == 1
+
+
+@pytest.mark.parametrize(("body", "length", "framing"), [
+    ([b"ab", b"", b"cd"], 4, b"content-length: 4\r\n\r\nabcd"),
+    ([b"ab", b"cd"], None, b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
+    (None, None, b"content-length: 0\r\n\r\n"),
+])
+async def test_requests_are_framed_by_the_gateway(client: PooledUpstream, body: list[bytes] | None, length: int | None, framing: bytes) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref)) as upstream:
+        ref.append(upstream)
+        await exchange(client, request(upstream.port, method="POST", body=body, length=length))
+        sent = upstream.requests[0]
+        assert sent.endswith(framing)
+        assert not (b"content-length" in sent.lower() and b"transfer-encoding" in sent.lower())
+
+
+async def test_a_body_shorter_than_declared_is_not_sent_as_complete(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref)) as upstream:
+        ref.append(upstream)
+        with pytest.raises(UpstreamUnavailable, match="not the 10 declared"):
+            await exchange(client, request(upstream.port, method="POST", body=[b"abc"], length=10))
+
+
+async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_without_body(client: PooledUpstream) -> None:
+    async def one_answer_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # takes the next request, then closes without answering
+
+    async with serve(one_answer_then_hang_up) as upstream:
+        assert (await exchange(client, request(upstream.port)))[2] == b"ok"
+        assert (await exchange(client, request(upstream.port)))[2] == b"ok"  # retried on a fresh connection
+        assert upstream.connections == 2
+        # a request whose body was already read from the client is never replayed
+        with pytest.raises(UpstreamUnavailable):
+            await exchange(client, request(upstream.port, method="POST", body=[b"x"], length=1))
+
+
+@pytest.mark.parametrize(("response", "problem"), [
+    (b"SPDY/9 banana\r\n\r\n", "malformed response"),
+    (b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 2\r\n\r\nok", "malformed response"),
+    (b"HTTP/1.1 200 OK\r\nx-bad: a\x00b\r\ncontent-length: 2\r\n\r\nok", "malformed response"),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "malformed response"),
+    (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n", "larger than"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", "switched protocols"),
+    (b"", "before answering"),
+])
+async def test_broken_answers_are_upstream_unavailable(client: PooledUpstream, response: bytes, problem: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+    async with serve(handler) as upstream:
+        with pytest.raises(UpstreamUnavailable, match=problem):
+            await exchange(client, request(upstream.port))
+
+
+async def test_dying_mid_body_raises_from_the_body(client: PooledUpstream) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+    async with serve(handler) as upstream:
+        response = await client.send(request(upstream.port))
+        received = b""
+        with pytest.raises(UpstreamUnavailable, match="mid-body"):
+            async for chunk in response.body():
+                received += chunk
+        await response.aclose()
+        assert received == b"partial"
+
+
+@pytest.mark.parametrize("stall_after_head", [False, True])
+async def test_a_silent_upstream_times_out(client: PooledUpstream, stall_after_head: bool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if stall_after_head:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nslow")
+            await writer.drain()
+        await asyncio.sleep(5)
+    async with serve(handler) as upstream:
+        with pytest.raises(UpstreamTimeout):
+            await exchange(client, request(upstream.port))
+
+
+async def test_connect_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = PooledUpstream(connect_timeout=0.3, read_timeout=1)
+    with socket_bound() as port:
+        with pytest.raises(UpstreamUnavailable, match="cannot connect"):
+            await exchange(client, request(port))
+
+    async def never_connects(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(10)
+
+    # a SYN nobody answers cannot be staged on loopback; the loop's connect stands in for it
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never_connects)
+    with pytest.raises(UpstreamTimeout, match="connecting"):
+        await exchange(client, request(port))
+    await client.aclose()
+
+
+@contextlib.contextmanager
+def socket_bound():
+    import socket
+
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        yield placeholder.getsockname()[1]
+
+
+async def test_the_pool_is_bounded_per_upstream() -> None:
+    client = PooledUpstream(connect_timeout=0.3, read_timeout=2, max_connections=1)
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with serve(handler) as upstream:
+        first = asyncio.ensure_future(exchange(client, request(upstream.port)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamTimeout, match="no free connection"):
+            await exchange(client, request(upstream.port))
+        second = asyncio.ensure_future(exchange(client, request(upstream.port)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert (await first)[2] == b"ok" and (await second)[2] == b"ok"
+        assert upstream.connections == 1
+    await client.aclose()
+
+
+async def test_idle_connections_expire() -> None:
+    client = PooledUpstream(connect_timeout=1, read_timeout=1, idle_timeout=0.1)
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        if await reader.read(1) == b"":
+            closed.set()
+
+    async with serve(handler) as upstream:
+        await exchange(client, request(upstream.port))
+        await asyncio.wait_for(closed.wait(), 2)
+    await client.aclose()
+
+
+async def test_a_slow_consumer_pauses_reading_from_the_upstream(client: PooledUpstream) -> None:
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024))
+        for _ in range(1024):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+            sent += 65536
+
+    async with serve(handler) as upstream:
+        response = await client.send(request(upstream.port))
+        await asyncio.sleep(0.5)  # the consumer reads nothing for a while
+        assert response._exchange.buffered <= 512 * 1024  # bounded, not the upstream's 64 MiB
+        assert sent < 16 * 1024 * 1024  # and the upstream was made to wait (socket buffers aside)
+        await response.aclose()
+
+
+def _certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return folder / "cert.pem", context
+
+
+async def test_https_upstreams_are_verified(tmp_path: Path) -> None:
+    ca_file, server_context = _certificate(tmp_path)
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref), tls=server_context) as upstream:
+        ref.append(upstream)
+        untrusting = PooledUpstream(connect_timeout=1, read_timeout=1)
+        with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            await exchange(untrusting, request(upstream.port, scheme="https", host="localhost"))
+        await untrusting.aclose()
+        trusting = PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(ca_file))
+        assert (await exchange(trusting, request(upstream.port, scheme="https", host="localhost")))[2] == b"ok"
+        await trusting.aclose()
