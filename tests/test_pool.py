@@ -189,19 +189,24 @@ async def test_a_body_shorter_than_declared_is_not_sent_as_complete(client: Pool
 
 
 async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_without_body(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+
     async def one_answer_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
+        await read_request(reader, ref[0])
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
-        await read_request(reader)  # takes the next request, then closes without answering
+        await read_request(reader, ref[0])  # takes the next request, then closes without answering
 
     async with serve(one_answer_then_hang_up) as upstream:
+        ref.append(upstream)
         assert (await exchange(client, request(upstream.port)))[2] == b"ok"
         assert (await exchange(client, request(upstream.port)))[2] == b"ok"  # retried on a fresh connection
         assert upstream.connections == 2
         # a request whose body was already read from the client is never replayed
         with pytest.raises(UpstreamUnavailable):
             await exchange(client, request(upstream.port, method="POST", body=[b"x"], length=1))
+        assert upstream.connections == 2
+        assert sum(sent.startswith(b"POST") for sent in upstream.requests) == 1
 
 
 @pytest.mark.parametrize(("response", "problem"), [
