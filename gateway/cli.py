@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.credentials import bearer_token
@@ -15,6 +17,7 @@ from gateway.decision import authorize, is_public, route
 from gateway.errors import Refusal, render
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
+from gateway.server import SERVERS
 from gateway.tokens import TokenVerifier, VerifiedToken
 
 _DESCRIPTION = """\
@@ -34,33 +37,15 @@ def _load(config_path: str) -> Config | None:
         return None
 
 
-def uvicorn_options() -> dict[str, object]:
-    """The server settings every way of running the gateway shares."""
-    return {
-        "lifespan": "on",
-        # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
-        "proxy_headers": False,
-        # upstream Server and Date headers pass through unchanged, not doubled
-        "server_header": False,
-        "date_header": False,
-    }
-
-
 def _serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    if _load(args.config) is None:
         return 1
-    import uvicorn
+    if args.server == "granian" and importlib.util.find_spec("granian") is None:
+        print("--server granian needs granian: pip install 'scope-gateway[granian]'")
+        return 1
+    from gateway.server import run
 
-    from gateway.app import Gateway
-
-    uvicorn.run(
-        Gateway(config),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        **uvicorn_options(),
-    )
+    run(Path(args.config), host=args.host, port=args.port, server=args.server, workers=args.workers, log_level=args.log_level)
     return 0
 
 
@@ -150,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument("--server", default="uvicorn", choices=SERVERS, help="ASGI server: uvicorn (default) or granian (the [granian] extra)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes, e.g. one per core (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
     serve.set_defaults(run=_serve)
 

@@ -18,7 +18,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import Gateway
-from gateway.cli import uvicorn_options
+from gateway.server import uvicorn_options
 from gateway.config import load_config
 from gateway.types import Receive, Scope, Send
 

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import load_config
-from tests.support import LiveServer, RecordingUpstream
+from tests.support import GatewayProcess, LiveServer, RecordingUpstream, start_gateway
 
 
 @pytest.fixture
@@ -23,14 +21,15 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 
 @pytest.fixture
-def live_gateway() -> Iterator[Callable[..., LiveServer]]:
-    """Start the real gateway, from a config file, under uvicorn on a loopback port."""
-    servers: list[LiveServer] = []
+def live_gateway() -> Iterator[Callable[..., LiveServer | GatewayProcess]]:
+    """Start the real gateway from a config file on a loopback port: under uvicorn in a thread,
+    or `gateway serve --server granian` in a subprocess."""
+    servers: list[LiveServer | GatewayProcess] = []
 
-    def start(config_path: Path, **options: object) -> LiveServer:
-        server = LiveServer(Gateway(load_config(config_path)), **options)
-        servers.append(server)
-        return server
+    def start(config_path: Path, server: str = "uvicorn") -> LiveServer | GatewayProcess:
+        started = start_gateway(config_path, server)
+        servers.append(started)
+        return started
 
     yield start
     for server in servers:

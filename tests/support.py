@@ -181,7 +181,7 @@ class LiveServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        from gateway.cli import uvicorn_options
+        from gateway.server import uvicorn_options
 
         settings = {"log_level": "warning", **uvicorn_options(), **options}
         self.server = uvicorn.Server(uvicorn.Config(app, **settings))
@@ -197,6 +197,54 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(10)
         self._socket.close()
+
+
+class GatewayProcess:
+    """`gateway serve` in a subprocess, for servers that cannot run in a thread (granian)."""
+
+    def __init__(self, config_path: Path, server: str = "granian") -> None:
+        import shutil
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
+        self.process = subprocess.Popen(
+            [command, "serve", "--config", str(config_path), "--port", str(self.port), "--server", server, "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.process.communicate()[0].decode(errors='replace')}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gateway did not start") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        import signal
+
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.communicate(timeout=10)
+        except Exception:
+            self.process.kill()
+            self.process.communicate()
+
+
+def start_gateway(config_path: Path, server: str = "uvicorn") -> LiveServer | GatewayProcess:
+    if server == "uvicorn":
+        from gateway.app import Gateway
+        from gateway.config import load_config
+
+        return LiveServer(Gateway(load_config(config_path)))
+    return GatewayProcess(config_path, server)
 
 
 @dataclass

@@ -120,6 +120,22 @@ def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:
         upstream.close()
 
 
+def test_serve_with_several_workers(tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    port = _free_port()
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port), "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(port, process)
+        for _ in range(4):
+            assert httpx.get(f"http://127.0.0.1:{port}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/api/merchants/M1/webhooks").status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)
+        upstream.close()
+
+
 def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
     config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  GET /a/{: s\n")
     result = run("serve", "--config", str(config), "--port", str(_free_port()))

@@ -1,0 +1,48 @@
+"""Running the gateway under an ASGI server: uvicorn (uvloop + httptools) by default, granian as
+an option, one process or one per worker. Every way shares the same settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.config import load_config
+
+SERVERS = ("uvicorn", "granian")
+_CONFIG_VARIABLE = "GATEWAY_CONFIG"
+
+
+def uvicorn_options() -> dict[str, object]:
+    return {
+        "lifespan": "on",
+        # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
+        "proxy_headers": False,
+        # upstream Server and Date headers pass through unchanged, not doubled
+        "server_header": False,
+        "date_header": False,
+    }
+
+
+def create_app() -> Gateway:
+    """The app factory each worker process calls (the config was checked before they started)."""
+    return Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+
+
+def run(config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info") -> None:
+    os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
+    if server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces
+
+        Granian(
+            "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
+            workers=workers, log_level=log_level, log_access=False,
+        ).serve()
+        return
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, **uvicorn_options())
+    else:
+        uvicorn.run("gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, **uvicorn_options())
