@@ -14,7 +14,7 @@ from gateway.pool import PooledUpstream
 from gateway.proxy import ClientDisconnected, Forwarder
 from gateway.tokens import TokenVerifier
 from gateway.types import Headers, Receive, Scope, Send
-from gateway.upstream import HttpxUpstream, Origin, UpstreamClient
+from gateway.upstream import HttpxUpstream, UpstreamClient
 
 logger = logging.getLogger("gateway")
 
@@ -90,10 +90,8 @@ class Gateway:
                     scope.get("query_string", b""),
                 )
                 identity = identity_headers(authorize(match, await self.verifier.verify(token)))
-            upstream = api.upstream
             await self.forwarder.forward(
-                scope, receive, send, Origin(upstream.scheme, upstream.host, upstream.port),
-                upstream.authority, match.upstream_target, identity, api.name,
+                scope, receive, send, api.upstream.origin, api.upstream.authority, match.upstream_target, identity, api.name,
             )
         except Refusal as refusal:
             logger.info("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)

@@ -77,7 +77,7 @@ def _explain(args: argparse.Namespace) -> int:
         if match.params:
             lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
         lines.append(f"requires:  {compiled.requirement.describe()}")
-        target = f"{compiled.api.upstream.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
+        target = f"{compiled.api.upstream.origin.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
         if not is_public(match):
             token = _explain_token(args, config, lines)
             effective = compiled.api.catalog.effective(token.scopes)
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return args.run(args)
 

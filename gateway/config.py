@@ -553,4 +553,4 @@ def _upstream(node: yaml.Node, url: str) -> Upstream:
             parse_template(base_path)
         except ValueError as exc:
             raise _Invalid(node, f"upstream path: {exc}") from None
-    return Upstream(url=url, scheme=parts.scheme, host=parts.hostname, port=port, base_path=base_path.encode("ascii"))
+    return Upstream.build(url, parts.scheme, parts.hostname, port, base_path.encode("ascii"))

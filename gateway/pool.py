@@ -22,8 +22,8 @@ from typing import Any
 
 import httptools
 
-from gateway.types import Headers
-from gateway.upstream import Origin, UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
+from gateway.types import Headers, Origin
+from gateway.upstream import UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
 
 _MAX_HEADER_BYTES = 64 * 1024
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream is paused
@@ -299,6 +299,11 @@ class _OriginPool:
             self.idle.pop().abort()
 
 
+def _expire(future: asyncio.Future[Any], message: str) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeout(message))
+
+
 def _request_head(request: UpstreamRequest) -> bytes:
     lines = [request.method.encode("ascii") + b" " + request.target + b" HTTP/1.1"]
     for name, value in request.headers:
@@ -326,6 +331,10 @@ class _PooledResponse:
         self.status = exchange.status
         self.headers = exchange.headers
 
+    @property
+    def finished(self) -> bool:
+        return self._exchange.complete and not self._exchange.chunks
+
     async def body(self) -> AsyncIterator[bytes]:
         exchange = self._exchange
         connection = exchange.connection
@@ -343,6 +352,7 @@ class _PooledResponse:
                 return
             exchange.waiter = connection.loop.create_future()
             await self._client.wait(exchange.waiter, self._deadline, "the upstream stopped sending its body")
+            exchange.waiter = None
 
     async def aclose(self) -> None:
         if self._done:
@@ -386,13 +396,18 @@ class PooledUpstream:
         self._pools: dict[Origin, _OriginPool] = {}
 
     async def wait(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
+        """Await `future`, failing it with `UpstreamTimeout` after the read timeout (or at the
+        exchange's deadline). A timer, not `asyncio.wait_for`: this runs on every exchange."""
         timeout = self.read_timeout
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
+        message = f"{what} for {self.read_timeout:g}s"
+        if deadline is not None and deadline - time.monotonic() < timeout:
+            timeout = max(deadline - time.monotonic(), 0)
+            message = "the exchange exceeded total_timeout"
+        timer = future.get_loop().call_later(timeout, _expire, future, message)
         try:
-            await asyncio.wait_for(future, max(timeout, 0))
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{what} for {self.read_timeout}s" if deadline is None or timeout == self.read_timeout else "the exchange exceeded total_timeout") from None
+            await future
+        finally:
+            timer.cancel()
 
     async def send(self, request: UpstreamRequest) -> _PooledResponse:
         pool = self._pools.get(request.origin)

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 
 from gateway.config import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
-from gateway.types import Headers, Receive, Scope, Send
-from gateway.upstream import Origin, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
+from gateway.types import Headers, Origin, Receive, Scope, Send
+from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -163,6 +163,10 @@ class Forwarder:
                 "headers": downstream_response_headers(response.headers),
             })
             async for chunk in response.body():
+                if response.finished:
+                    # the last chunk ends the response: one send instead of two
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

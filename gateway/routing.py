@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.types import Origin
+
 if TYPE_CHECKING:
     from gateway.scopes import Requirement, ScopeCatalog
 
@@ -22,16 +24,16 @@ class Upstream:
     """Where an API's allowed requests go, split once at load time."""
 
     url: str
-    scheme: str
-    host: str
-    port: int
+    origin: Origin
     base_path: bytes  # without trailing '/', prepended to the forwarded path
+    authority: bytes  # the Host header the upstream gets
 
-    @property
-    def authority(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
+    @classmethod
+    def build(cls, url: str, scheme: str, host: str, port: int, base_path: bytes) -> Upstream:
+        shown = f"[{host}]" if ":" in host else host
+        if port != (443 if scheme == "https" else 80):
+            shown = f"{shown}:{port}"
+        return cls(url=url, origin=Origin(scheme, host, port), base_path=base_path, authority=shown.encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httpx
 
-from gateway.types import Headers
+from gateway.types import Headers, Origin
 
 
 class UpstreamError(Exception):
@@ -30,13 +30,6 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     """Connection refused or reset, or an answer that is not valid HTTP."""
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
 
 
 @dataclass(slots=True)
@@ -52,6 +45,8 @@ class UpstreamRequest:
 class UpstreamResponse(Protocol):
     status: int
     headers: Headers
+    # True once the body is known to be over, so the last chunk can be sent as the last
+    finished: bool
 
     def body(self) -> AsyncIterator[bytes]: ...
 
@@ -82,6 +77,7 @@ def _translate_httpx_errors() -> Iterator[None]:
 
 class _HttpxResponse:
     __slots__ = ("status", "headers", "_response")
+    finished = False  # httpx does not say whether more is coming
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response

@@ -139,7 +139,7 @@ routes:
     assert routes["GET /me"].access is Access.AUTHENTICATED
     assert routes["GET /options"].alternatives == (frozenset({"a"}), frozenset({"b", "c"}))
     api = loaded.tables.apis[0]
-    assert api.upstream.base_path == b"/v3" and api.upstream.port == 8080 and api.prefix == ("adyen",)
+    assert api.upstream.base_path == b"/v3" and api.upstream.origin.port == 8080 and api.prefix == ("adyen",)
     assert api.catalog.implied == {"psp.webhook:write": frozenset({"psp.webhook:read"})}
     assert loaded.tokens.leeway == 5 and loaded.proxy.read_timeout == 30
 

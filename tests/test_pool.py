@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.pool import PooledUpstream
-from gateway.upstream import Origin, UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
+from gateway.types import Origin
+from gateway.upstream import UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
 
 pytestmark = pytest.mark.anyio
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
