@@ -38,12 +38,12 @@ def bearer_token(authorization: list[bytes], query_string: bytes) -> str:
         shown = scheme[:20] or "(empty)"
         raise Unauthorized(f"Authorization scheme {shown!r} is not accepted: send 'Authorization: Bearer <token>'")
     credentials = credentials.strip(" \t")
-    if not credentials:
-        raise CredentialsInvalidRequest("the Authorization header says Bearer but carries no token")
-    if any(separator in credentials for separator in (" ", "\t", ",")):
-        raise CredentialsInvalidRequest("the Authorization header carries several credentials: send exactly one bearer token")
     if len(credentials) > MAX_TOKEN_LENGTH:
         raise InvalidToken(f"the bearer token is longer than {MAX_TOKEN_LENGTH} characters")
-    if not _B64TOKEN.fullmatch(credentials):
-        raise InvalidToken("the bearer token holds characters a token cannot hold")
-    return credentials
+    if _B64TOKEN.fullmatch(credentials):
+        return credentials
+    if not credentials:
+        raise CredentialsInvalidRequest("the Authorization header says Bearer but carries no token")
+    if " " in credentials or "\t" in credentials or "," in credentials:
+        raise CredentialsInvalidRequest("the Authorization header carries several credentials: send exactly one bearer token")
+    raise InvalidToken("the bearer token holds characters a token cannot hold")

@@ -18,6 +18,8 @@ from gateway.errors import InvalidRequest
 # RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ":" / "@"
 _PCHAR = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@%")
 _PLAIN_SEGMENT = re.compile(rb"[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*")
+# a whole path of plain segments (none starting with '.'): nothing to decode or refuse
+_PLAIN_PATH = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)+")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # after one decoding, an escape that a second decoding would turn into a separator, a dot or NUL
 _DOUBLE_ENCODED = re.compile(r"%(2[fFeE]|5[cC]|00)")
@@ -87,5 +89,7 @@ def canonicalise(raw_path: bytes) -> CanonicalPath:
     if raw_path == b"/":
         return CanonicalPath((), ())
     raw_segments = tuple(raw_path[1:].split(b"/"))
+    if _PLAIN_PATH.fullmatch(raw_path):
+        return CanonicalPath(tuple(segment.decode("ascii") for segment in raw_segments), raw_segments)
     segments = tuple(_decode_segment(raw_path, raw) for raw in raw_segments)
     return CanonicalPath(segments, raw_segments)
