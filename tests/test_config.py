@@ -83,6 +83,9 @@ BROKEN_GATEWAY = [
     ("routes: routes/\nproxy:\n  read_timeout: 0\n", 3, "number >= 0.001"),
     ("routes: routes/\nproxy:\n  trusted_proxies: [10.0.0.0/33]\n", 3, "not an IP address"),
     ("routes: routes/\nlisten: 1\n", 2, "unknown key 'listen'"),
+    ("routes: routes/\nproxy:\n  ca_file: {keys}/missing-ca.pem\n", 3, "does not exist"),
+    ("routes: routes/\nproxy:\n  client: aiohttp\n", 3, "pool or httpx"),
+    ("routes: routes/\nproxy:\n  max_connections: 0\n", 3, "integer >= 1"),
 ]
 
 

@@ -269,3 +269,19 @@ def test_upstream_server_and_date_headers_pass_through_once(tmp_path: Path, live
         assert [value for name, value in response.headers if name.lower() == b"date"] == [b"Tue, 01 Jan 2030 00:00:00 GMT"]
     finally:
         upstream.close()
+
+
+def test_expect_100_continue_is_answered_and_not_forwarded(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    body = b'{"url": "https://example.test/hook"}'
+    head = request_bytes("POST", "/api/echo", [("expect", "100-continue"), ("content-length", str(len(body)))])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as connection:
+        connection.sendall(head)
+        interim = connection.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100")
+        connection.sendall(body)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") or b"HTTP/1.1 200" in reply
+    [sent] = upstream.received
+    assert sent.body == body and sent.header(b"expect") == []

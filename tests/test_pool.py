@@ -257,6 +257,23 @@ async def test_a_silent_upstream_times_out(client: PooledUpstream, stall_after_h
             await exchange(client, request(upstream.port))
 
 
+async def test_the_total_timeout_bounds_the_whole_exchange() -> None:
+    client = PooledUpstream(connect_timeout=1, read_timeout=5, total_timeout=0.5)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+        for _ in range(100):  # a byte every 0.1 s: never a read timeout, always too slow in total
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async with serve(trickle) as upstream:
+        with pytest.raises(UpstreamTimeout, match="total_timeout"):
+            await exchange(client, request(upstream.port))
+    await client.aclose()
+
+
 async def test_connect_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     client = PooledUpstream(connect_timeout=0.3, read_timeout=1)
     with socket_bound() as port:
