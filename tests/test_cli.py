@@ -1,5 +1,6 @@
 """The `gateway` command as a user runs it: the installed console script, in a subprocess."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -101,39 +103,37 @@ def _wait_for(port: int, process: subprocess.Popen) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
-def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serving(tmp_path: Path, *options: str) -> Iterator[tuple[str, RecordingUpstream]]:
+    """`gateway serve` in front of a loopback upstream; yields the gateway's base URL."""
     upstream = RecordingUpstream()
     port = _free_port()
-    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port)],
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port), *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(port, process)
-        base = f"http://127.0.0.1:{port}"
-        allowed = httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}", "X-Forwarded-For": "6.6.6.6"})
-        assert allowed.status_code == 200
-        assert "server" not in allowed.headers or allowed.headers["server"] != "uvicorn"
-        assert upstream.received[0].header(b"x-forwarded-for") == [b"127.0.0.1"]
-        assert httpx.get(f"{base}/api/merchants/M1/webhooks").status_code == 401
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=10)
-        upstream.close()
-
-
-def test_serve_with_several_workers(tmp_path: Path) -> None:
-    upstream = RecordingUpstream()
-    port = _free_port()
-    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port), "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for(port, process)
-        for _ in range(4):
-            assert httpx.get(f"http://127.0.0.1:{port}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
-            assert httpx.get(f"http://127.0.0.1:{port}/api/merchants/M1/webhooks").status_code == 401
+        yield f"http://127.0.0.1:{port}", upstream
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)
         upstream.close()
+
+
+def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:
+    with serving(tmp_path) as (base, upstream):
+        allowed = httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}", "X-Forwarded-For": "6.6.6.6"})
+        assert allowed.status_code == 200
+        assert "server" not in allowed.headers
+        assert upstream.received[0].header(b"x-forwarded-for") == [b"127.0.0.1"]
+        assert httpx.get(f"{base}/api/merchants/M1/webhooks").status_code == 401
+
+
+def test_serve_with_several_workers(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as (base, upstream):
+        for _ in range(4):
+            assert httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
+            assert httpx.get(f"{base}/api/merchants/M1/webhooks").status_code == 401
+        assert len(upstream.received) == 4
 
 
 def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
