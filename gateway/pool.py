@@ -299,6 +299,17 @@ class _OriginPool:
             self.idle.pop().abort()
 
 
+def _discard(sender: asyncio.Task[None] | None) -> None:
+    """Stop a request-body task whose exchange failed; its own error, if any, is superseded."""
+    if sender is None:
+        return
+    if sender.done():
+        if not sender.cancelled():
+            sender.exception()
+    else:
+        sender.cancel()
+
+
 def _expire(future: asyncio.Future[Any], message: str) -> None:
     if not future.done():
         future.set_exception(UpstreamTimeout(message))
@@ -360,8 +371,7 @@ class _PooledResponse:
         self._done = True
         exchange = self._exchange
         sent_whole = self._sender is None or (self._sender.done() and not self._sender.cancelled() and self._sender.exception() is None)
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
+        _discard(self._sender)
         self._pool.release(exchange.connection, sent_whole and exchange.reusable and not exchange.chunks)
 
 
@@ -426,15 +436,13 @@ class PooledUpstream:
                     sender = asyncio.ensure_future(self._send_body(connection, request, deadline))
                 await self._head(exchange, sender, deadline)
             except UpstreamUnavailable:
-                if sender is not None:
-                    sender.cancel()
+                _discard(sender)
                 pool.release(connection, False)
                 if reused and attempt == 1 and request.body is None and not exchange.received_bytes:
                     continue  # a pooled connection the upstream had closed: once more on a fresh one
                 raise
             except BaseException:
-                if sender is not None:
-                    sender.cancel()
+                _discard(sender)
                 pool.release(connection, False)
                 raise
             return _PooledResponse(exchange, self, pool, sender, deadline)
