@@ -65,7 +65,7 @@ class ProxySettings:
     total_timeout: float = 0.0  # 0: no limit on the whole exchange
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     client: str = "pool"  # "pool" (asyncio protocols + httptools) or "httpx" (mockable with respx)
-    max_connections: int = 100  # per upstream
+    max_connections: int = 1024  # per upstream (Envoy's default); requests past it wait in line
     idle_timeout: float = 30.0
     ca_file: Path | None = None
 

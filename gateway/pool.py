@@ -220,7 +220,7 @@ class _OriginPool:
         self.origin = origin
         self.idle: deque[_Connection] = deque()
         self.open = 0
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     async def acquire(self) -> tuple[_Connection, bool]:
         while self.idle:
@@ -232,24 +232,28 @@ class _OriginPool:
                 self.open -= 1
                 continue
             return connection, True
-        while self.open >= self.client.max_connections:
-            waiter = asyncio.get_running_loop().create_future()
+        if self.open >= self.client.max_connections:
+            # wait in line: a released connection (or a freed slot) goes to the longest waiter,
+            # never to a request that arrived later
+            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, self.client.connect_timeout)
+                handed = await asyncio.wait_for(waiter, self.client.connect_timeout)
             except asyncio.TimeoutError:
-                raise UpstreamTimeout(f"no free connection to {self.origin.host}:{self.origin.port} within {self.client.connect_timeout}s") from None
-            finally:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
-            if self.idle:
-                return await self.acquire()
-        self.open += 1
+                raise UpstreamTimeout(f"no free connection to {self.origin.host}:{self.origin.port} within {self.client.connect_timeout:g}s") from None
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on(waiter.result())
+                raise
+            if handed is not None and not handed.closed:
+                return handed, True
+            # handed a slot (or a connection that closed meanwhile): already counted in `open`
+        else:
+            self.open += 1
         try:
             return await self._connect(), False
         except BaseException:
-            self.open -= 1
-            self._wake_one()
+            self._pass_on(None)
             raise
 
     async def _connect(self) -> _Connection:
@@ -273,26 +277,29 @@ class _OriginPool:
     def release(self, connection: _Connection, reusable: bool) -> None:
         connection.exchange = None
         if reusable and not connection.closed:
-            connection.idle_handle = connection.loop.call_later(self.client.idle_timeout, connection.expire)
-            self.idle.append(connection)
+            self._pass_on(connection)
         else:
             connection.abort()
+            self._pass_on(None)
+
+    def _pass_on(self, connection: _Connection | None) -> None:
+        """Give a reusable connection, or the slot of one that closed, to the first waiter."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if connection is None:
             self.open -= 1
-        self._wake_one()
+        else:
+            connection.idle_handle = connection.loop.call_later(self.client.idle_timeout, connection.expire)
+            self.idle.append(connection)
 
     def discard_idle(self, connection: _Connection) -> None:
         if connection in self.idle:
             self.idle.remove(connection)
             connection.abort()
-            self.open -= 1
-            self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            self._pass_on(None)
 
     def close(self) -> None:
         while self.idle:
@@ -393,7 +400,7 @@ class PooledUpstream:
         connect_timeout: float,
         read_timeout: float,
         total_timeout: float = 0,
-        max_connections: int = 100,
+        max_connections: int = 1024,
         idle_timeout: float = 30,
         ca_file: str | None = None,
     ) -> None:

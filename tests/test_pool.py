@@ -323,6 +323,38 @@ async def test_the_pool_is_bounded_per_upstream() -> None:
     await client.aclose()
 
 
+async def test_many_waiters_are_all_served_in_turn_within_the_limit() -> None:
+    client = PooledUpstream(connect_timeout=5, read_timeout=5, max_connections=2)
+    order: list[int] = []
+    ref: list[Upstream] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            sent = await read_request(reader, ref[0])
+            order.append(int(sent.split(b"x-n: ")[1].split(b"\r\n")[0]))
+            await asyncio.sleep(0.01)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def numbered(n: int) -> bytes:
+        upstream_request = request(ref[0].port)
+        upstream_request.headers = [(b"host", b"up"), (b"x-n", str(n).encode())]
+        return (await exchange(client, upstream_request))[2]
+
+    async with serve(handler) as upstream:
+        ref.append(upstream)
+        tasks = []
+        for n in range(20):
+            tasks.append(asyncio.ensure_future(numbered(n)))
+            await asyncio.sleep(0.003)  # arrivals keep coming while earlier ones wait
+        assert await asyncio.gather(*tasks) == [b"ok"] * 20
+        assert upstream.connections == 2
+        assert order[2:] == sorted(order[2:])  # nobody overtook a request already waiting
+        pool = next(iter(client._pools.values()))
+        assert pool.open == 2 and len(pool.idle) == 2
+    await client.aclose()
+
+
 async def test_idle_connections_expire() -> None:
     client = PooledUpstream(connect_timeout=1, read_timeout=1, idle_timeout=0.1)
     closed = asyncio.Event()
