@@ -195,6 +195,10 @@ def headers_then_close(request: Received, connection: socket.socket) -> None:
     connection.shutdown(socket.SHUT_RDWR)
 
 
+def oversized_headers(request: Received, connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * 200_000 + b"\r\ncontent-length: 2\r\n\r\nok")
+
+
 def injected_header(request: Received, connection: socket.socket) -> None:
     connection.sendall(b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 2\r\n\r\nok")
 
@@ -204,6 +208,7 @@ def injected_header(request: Received, connection: socket.socket) -> None:
     (garbage, 502, "bad_gateway"),
     (close_at_once, 502, "bad_gateway"),
     (injected_header, 502, "bad_gateway"),
+    (oversized_headers, 502, "bad_gateway"),
 ])
 def test_upstream_faults_are_answered_by_the_gateway(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str, server_kind: str, behaviour, status: int, error: str) -> None:
     upstream = RecordingUpstream(behaviour=behaviour)
