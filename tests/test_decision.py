@@ -1,6 +1,5 @@
 """The decision as a pure function: no sockets, no event loop."""
 
-from pathlib import Path
 
 import pytest
 
