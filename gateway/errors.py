@@ -16,6 +16,7 @@ one place an answer is built from it (DESIGN.md, "Answers").
 from __future__ import annotations
 
 import json
+import re
 
 from gateway.types import Headers
 
@@ -111,9 +112,12 @@ class GatewayTimeout(Refusal):
     error = "gateway_timeout"
 
 
+# RFC 6750 attribute values are quoted-strings of %x20-21 / %x23-5B / %x5D-7E only
+_NOT_QUOTABLE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
 def _quoted(value: str) -> str:
-    # RFC 6750 attribute values are quoted-strings restricted to %x20-21 / %x23-5B / %x5D-7E
-    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" if c == '"' else "?" for c in value)
+    return _NOT_QUOTABLE.sub("?", value.replace('"', "'"))
 
 
 def www_authenticate(refusal: Refusal, realm: str) -> bytes:

@@ -159,14 +159,12 @@ class KeyStore:
         refetch_interval: float = 30.0,
         max_age: float = 600.0,
         fetch_timeout: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._static = tuple(static_keys)
         self.jwks_url = jwks_url
         self.refetch_interval = refetch_interval
         self.max_age = max_age
         self._fetch_timeout = fetch_timeout
-        self._transport = transport
         self.keys = KeySet(self._static)
         self.generation = 0
         self.last_error: str | None = None
@@ -219,7 +217,7 @@ class KeyStore:
 
     async def _fetch(self) -> list[VerificationKey]:
         assert self.jwks_url is not None
-        async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False, transport=self._transport) as client:
+        async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False) as client:
             response = await client.get(self.jwks_url, headers={"accept": "application/json"})
             if response.status_code != 200:
                 raise ValueError(f"status {response.status_code}")

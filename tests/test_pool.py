@@ -84,6 +84,15 @@ def keep_alive(upstream_ref: list[Upstream], response: bytes = b"HTTP/1.1 200 OK
     return handler
 
 
+def answer_once(response: bytes) -> Handler:
+    """Read one request, write `response` as is, then hang up."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+    return handler
+
+
 def request(port: int, method: str = "GET", body: list[bytes] | None = None, length: int | None = None, scheme: str = "http", host: str = "127.0.0.1") -> UpstreamRequest:
     async def chunks() -> AsyncIterator[bytes]:
         for chunk in body or []:
@@ -148,11 +157,7 @@ async def test_response_framings_and_interim_answers(client: PooledUpstream, res
 
 
 async def test_a_body_read_until_close(client: PooledUpstream) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
-        await writer.drain()
-    async with serve(handler) as upstream:
+    async with serve(answer_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")) as upstream:
         assert (await exchange(client, request(upstream.port)))[2] == b"until the end"
 
 
@@ -220,21 +225,13 @@ async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_with
     (b"", "before answering"),
 ])
 async def test_broken_answers_are_upstream_unavailable(client: PooledUpstream, response: bytes, problem: str) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(response)
-        await writer.drain()
-    async with serve(handler) as upstream:
+    async with serve(answer_once(response)) as upstream:
         with pytest.raises(UpstreamUnavailable, match=problem):
             await exchange(client, request(upstream.port))
 
 
 async def test_dying_mid_body_raises_from_the_body(client: PooledUpstream) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
-        await writer.drain()
-    async with serve(handler) as upstream:
+    async with serve(answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")) as upstream:
         response = await client.send(request(upstream.port))
         received = b""
         with pytest.raises(UpstreamUnavailable, match="mid-body"):
