@@ -142,7 +142,7 @@ class _Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("loop", "pool", "transport", "exchange", "closed", "idle_handle", "_write_paused", "_drain")
+    __slots__ = ("loop", "pool", "transport", "exchange", "closed", "idle_since", "_write_paused", "_drain")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: _OriginPool) -> None:
         self.loop = loop
@@ -150,7 +150,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: _Exchange | None = None
         self.closed = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
 
@@ -208,26 +208,25 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def expire(self) -> None:
-        self.pool.discard_idle(self)
-
 
 class _OriginPool:
-    """Connections to one upstream: idle ones reused newest first, at most `limit` open."""
+    """Connections to one upstream: idle ones reused newest first, at most `max_connections` open.
+
+    Idle connections expire on one timer per pool, set for the oldest of them: a timer per
+    release would cost more than the rest of an exchange's bookkeeping.
+    """
 
     def __init__(self, client: PooledUpstream, origin: Origin) -> None:
         self.client = client
         self.origin = origin
-        self.idle: deque[_Connection] = deque()
+        self.idle: deque[_Connection] = deque()  # oldest release on the left
         self.open = 0
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self.expiry: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> tuple[_Connection, bool]:
         while self.idle:
             connection = self.idle.pop()
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-                connection.idle_handle = None
             if connection.closed:
                 self.open -= 1
                 continue
@@ -275,7 +274,11 @@ class _OriginPool:
         return connection
 
     def release(self, connection: _Connection, reusable: bool) -> None:
-        connection.exchange = None
+        if connection.exchange is not None:
+            # the parser's callbacks point back at the exchange: without this cycle, reference
+            # counting frees both at once and the garbage collector has nothing to do per request
+            connection.exchange.parser = None
+            connection.exchange = None
         if reusable and not connection.closed:
             self._pass_on(connection)
         else:
@@ -291,17 +294,26 @@ class _OriginPool:
                 return
         if connection is None:
             self.open -= 1
-        else:
-            connection.idle_handle = connection.loop.call_later(self.client.idle_timeout, connection.expire)
-            self.idle.append(connection)
+            return
+        connection.idle_since = time.monotonic()
+        self.idle.append(connection)
+        if self.expiry is None:
+            self.expiry = connection.loop.call_later(self.client.idle_timeout, self._expire_idle)
 
-    def discard_idle(self, connection: _Connection) -> None:
-        if connection in self.idle:
-            self.idle.remove(connection)
-            connection.abort()
+    def _expire_idle(self) -> None:
+        self.expiry = None
+        now = time.monotonic()
+        while self.idle and now - self.idle[0].idle_since >= self.client.idle_timeout:
+            self.idle.popleft().abort()
             self._pass_on(None)
+        if self.idle:
+            oldest = self.idle[0]
+            self.expiry = oldest.loop.call_later(oldest.idle_since + self.client.idle_timeout - now, self._expire_idle)
 
     def close(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         while self.idle:
             self.idle.pop().abort()
 
@@ -317,9 +329,44 @@ def _discard(sender: asyncio.Task[None] | None) -> None:
         sender.cancel()
 
 
-def _expire(future: asyncio.Future[Any], message: str) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeout(message))
+class _Deadlines:
+    """The read timeouts of every pending wait, checked on one repeating timer.
+
+    A `call_later` per wait (one or more per exchange) cost more CPU than the rest of the
+    exchange's bookkeeping; here a wait is a dict entry, and a timeout fires at most one tick late.
+    """
+
+    __slots__ = ("read_timeout", "tick", "waits", "handle")
+
+    def __init__(self, read_timeout: float, tick: float) -> None:
+        self.read_timeout = read_timeout
+        self.tick = tick
+        # the future, its deadline, and what it waits for (None: the end of the whole exchange)
+        self.waits: dict[asyncio.Future[Any], tuple[float, str | None]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, future: asyncio.Future[Any], deadline: float, what: str | None) -> None:
+        self.waits[future] = (deadline, what)
+        if self.handle is None:
+            self.handle = future.get_loop().call_later(self.tick, self._sweep, future.get_loop())
+
+    def discard(self, future: asyncio.Future[Any]) -> None:
+        self.waits.pop(future, None)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        expired = [(future, what) for future, (deadline, what) in self.waits.items() if deadline <= now]
+        for future, what in expired:
+            del self.waits[future]
+            if not future.done():
+                message = "the exchange exceeded total_timeout" if what is None else f"{what} for {self.read_timeout:g}s"
+                future.set_exception(UpstreamTimeout(message))
+        self.handle = loop.call_later(self.tick, self._sweep, loop) if self.waits else None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 def _request_head(request: UpstreamRequest) -> bytes:
@@ -411,20 +458,21 @@ class PooledUpstream:
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl.create_default_context(cafile=ca_file)
         self._pools: dict[Origin, _OriginPool] = {}
+        timeouts = [read_timeout, total_timeout] if total_timeout else [read_timeout]
+        self._deadlines = _Deadlines(read_timeout, tick=min(1.0, max(0.01, min(timeouts) / 10)))
 
     async def wait(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
         """Await `future`, failing it with `UpstreamTimeout` after the read timeout (or at the
-        exchange's deadline). A timer, not `asyncio.wait_for`: this runs on every exchange."""
-        timeout = self.read_timeout
-        message = f"{what} for {self.read_timeout:g}s"
-        if deadline is not None and deadline - time.monotonic() < timeout:
-            timeout = max(deadline - time.monotonic(), 0)
-            message = "the exchange exceeded total_timeout"
-        timer = future.get_loop().call_later(timeout, _expire, future, message)
+        exchange's deadline, whichever comes first)."""
+        expires = time.monotonic() + self.read_timeout
+        if deadline is not None and deadline < expires:
+            self._deadlines.add(future, deadline, None)
+        else:
+            self._deadlines.add(future, expires, what)
         try:
             await future
         finally:
-            timer.cancel()
+            self._deadlines.discard(future)
 
     async def send(self, request: UpstreamRequest) -> _PooledResponse:
         pool = self._pools.get(request.origin)
@@ -490,3 +538,4 @@ class PooledUpstream:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._deadlines.close()

@@ -1,5 +1,6 @@
 """The gateway as an ASGI app, driven through httpx.ASGITransport; upstreams mocked with respx."""
 
+import gc
 import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import respx
 
 from gateway.app import Gateway
 from gateway.config import load_config
-from tests.support import mint, write_config
+from tests.support import RecordingUpstream, answer, mint, write_config
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
@@ -191,3 +192,58 @@ async def test_the_request_body_is_streamed_not_buffered(client: httpx.AsyncClie
     response = await client.post("/api/echo", content=body())
     assert response.status_code == 200
     assert mock_upstream.calls.last.request.content == b"".join(chunks)
+
+
+# uvloop, the loop both servers run on: the stdlib loop's own transports hold a cycle per
+# connection, and this upstream closes every connection
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_requests_leave_no_reference_cycles(tmp_path: Path) -> None:
+    # a cycle per request hands every request to the garbage collector, whose pauses showed up
+    # as a 20 ms p99 under load; allowed and refused requests alike must be freed by refcounting
+    upstream = RecordingUpstream(answer(200, b"x" * 3000, [(b"connection", b"close")]))  # it closes after each answer
+    app = Gateway(load_config(write_config(tmp_path, upstream=f"{upstream.url}/v3")))
+    read, write = mint(lifetime=600).encode(), mint("psp.webhook:write", lifetime=600).encode()
+    requests = [
+        ("GET", b"/api/merchants/M1/webhooks", read, b""),
+        ("POST", b"/api/merchants/M1/webhooks", write, b'{"url": "https://example.test"}'),
+        ("GET", b"/api/merchants/M1/webhooks", None, b""),
+        ("POST", b"/api/merchants/M1/webhooks", read, b"{}"),
+        ("GET", b"/api/merchants/M1/secrets", read, b""),
+        ("GET", b"/api/merchants/M1/webhooks/", read, b""),
+        ("GET", b"/api/merchants/M1/webhooks", b"a.b.c", b""),
+    ]
+    statuses: list[int] = []
+
+    async def call(method: str, path: bytes, token: bytes | None, body: bytes) -> None:
+        headers = [(b"host", b"gateway.test"), (b"content-length", str(len(body)).encode())]
+        if token is not None:
+            headers.append((b"authorization", b"Bearer " + token))
+        scope = {"type": "http", "method": method, "path": path.decode(), "raw_path": path, "query_string": b"",
+                 "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http", "http_version": "1.1"}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+
+    try:
+        for request in requests:
+            await call(*request)
+        gc.collect()
+        statuses.clear()
+        gc.disable()
+        try:
+            for _ in range(10):
+                for request in requests:
+                    await call(*request)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+        assert statuses == [200, 200, 401, 403, 404, 400, 401] * 10
+    finally:
+        await app.upstream.aclose()
+        upstream.close()
