@@ -181,8 +181,9 @@ def define_targets(work: Path, material, keys, upstream_port: int) -> list[Targe
 
 
 def gateway_serve(config: Path, port: int, server: str = "uvicorn", workers: int = 1) -> list[str]:
+    # the default log level and logs, as a user who only says where the config is would run it
     return [*gateway_command(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", "--server", server, "--workers", str(workers)]
+            "--server", server, "--workers", str(workers)]
 
 
 def gateway_check(config: Path) -> str:

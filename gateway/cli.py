@@ -45,7 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     from gateway.server import run
 
-    run(Path(args.config), host=args.host, port=args.port, server=args.server, workers=args.workers, log_level=args.log_level)
+    run(Path(args.config), host=args.host, port=args.port, server=args.server, workers=args.workers, log_level=args.log_level,
+        access_log=args.access_log)
     return 0
 
 
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     serve.add_argument("--server", default="uvicorn", choices=SERVERS, help="ASGI server: uvicorn (default) or granian (the [granian] extra)")
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes, e.g. one per core (default: 1)")
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="default: info; debug adds a line per refusal with its reason")
+    serve.add_argument("--access-log", action="store_true", help="a line per request (off by default, as in Envoy: it costs about a third of the throughput)")
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(

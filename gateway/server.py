@@ -29,7 +29,11 @@ def create_app() -> Gateway:
     return Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
 
 
-def run(config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info") -> None:
+def run(
+    config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
+) -> None:
+    """Serve until stopped. The access log (a line per request, written by the server) is off
+    unless asked for, as in Envoy: with it on, one uvicorn worker proxied a third fewer requests."""
     os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
     if server == "granian":
         from granian import Granian
@@ -37,12 +41,15 @@ def run(config_path: Path, *, host: str, port: int, server: str = "uvicorn", wor
 
         Granian(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, log_level=log_level, log_access=False,
+            workers=workers, log_level=log_level, log_access=access_log,
         ).serve()
         return
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, **uvicorn_options())
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=access_log, **uvicorn_options())
     else:
-        uvicorn.run("gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, **uvicorn_options())
+        uvicorn.run(
+            "gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+            access_log=access_log, **uvicorn_options(),
+        )

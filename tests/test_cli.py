@@ -104,8 +104,9 @@ def _wait_for(port: int, process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, *options: str) -> Iterator[tuple[str, RecordingUpstream]]:
-    """`gateway serve` in front of a loopback upstream; yields the gateway's base URL."""
+def serving(tmp_path: Path, *options: str, output: list[str] | None = None) -> Iterator[tuple[str, RecordingUpstream]]:
+    """`gateway serve` in front of a loopback upstream; yields the gateway's base URL. What the
+    process printed is appended to `output` once it has stopped."""
     upstream = RecordingUpstream()
     port = _free_port()
     process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port), *options],
@@ -115,7 +116,9 @@ def serving(tmp_path: Path, *options: str) -> Iterator[tuple[str, RecordingUpstr
         yield f"http://127.0.0.1:{port}", upstream
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=15)
+        printed = process.communicate(timeout=15)[0]
+        if output is not None:
+            output.append(printed)
         upstream.close()
 
 
@@ -126,6 +129,21 @@ def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:
         assert "server" not in allowed.headers
         assert upstream.received[0].header(b"x-forwarded-for") == [b"127.0.0.1"]
         assert httpx.get(f"{base}/api/merchants/M1/webhooks").status_code == 401
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_serve_writes_a_line_per_request_only_when_asked(tmp_path: Path, server: str) -> None:
+    quiet: list[str] = []
+    with serving(tmp_path, "--server", server, output=quiet) as (base, _):
+        assert httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
+        assert httpx.get(f"{base}/api/merchants/M1/secrets").status_code == 404
+    assert "/api/merchants/M1" not in quiet[0]
+    logged: list[str] = []
+    with serving(tmp_path, "--server", server, "--access-log", "--log-level", "debug", output=logged) as (base, _):
+        assert httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
+        assert httpx.get(f"{base}/api/merchants/M1/secrets").status_code == 404
+    assert "GET /api/merchants/M1/webhooks" in logged[0]
+    assert "GET /api/merchants/M1/secrets refused: 404 not_found: " in logged[0]
 
 
 def test_serve_with_several_workers(tmp_path: Path) -> None:
