@@ -17,7 +17,6 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httptools
@@ -400,7 +399,15 @@ class _PooledResponse:
     def finished(self) -> bool:
         return self._exchange.complete and not self._exchange.chunks
 
-    async def body(self) -> AsyncIterator[bytes]:
+    def body(self) -> _PooledResponse:
+        # an iterator object, not an async generator: a generator left unfinished (the
+        # forwarder stops at the last chunk) costs the loop a finalizer task per request
+        return self
+
+    def __aiter__(self) -> _PooledResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
         exchange = self._exchange
         connection = exchange.connection
         while True:
@@ -409,12 +416,11 @@ class _PooledResponse:
                 exchange.buffered -= len(chunk)
                 if exchange.buffered < _LOW_WATER:
                     connection.resume_reading()
-                yield chunk
-                continue
+                return chunk
             if exchange.error is not None:
                 raise exchange.error
             if exchange.complete:
-                return
+                raise StopAsyncIteration
             exchange.waiter = connection.loop.create_future()
             await self._client.wait(exchange.waiter, self._deadline, "the upstream stopped sending its body")
             exchange.waiter = None
