@@ -486,6 +486,15 @@ class PooledUpstream:
             pool = self._pools[request.origin] = _OriginPool(self, request.origin)
         deadline = time.monotonic() + self.total_timeout if self.total_timeout else None
         head = _request_head(request)
+        sent = 0
+        if request.body is not None:
+            # the first chunk goes in the same write as the head; when it is the whole body (a
+            # small one, with its length declared) no task is needed to send the rest
+            first = await anext(request.body, b"")
+            sent = len(first)
+            if first:
+                head += b"%x\r\n%s\r\n" % (sent, first) if request.content_length is None else first
+        whole = request.body is None or sent == request.content_length
         for attempt in (1, 2):
             connection, reused = await pool.acquire()
             exchange = _Exchange(connection, no_body=request.method == "HEAD")
@@ -493,8 +502,8 @@ class PooledUpstream:
             sender: asyncio.Task[None] | None = None
             try:
                 connection.write(head)
-                if request.body is not None:
-                    sender = asyncio.ensure_future(self._send_body(connection, request, deadline))
+                if not whole:
+                    sender = asyncio.ensure_future(self._send_body(connection, request, deadline, sent))
                 await self._head(exchange, sender, deadline)
             except UpstreamUnavailable:
                 _discard(sender)
@@ -522,10 +531,10 @@ class PooledUpstream:
                 raise sender.exception()  # type: ignore[misc]
         await self.wait(exchange.head, deadline, "the upstream did not answer")
 
-    async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None) -> None:
+    async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None, sent: int) -> None:
+        """The rest of the body, after the `sent` bytes that went with the head."""
         assert request.body is not None
         chunked = request.content_length is None
-        sent = 0
         async for chunk in request.body:
             if not chunk:
                 continue

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
 
 from gateway.config import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
@@ -117,16 +116,30 @@ def downstream_response_headers(headers: Headers) -> Headers:
     return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in listed]
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected("client disconnected before its request body was complete")
-        body = message.get("body", b"")
-        if body:
-            yield body
-        if not message.get("more_body", False):
-            return
+class _RequestBody:
+    """The client's request body, chunk by chunk. An iterator object, not an async generator:
+    the upstream client may stop early (an upstream that answers first), and an unfinished
+    generator costs the loop a finalizer task."""
+
+    __slots__ = ("_receive", "_more")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._more = True
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while self._more:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected("client disconnected before its request body was complete")
+            self._more = message.get("more_body", False)
+            body = message.get("body", b"")
+            if body:
+                return body
+        raise StopAsyncIteration
 
 
 class Forwarder:
@@ -146,7 +159,7 @@ class Forwarder:
         headers, has_body, length = upstream_request_headers(scope, self.settings, authority, identity)
         request = UpstreamRequest(
             origin=origin, method=scope["method"], target=target, headers=headers,
-            body=_request_body(receive) if has_body else None, content_length=length,
+            body=_RequestBody(receive) if has_body else None, content_length=length,
         )
         try:
             response = await self.client.send(request)

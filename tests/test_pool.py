@@ -193,7 +193,11 @@ async def test_head_answers_have_no_body_and_keep_the_connection(client: PooledU
 
 @pytest.mark.parametrize(("body", "length", "framing"), [
     ([b"ab", b"", b"cd"], 4, b"content-length: 4\r\n\r\nabcd"),
+    ([b"abcd"], 4, b"content-length: 4\r\n\r\nabcd"),  # the whole body in the head's write
+    ([b"", b"abcd"], 4, b"content-length: 4\r\n\r\nabcd"),
     ([b"ab", b"cd"], None, b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
+    ([b"abcd"], None, b"transfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"),
+    ([], None, b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
     (None, None, b"content-length: 0\r\n\r\n"),
 ])
 async def test_requests_are_framed_by_the_gateway(client: PooledUpstream, body: list[bytes] | None, length: int | None, framing: bytes) -> None:
@@ -204,6 +208,24 @@ async def test_requests_are_framed_by_the_gateway(client: PooledUpstream, body: 
         sent = upstream.requests[0]
         assert sent.endswith(framing)
         assert not (b"content-length" in sent.lower() and b"transfer-encoding" in sent.lower())
+
+
+async def test_a_client_gone_before_its_body_never_reaches_the_upstream(client: PooledUpstream) -> None:
+    class Gone(Exception):
+        pass
+
+    async def vanishing() -> AsyncIterator[bytes]:
+        raise Gone
+        yield b""
+
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref)) as upstream:
+        ref.append(upstream)
+        upload = UpstreamRequest(origin=Origin("http", "127.0.0.1", upstream.port), method="POST", target=b"/x",
+                                 headers=[(b"host", b"up")], body=vanishing(), content_length=10)
+        with pytest.raises(Gone):
+            await client.send(upload)
+        assert upstream.connections == 0
 
 
 async def test_a_body_shorter_than_declared_is_not_sent_as_complete(client: PooledUpstream) -> None:
