@@ -28,20 +28,18 @@ IDENTITY = frozenset({b"x-auth-subject", b"x-auth-client", b"x-auth-scopes"})
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"})
 # the ASGI server already answered `Expect: 100-continue` when the body was first read
 _REQUEST_ONLY_DROP = frozenset({b"host", b"expect"})
+# every request header the gateway does more with than pass on: one set lookup for the others
+_HANDLED = HOP_BY_HOP | METHOD_OVERRIDE | IDENTITY | FORWARDING | _REQUEST_ONLY_DROP | {b"content-length"}
 
 
 class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
-def _connection_listed(headers: Headers) -> frozenset[bytes]:
-    return frozenset(
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
-    )
+def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
+    """The header names Connection values list, besides the hop-by-hop ones dropped anyway
+    (`Connection: keep-alive` names nothing more)."""
+    return frozenset(token.strip().lower() for value in values for token in value.split(b",") if token.strip()) - HOP_BY_HOP
 
 
 def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
@@ -62,8 +60,19 @@ def upstream_request_headers(
 
     :raises InvalidRequest: a Content-Length that is not one non-negative number.
     """
+    found = _upstream_request_headers(scope, settings, authority, identity, None)
+    if found is None:  # a Connection header naming other headers: once more, knowing them all
+        values = [value for name, value in scope["headers"] if name.lower() == b"connection"]
+        found = _upstream_request_headers(scope, settings, authority, identity, _named_by_connection(values))
+    return found
+
+
+def _upstream_request_headers(
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Headers, listed: frozenset[bytes] | None
+) -> tuple[Headers, bool, int | None] | None:
+    """One pass over the request headers; None if it meets a Connection header that names other
+    headers while `listed` (the names every Connection header lists) is not known yet."""
     headers: Headers = scope["headers"]
-    listed = _connection_listed(headers)
     client = scope.get("client")
     peer = client[0] if client else None
     trusted = _is_trusted(peer, settings)
@@ -75,6 +84,11 @@ def upstream_request_headers(
     length: int | None = None
     for name, value in headers:
         name = name.lower()
+        if name not in _HANDLED and not (listed and name in listed):
+            outgoing.append((name, value))
+            continue
+        if listed is None and name == b"connection" and _named_by_connection([value]):
+            return None
         if name == b"content-length":
             if length is not None or not value.strip().isdigit():
                 raise InvalidRequest("Content-Length must be a single non-negative number")
@@ -82,7 +96,7 @@ def upstream_request_headers(
             continue
         if name == b"transfer-encoding":
             chunked = True
-        if name in HOP_BY_HOP or name in listed or name in METHOD_OVERRIDE or name in IDENTITY:
+        if name in HOP_BY_HOP or (listed and name in listed) or name in METHOD_OVERRIDE or name in IDENTITY:
             continue
         if name in _REQUEST_ONLY_DROP:
             if name == b"host":
@@ -112,8 +126,19 @@ def upstream_request_headers(
 
 
 def downstream_response_headers(headers: Headers) -> Headers:
-    listed = _connection_listed(headers)
-    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in listed]
+    kept: Headers = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                connection.append(value)
+            continue
+        kept.append((name, value))
+    listed = _named_by_connection(connection) if connection else None
+    if listed:
+        return [(name, value) for name, value in kept if name.lower() not in listed]
+    return kept
 
 
 class _RequestBody:
