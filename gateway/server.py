@@ -10,6 +10,7 @@ from gateway.app import Gateway
 from gateway.config import load_config
 
 SERVERS = ("uvicorn", "granian")
+GRANIAN_BUFFER_BYTES = 64 * 1024
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
 
 
@@ -38,10 +39,15 @@ def run(
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
 
         Granian(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
             workers=workers, log_level=log_level, log_access=access_log,
+            # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
+            # of 100 MiB grew RSS by 52 MiB with the default and by 9 MiB with this; it also
+            # caps a request head at 64 KiB, about Envoy's 60 KiB
+            http1_settings=HTTP1Settings(max_buffer_size=GRANIAN_BUFFER_BYTES),
         ).serve()
         return
     import uvicorn

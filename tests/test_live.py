@@ -142,6 +142,24 @@ def test_connection_listed_headers_are_removed(gateway: LiveServer, upstream: Re
     assert sent.header(b"x-private") == [] and sent.header(b"connection") in ([], [b"keep-alive"])
 
 
+def test_a_large_request_head_passes(gateway: LiveServer, upstream: RecordingUpstream) -> None:
+    # granian runs with a 64 KiB read-ahead buffer (server.py), which also bounds the head
+    cookie = "c=" + "x" * 40 * 1024
+    response = raw_exchange(gateway.port, request_bytes("GET", "/api/status", [("cookie", cookie)]))
+    assert response.status == 200
+    assert upstream.received[0].header(b"cookie") == [cookie.encode()]
+
+
+def test_granian_refuses_a_request_head_over_64_kib(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    gateway = GatewayProcess(write_config(tmp_path, upstream=f"{upstream.url}/v3"), "granian")
+    try:
+        response = raw_exchange(gateway.port, request_bytes("GET", "/api/status", [("cookie", "c=" + "x" * 70 * 1024)]))
+        assert response.status == 431
+        assert upstream.received == []
+    finally:
+        gateway.close()
+
+
 def test_a_chunked_request_body_is_streamed_through_complete(gateway: LiveServer, upstream: RecordingUpstream) -> None:
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (b"a" * 1000, b"b" * 70000, b"c")) + b"0\r\n\r\n"
     request = b"POST /api/echo HTTP/1.1\r\nhost: g\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n" + chunked
