@@ -63,15 +63,28 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _parse(token: str) -> _Parsed:
-    """Split and decode a compact JWS once. Nothing in it is trusted until the signature is."""
+_KNOWN_HEADERS_MAX = 256
+
+
+def _parse(token: str, known_headers: dict[str, dict[str, Any]]) -> _Parsed:
+    """Split and decode a compact JWS once. Nothing in it is trusted until the signature is.
+
+    :param known_headers: header segments already decoded. An issuer's tokens share one header,
+        so a first-seen token costs one JSON decode, not two; the header is only ever read.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidToken("malformed token: not a compact JWS (header.payload.signature)")
-    if not all(_SEGMENT.fullmatch(part) for part in parts):
+    header = known_headers.get(parts[0])
+    if not all(_SEGMENT.fullmatch(part) for part in (parts if header is None else parts[1:])):
         raise InvalidToken("malformed token: a segment is not base64url")
     try:
-        header = json.loads(_b64decode(parts[0]))
+        if header is None:
+            header = json.loads(_b64decode(parts[0]))
+            if isinstance(header, dict):
+                if len(known_headers) >= _KNOWN_HEADERS_MAX:
+                    known_headers.clear()
+                known_headers[parts[0]] = header
         claims = json.loads(_b64decode(parts[1]))
         signature = _b64decode(parts[2])
     except (ValueError, binascii.Error, RecursionError):
@@ -130,6 +143,7 @@ class TokenVerifier:
         self.settings = settings
         self.keys = keys
         self._cache: OrderedDict[str, tuple[VerifiedToken, int]] = OrderedDict()
+        self._known_headers: dict[str, dict[str, Any]] = {}
 
     async def verify(self, token: str) -> VerifiedToken:
         """:raises InvalidToken: with the reason, in words."""
@@ -148,7 +162,7 @@ class TokenVerifier:
         return verified
 
     async def _verify(self, token: str) -> VerifiedToken:
-        parsed = _parse(token)
+        parsed = _parse(token, self._known_headers)
         header = parsed.header
         algorithm = header.get("alg")
         if algorithm not in self.settings.algorithms:

@@ -192,6 +192,26 @@ async def test_the_cache_is_bounded(tmp_path: Path) -> None:
     assert list(verifier._cache) == tokens[2:]
 
 
+async def test_a_known_header_is_decoded_once_and_vouches_for_nothing(verifier: TokenVerifier) -> None:
+    good = mint("a")
+    assert (await verifier.verify(good)).scopes == {"a"}
+    header = good.split(".")[0]
+    assert list(verifier._known_headers) == [header]
+    forged = mint("a", key="rsa-other")  # the same header segment, signed by someone else
+    assert forged.split(".")[0] == header
+    with pytest.raises(InvalidToken, match="signature verification failed"):
+        await verifier.verify(forged)
+    with pytest.raises(InvalidToken, match="not base64url"):
+        await verifier.verify(header + ".e30!.c2ln")
+
+
+async def test_the_known_headers_are_bounded(verifier: TokenVerifier) -> None:
+    for n in range(600):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(_b64({"alg": "RS256", "kid": f"k{n}"}) + ".e30.c2ln")
+        assert len(verifier._known_headers) <= 256
+
+
 async def test_refused_tokens_are_not_cached(verifier: TokenVerifier) -> None:
     with pytest.raises(InvalidToken):
         await verifier.verify(mint(key="rsa-other"))
