@@ -141,11 +141,10 @@ class _Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("loop", "pool", "transport", "exchange", "closed", "idle_since", "_write_paused", "_drain")
+    __slots__ = ("loop", "transport", "exchange", "closed", "idle_since", "_write_paused", "_drain")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: _OriginPool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: _Exchange | None = None
         self.closed = False
@@ -261,7 +260,7 @@ class _OriginPool:
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self), origin.host, origin.port,
+                    lambda: _Connection(loop), origin.host, origin.port,
                     ssl=tls, server_hostname=origin.host if tls else None,
                 ),
                 self.client.connect_timeout,

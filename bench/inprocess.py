@@ -1,0 +1,145 @@
+"""CPU time the gateway's own code spends per request, measured in one process.
+
+    python bench/inprocess.py [--requests 32000] [--concurrency 32] [--repeats 5]
+
+Calls the ASGI app directly (no server, no wrk) for `--concurrency` concurrent callers on uvloop,
+against the same nginx upstream and route table as bench/run.py, and prints the CPU microseconds
+per request (the least of `--repeats` runs) and how often the garbage collector ran, per workload.
+It isolates the request's path from the server and the load generator, so a change to the hot
+path can be judged in seconds and with little noise; bench/run.py is still the measurement that
+counts (it adds the server, the sockets to the client, and the peers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import material  # noqa: E402
+import procs  # noqa: E402
+
+# first_seen spends a new token per request, and minting one costs ~1 ms: fewer, shorter runs
+FIRST_SEEN_REQUESTS = 10_000
+FIRST_SEEN_REPEATS = 3
+WARM = 1000
+
+
+def http_scope(method: str, path: str, token: str | None, body_length: int = 0) -> dict:
+    headers = [(b"host", b"gateway.bench"), (b"user-agent", b"inprocess"), (b"accept", b"*/*")]
+    if token is not None:
+        headers.append((b"authorization", b"Bearer " + token.encode()))
+    if body_length:
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % body_length)]
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "headers": headers,
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+
+
+def workloads(tokens: material.Tokens, distinct: list[str]) -> dict[str, list[tuple[dict, bytes, int]]]:
+    """Per workload, the requests in the order they are sent: (scope, body, expected status)."""
+    body = b'{"url":"https://example.test/hook","active":true,"pad":"' + b"x" * 970 + b'"}'
+    path = material.WEBHOOKS_PATH
+    return {
+        "get": [(http_scope("GET", path, tokens.read), b"", 200)],
+        "post": [(http_scope("POST", path, tokens.write, len(body)), body, 200)],
+        "refused": [(http_scope("GET", path, None), b"", 401), (http_scope("POST", path, tokens.read, len(body)), body, 403),
+                    (http_scope("GET", material.UNKNOWN_PATH, tokens.read), b"", 404)],
+        "first_seen": [(http_scope("GET", path, token), b"", 200) for token in distinct],
+    }
+
+
+async def drive(app, requests: list[tuple[dict, bytes, int]], count: int, concurrency: int, offset: int = 0) -> None:
+    """`count` requests by `concurrency` callers, cycling through `requests` from `offset`."""
+    statuses: list[int] = []
+
+    async def caller(first: int) -> None:
+        for n in range(first, count, concurrency):
+            scope, body, expected = requests[(offset + n) % len(requests)]
+
+            async def receive(body=body) -> dict:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            await app(dict(scope), receive, send)
+            if statuses[-1] != expected:
+                raise RuntimeError(f"{scope['method']} {scope['path']}: {statuses[-1]}, expected {expected}")
+
+    await asyncio.gather(*(caller(first) for first in range(concurrency)))
+
+
+async def measure(config: Path, tokens: material.Tokens, distinct: list[str], settings: argparse.Namespace) -> None:
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    app = Gateway(load_config(config))
+    await app.keys.start()
+    cases = workloads(tokens, distinct)
+    print(f"{'workload':<12}{'CPU us/request':>16}{'gc runs per 10k (gen 0/1/2)':>32}")
+    for name, requests in cases.items():
+        count, repeats = (FIRST_SEEN_REQUESTS, FIRST_SEEN_REPEATS) if name == "first_seen" else (settings.requests, settings.repeats)
+        await drive(app, requests, WARM, settings.concurrency)  # warm: connections, caches
+        best = float("inf")
+        collections = [0, 0, 0]
+        for repeat in range(repeats):
+            before = [stats["collections"] for stats in gc.get_stats()]
+            started = time.process_time()
+            # first_seen: every run takes tokens no earlier one used
+            await drive(app, requests, count, settings.concurrency, offset=WARM + repeat * count)
+            best = min(best, (time.process_time() - started) / count * 1e6)
+            collections = [total + stats["collections"] - was for total, stats, was in zip(collections, gc.get_stats(), before)]
+        per_10k = "/".join(f"{runs * 10_000 / (count * repeats):.1f}" for runs in collections)
+        print(f"{name:<12}{best:>16.1f}{per_10k:>32}", flush=True)
+    await app.upstream.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=32_000, help="requests per measured run (default 32000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers (default 32)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per workload; the least is reported (default 5)")
+    settings = parser.parse_args(argv)
+    import uvloop
+
+    if shutil.which("nginx") is None:
+        print("needs nginx: run bench/run.py once (it installs it), or apt-get install nginx-light")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="gateway-inprocess-"))
+    work.chmod(0o755)  # nginx workers run as nobody
+    keys = material.make_keys()
+    tokens = material.make_tokens(keys)
+    distinct_file = work / "distinct.txt"
+    material.mint_distinct_tokens(keys.private_pem, WARM + FIRST_SEEN_REQUESTS * FIRST_SEEN_REPEATS, distinct_file)
+    distinct = distinct_file.read_text().split()
+    sink_port, upstream_port = procs.free_port(), procs.free_port()
+    services = [
+        procs.Service("sink", [sys.executable, str(BENCH / "sink.py"), str(sink_port)], sink_port, work / "sink.log"),
+        procs.Service("upstream", ["nginx", "-p", str(work), "-e", str(work / "upstream-start.log"), "-c",
+                                   str(material.write_upstream_nginx(work, upstream_port, sink_port))], upstream_port, work / "upstream.log"),
+    ]
+    try:
+        for service in services:
+            service.start()
+            service.wait_listening(30)
+        config = material.write_gateway_config(work / "gateway", keys, upstream_port)
+        uvloop.run(measure(config, tokens, distinct, settings))
+    finally:
+        for service in reversed(services):
+            service.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
