@@ -90,6 +90,6 @@ def canonicalise(raw_path: bytes) -> CanonicalPath:
         return CanonicalPath((), ())
     raw_segments = tuple(raw_path[1:].split(b"/"))
     if _PLAIN_PATH.fullmatch(raw_path):
-        return CanonicalPath(tuple(segment.decode("ascii") for segment in raw_segments), raw_segments)
+        return CanonicalPath(tuple(raw_path[1:].decode("ascii").split("/")), raw_segments)
     segments = tuple(_decode_segment(raw_path, raw) for raw in raw_segments)
     return CanonicalPath(segments, raw_segments)

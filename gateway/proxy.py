@@ -36,9 +36,15 @@ class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
+# what most Connection headers say (nginx's responses, browsers' requests): no other header named
+_KEEP_ALIVE = frozenset({b"keep-alive", b"Keep-Alive"})
+
+
 def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
     """The header names Connection values list, besides the hop-by-hop ones dropped anyway
     (`Connection: keep-alive` names nothing more)."""
+    if len(values) == 1 and values[0] in _KEEP_ALIVE:
+        return frozenset()
     return frozenset(token.strip().lower() for value in values for token in value.split(b",") if token.strip()) - HOP_BY_HOP
 
 
