@@ -2,6 +2,7 @@
 
     Refusal
     ├── InvalidRequest     400 invalid_request  (ambiguous path, several credentials, token outside the header)
+    │   └── HeadTooLarge   431 invalid_request  (request line and headers over the server's bound)
     ├── NotFound           404 not_found        (no route: deny by default)
     ├── Unauthorized       401 unauthorized     (no bearer credentials on a protected route)
     ├── InvalidToken       401 invalid_token    (signature, alg, kid, exp, nbf, iss, aud, malformed)
@@ -49,6 +50,12 @@ class InvalidRequest(Refusal):
 
     status = 400
     error = "invalid_request"
+
+
+class HeadTooLarge(InvalidRequest):
+    """The request line and headers exceed what the gateway reads before refusing (RFC 6585 5)."""
+
+    status = 431
 
 
 class CredentialsInvalidRequest(InvalidRequest):
