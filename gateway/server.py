@@ -14,6 +14,7 @@ from gateway.config import load_config
 from gateway.errors import HeadTooLarge, render
 
 SERVERS = ("uvicorn", "granian")
+_CONFIG_VARIABLE = "GATEWAY_CONFIG"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -48,10 +49,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             status, headers, body = render(HeadTooLarge(f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB"))
-            head = b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            head = b"HTTP/1.1 %d Request Header Fields Too Large\r\n" % status + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
             self.transport.write(head + b"connection: close\r\n\r\n" + body)
             self.transport.close()
-_CONFIG_VARIABLE = "GATEWAY_CONFIG"
 
 
 def uvicorn_options() -> dict[str, object]:
