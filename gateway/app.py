@@ -90,9 +90,7 @@ class Gateway:
                     scope.get("query_string", b""),
                 )
                 identity = identity_headers(authorize(match, await self.verifier.verify(token)))
-            await self.forwarder.forward(
-                scope, receive, send, api.upstream.origin, api.upstream.authority, match.upstream_target, identity, api.name,
-            )
+            await self.forwarder.forward(scope, receive, send, api, match.upstream_target, identity)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)

@@ -13,7 +13,8 @@ import logging
 
 from gateway.config import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
-from gateway.types import Headers, Origin, Receive, Scope, Send
+from gateway.routing import Api
+from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
 
 logger = logging.getLogger("gateway.proxy")
@@ -178,28 +179,26 @@ class Forwarder:
         self.client = client
         self.settings = settings
 
-    async def forward(
-        self, scope: Scope, receive: Receive, send: Send, origin: Origin, authority: bytes, target: bytes, identity: Headers, api: str
-    ) -> None:
-        """Send the request upstream and stream the answer back.
+    async def forward(self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Headers) -> None:
+        """Send the request to `api`'s upstream and stream the answer back.
 
         :raises BadGateway, GatewayTimeout: before anything was sent to the client. A failure
             after the response started is re-raised as is, so the server aborts the connection
             rather than end a truncated body as if it were complete.
         """
-        headers, has_body, length = upstream_request_headers(scope, self.settings, authority, identity)
+        headers, has_body, length = upstream_request_headers(scope, self.settings, api.upstream.authority, identity)
         request = UpstreamRequest(
-            origin=origin, method=scope["method"], target=target, headers=headers,
+            origin=api.upstream.origin, method=scope["method"], target=target, headers=headers,
             body=_RequestBody(receive) if has_body else None, content_length=length,
         )
         try:
             response = await self.client.send(request)
         except UpstreamTimeout as exc:
-            logger.warning("upstream of %s timed out: %s", api, exc)
-            raise GatewayTimeout(f"the upstream of {api} did not answer in time") from exc
+            logger.warning("upstream of %s timed out: %s", api.name, exc)
+            raise GatewayTimeout(f"the upstream of {api.name} did not answer in time") from exc
         except UpstreamError as exc:
-            logger.warning("upstream of %s failed: %s", api, exc)
-            raise BadGateway(f"the upstream of {api} could not be reached or answered badly") from exc
+            logger.warning("upstream of %s failed: %s", api.name, exc)
+            raise BadGateway(f"the upstream of {api.name} could not be reached or answered badly") from exc
         try:
             await send({
                 "type": "http.response.start",

@@ -33,6 +33,8 @@ _ALGORITHMS = jwt.algorithms.get_default_algorithms()
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # base64url, with the trailing '=' some issuers add
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+# distinct JWT header segments kept decoded (an issuer's tokens share one)
+_KNOWN_HEADERS_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +63,6 @@ class _Parsed:
 
 def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-_KNOWN_HEADERS_MAX = 256
 
 
 def _parse(token: str, known_headers: dict[str, dict[str, Any]]) -> _Parsed:
