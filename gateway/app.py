@@ -6,7 +6,7 @@ import logging
 from urllib.parse import quote
 
 from gateway.config import Config, ProxySettings
-from gateway.credentials import bearer_token
+from gateway.credentials import bearer_token, presented
 from gateway.decision import Grant, authorize, is_public, route
 from gateway.errors import Refusal, render
 from gateway.keys import KeyStore
@@ -39,12 +39,15 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
 
 
 def identity_headers(grant: Grant) -> Headers:
-    headers: Headers = [(b"x-auth-scopes", " ".join(sorted(grant.scopes)).encode("utf-8"))]
-    if grant.subject is not None:
-        headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
-    if grant.client is not None:
-        headers.append((b"x-auth-client", grant.client.encode("utf-8")))
-    return headers
+    """X-Auth-* for the upstream; built once per grant, and a cached token keeps its grants."""
+    if grant.identity is None:
+        headers: Headers = [(b"x-auth-scopes", " ".join(sorted(grant.scopes)).encode("utf-8"))]
+        if grant.subject is not None:
+            headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
+        if grant.client is not None:
+            headers.append((b"x-auth-client", grant.client.encode("utf-8")))
+        grant.identity = headers
+    return grant.identity
 
 
 class Gateway:
@@ -85,11 +88,13 @@ class Gateway:
             realm = api.name
             identity: Headers = []
             if not is_public(match):
-                token = bearer_token(
-                    [value for name, value in scope["headers"] if name == b"authorization"],
-                    scope.get("query_string", b""),
-                )
-                identity = identity_headers(authorize(match, await self.verifier.verify(token)))
+                authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+                query = scope.get("query_string", b"")
+                credential = presented(authorization, query)
+                verified = self.verifier.recall(credential) if credential is not None else None
+                if verified is None:
+                    verified = await self.verifier.verify(bearer_token(authorization, query), key=credential)
+                identity = identity_headers(authorize(match, verified))
             await self.forwarder.forward(scope, receive, send, api, match.upstream_target, identity)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log

@@ -14,6 +14,18 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_LENGTH = 16 * 1024
 
 
+def presented(authorization: list[bytes], query_string: bytes) -> bytes | None:
+    """The request's one Authorization value, as sent, when nothing else could carry a credential.
+
+    A token verified under this value (`TokenVerifier.verify(key=...)`) was read from these exact
+    bytes by `bearer_token`, so a request presenting them again needs no second reading. None when
+    `bearer_token` must look: no header or several, or a query string that may hold a token.
+    """
+    if len(authorization) == 1 and b"access_token" not in query_string:
+        return authorization[0]
+    return None
+
+
 def bearer_token(authorization: list[bytes], query_string: bytes) -> str:
     """The one bearer token of a request.
 

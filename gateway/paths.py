@@ -25,7 +25,7 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DOUBLE_ENCODED = re.compile(r"%(2[fFeE]|5[cC]|00)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, which would cost four times as much to build
 class CanonicalPath:
     """A request path accepted for matching: decoded segments and their raw bytes, index for index."""
 

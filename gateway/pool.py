@@ -141,7 +141,7 @@ class _Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("loop", "transport", "exchange", "closed", "idle_since", "_write_paused", "_drain")
+    __slots__ = ("loop", "transport", "exchange", "closed", "idle_since", "_write_paused", "_read_paused", "_drain")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -150,6 +150,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._write_paused = False
+        self._read_paused = False
         self._drain: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -195,10 +196,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -503,7 +506,10 @@ class PooledUpstream:
                 connection.write(head)
                 if not whole:
                     sender = asyncio.ensure_future(self._send_body(connection, request, deadline, sent))
-                await self._head(exchange, sender, deadline)
+                if sender is None:
+                    await self.wait(exchange.head, deadline, "the upstream did not answer")
+                else:
+                    await self._head_while_sending(exchange, sender, deadline)
             except UpstreamUnavailable:
                 _discard(sender)
                 pool.release(connection, False)
@@ -517,17 +523,16 @@ class PooledUpstream:
             return _PooledResponse(exchange, self, pool, sender, deadline)
         raise AssertionError("unreachable")
 
-    async def _head(self, exchange: _Exchange, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
-        if sender is not None:
-            # while the body goes up, the upstream may rightly say nothing (no read timeout), or
-            # answer early; a body that fails (the client went away) ends the wait
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-            done, _ = await asyncio.wait({exchange.head, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                raise UpstreamTimeout("the exchange exceeded total_timeout")
-            answered = exchange.head.done() and exchange.head.exception() is None
-            if not answered and sender.done() and sender.exception() is not None:
-                raise sender.exception()  # type: ignore[misc]
+    async def _head_while_sending(self, exchange: _Exchange, sender: asyncio.Task[None], deadline: float | None) -> None:
+        # while the body goes up, the upstream may rightly say nothing (no read timeout), or
+        # answer early; a body that fails (the client went away) ends the wait
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+        done, _ = await asyncio.wait({exchange.head, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            raise UpstreamTimeout("the exchange exceeded total_timeout")
+        answered = exchange.head.done() and exchange.head.exception() is None
+        if not answered and sender.done() and sender.exception() is not None:
+            raise sender.exception()  # type: ignore[misc]
         await self.wait(exchange.head, deadline, "the upstream did not answer")
 
     async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None, sent: int) -> None:

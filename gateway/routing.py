@@ -130,6 +130,20 @@ class RouteTrie:
 
     def match(self, method: str, segments: tuple[str, ...]) -> Route | None:
         """The most specific route for `method` and decoded `segments`, or None."""
+        # the walk's first descent (a literal child where there is one), without recursion: it
+        # is the answer whenever it ends on a route, which is nearly always
+        node: _Node | None = self._root
+        for segment in segments:
+            child = node.literals.get(segment)
+            node = child if child is not None else node.param
+            if node is None:
+                break
+        else:
+            route = node.routes.get(method)
+            if route is None and method == "HEAD":
+                route = node.routes.get("GET")
+            if route is not None:
+                return route
         return self._walk(self._root, method, segments, 0)
 
     def _walk(self, node: _Node, method: str, segments: tuple[str, ...], depth: int) -> Route | None:

@@ -32,7 +32,10 @@ class Requirement:
     def met_by(self, effective: frozenset[str]) -> bool:
         if self.access is not Access.SCOPES:
             return True
-        return any(alternative <= effective for alternative in self.alternatives)
+        for alternative in self.alternatives:  # a loop, not any(): no generator per request
+            if alternative <= effective:
+                return True
+        return False
 
     def first_alternative(self) -> str:
         """The scopes of the first alternative, space-separated: the `scope` of a 403 challenge."""
@@ -47,9 +50,12 @@ class Requirement:
         return "one of: " + "; ".join(options)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ScopeCatalog:
-    """The scopes an API declares: descriptions and the closure of `implies`."""
+    """The scopes an API declares: descriptions and the closure of `implies`.
+
+    Compared and hashed by identity: verified tokens key their grants on it (`decision.authorize`).
+    """
 
     descriptions: Mapping[str, str] = field(default_factory=dict)
     # scope -> every scope it implies, directly or through others (never itself)

@@ -17,7 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,6 +44,9 @@ class VerifiedToken:
     subject: str | None
     client: str | None
     expires_at: float
+    # what `decision.authorize` worked out for this token, per API catalog: a cached token
+    # reaches the same answer without working it out again
+    grants: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _when(timestamp: Any) -> str:
@@ -141,21 +144,35 @@ class TokenVerifier:
     def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
         self.settings = settings
         self.keys = keys
-        self._cache: OrderedDict[str, tuple[VerifiedToken, int]] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, tuple[VerifiedToken, int]] = OrderedDict()
         self._known_headers: dict[str, dict[str, Any]] = {}
 
-    async def verify(self, token: str) -> VerifiedToken:
-        """:raises InvalidToken: with the reason, in words."""
-        cached = self._cache.get(token)
-        if cached is not None:
-            verified, generation = cached
-            if generation == self.keys.generation and verified.expires_at > time.time():
-                self._cache.move_to_end(token)
-                return verified
-            del self._cache[token]
+    def recall(self, key: str | bytes) -> VerifiedToken | None:
+        """The token verified earlier under `key`, while its key set and `exp` still hold."""
+        cached = self._cache.get(key)
+        if cached is None:
+            return None
+        verified, generation = cached
+        if generation == self.keys.generation and verified.expires_at > time.time():
+            self._cache.move_to_end(key)
+            return verified
+        del self._cache[key]
+        return None
+
+    async def verify(self, token: str, *, key: str | bytes | None = None) -> VerifiedToken:
+        """Verify `token` unless it was verified before under `key` (by default, the token).
+
+        :param key: what the verified token is remembered under; the gateway passes the whole
+            Authorization value, so a repeated request skips parsing it (see `credentials.presented`).
+        :raises InvalidToken: with the reason, in words.
+        """
+        key = token if key is None else key
+        verified = self.recall(key)
+        if verified is not None:
+            return verified
         verified = await self._verify(token)
         if self.settings.cache_size:
-            self._cache[token] = (verified, self.keys.generation)
+            self._cache[key] = (verified, self.keys.generation)
             if len(self._cache) > self.settings.cache_size:
                 self._cache.popitem(last=False)
         return verified

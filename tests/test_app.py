@@ -89,6 +89,31 @@ async def test_the_query_token_is_refused_with_a_challenge(client: httpx.AsyncCl
     assert mock_upstream.call_count == 0
 
 
+async def test_a_remembered_authorization_value_still_meets_every_credential_rule(
+    client: httpx.AsyncClient, mock_upstream: respx.Route, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.app
+
+    readings = []
+    real_bearer_token = gateway.app.bearer_token
+    monkeypatch.setattr(gateway.app, "bearer_token", lambda *args: readings.append(args) or real_bearer_token(*args))
+    value = bearer()["Authorization"]
+    path = "/api/merchants/M1/webhooks"
+    assert (await client.get(path, headers={"Authorization": value})).status_code == 200
+    assert (await client.get(path, headers={"Authorization": value})).status_code == 200
+    assert len(readings) == 1, "the second request presented a value verified before: no second reading"
+    # the value remembered, but a token in the query string too, or the value twice: refused as ever
+    refused = [
+        await client.get(path, params={"access_token": "x"}, headers={"Authorization": value}),
+        await client.get(path, headers=[("Authorization", value), ("Authorization", value)]),
+    ]
+    assert [(response.status_code, response.json()["error"]) for response in refused] == [(400, "invalid_request")] * 2
+    assert len(readings) == 3
+    # and it grants what it granted, nothing more
+    assert (await client.post(path, headers={"Authorization": value})).status_code == 403
+    assert mock_upstream.call_count == 2
+
+
 async def test_forwarded_request_is_the_matched_one_with_identity_headers(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
     response = await client.post(
         "/api/merchants/M%41/webhooks?b=2&a=1", content=b'{"url": "x"}',

@@ -1,6 +1,8 @@
 """The decision as a pure function: no sockets, no event loop."""
 
 
+from pathlib import Path
+
 import pytest
 
 from gateway.config import Tables, load_config
@@ -78,3 +80,21 @@ def test_effective_scopes_include_implied_ones(tables: Tables) -> None:
 def test_public_routes_are_recognised_without_a_token(tables: Tables) -> None:
     assert is_public(route(tables, "GET", b"/api/status"))
     assert not is_public(route(tables, "GET", b"/api/me"))
+
+
+def test_a_tokens_grant_is_worked_out_once_per_api_catalog(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "routes" / "ledger.yaml").write_text(
+        "name: ledger\nupstream: http://ledger.test\nprefix: /ledger\nroutes:\n  GET /entries: psp.webhook:read\n"
+    )
+    tables = load_config(config).tables
+    held = token("psp.webhook:write")
+    payments = authorize(route(tables, "GET", b"/api/merchants/M1/webhooks"), held)
+    assert payments.scopes == {"psp.webhook:write", "psp.webhook:read"}
+    # the ledger's catalog implies nothing: the payments grant must not leak into it
+    with pytest.raises(Forbidden, match="the token grants psp.webhook:write$"):
+        authorize(route(tables, "GET", b"/ledger/entries"), held)
+    assert authorize(route(tables, "GET", b"/api/merchants/M2/webhooks/W1"), held) is payments
+    # a reload compiles new catalogs: the same token gets its grant worked out afresh
+    reloaded = authorize(route(load_config(config).tables, "GET", b"/api/merchants/M1/webhooks"), held)
+    assert reloaded is not payments and reloaded.scopes == payments.scopes

@@ -437,7 +437,7 @@ async def test_each_idle_connection_expires_on_its_own_age() -> None:
     await client.aclose()
 
 
-async def test_a_slow_consumer_pauses_reading_from_the_upstream(client: PooledUpstream) -> None:
+async def test_a_slow_consumer_pauses_reading_from_the_upstream_and_resumes_it(client: PooledUpstream) -> None:
     sent = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -454,6 +454,10 @@ async def test_a_slow_consumer_pauses_reading_from_the_upstream(client: PooledUp
         await asyncio.sleep(0.5)  # the consumer reads nothing for a while
         assert response._exchange.buffered <= 512 * 1024  # bounded, not the upstream's 64 MiB
         assert sent < 16 * 1024 * 1024  # and the upstream was made to wait (socket buffers aside)
+        received = 0
+        async for chunk in response.body():  # once the consumer reads again, so does the pool
+            received += len(chunk)
+        assert received == 64 * 1024 * 1024
         await response.aclose()
 
 

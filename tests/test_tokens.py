@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import json
 import time
@@ -184,6 +185,19 @@ async def test_verified_tokens_are_cached_but_never_past_exp(tmp_path: Path) -> 
     assert len(verifications) == 2
 
 
+async def test_a_token_is_remembered_under_the_key_it_was_verified_with(tmp_path: Path) -> None:
+    verifier = verifier_for(tmp_path, f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n  leeway: 0\n")
+    token = mint(lifetime=2.5)
+    presented = b"Bearer " + token.encode()
+    first = await verifier.verify(token, key=presented)
+    assert verifier.recall(presented) is first
+    assert verifier.recall(token) is None, "remembered under its key only"
+    assert verifier.recall(b"Bearer  " + token.encode()) is None
+    await asyncio.sleep(max(0.0, first.expires_at - time.time()) + 0.1)
+    assert verifier.recall(presented) is None
+    assert presented not in verifier._cache
+
+
 async def test_the_cache_is_bounded(tmp_path: Path) -> None:
     verifier = verifier_for(tmp_path, f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n  cache_size: 3\n")
     tokens = [mint(f"s{i}") for i in range(5)]
@@ -282,7 +296,9 @@ async def test_a_rotated_out_key_stops_verifying_even_cached_tokens() -> None:
     await verifier.keys.start()
     token = mint("a")
     await verifier.verify(token)
+    await verifier.verify(token, key=b"Bearer " + token.encode())
     await verifier.keys.refresh()
+    assert verifier.recall(b"Bearer " + token.encode()) is None
     with pytest.raises(InvalidToken, match='kid "rsa-1"'):
         await verifier.verify(token)
 
