@@ -496,6 +496,7 @@ class PooledUpstream:
             sent = len(first)
             if first:
                 head += b"%x\r\n%s\r\n" % (sent, first) if request.content_length is None else first
+            del first  # the head holds a copy: an upload's chunk is not kept twice for its whole length
         whole = request.body is None or sent == request.content_length
         for attempt in (1, 2):
             connection, reused = await pool.acquire()
@@ -504,6 +505,8 @@ class PooledUpstream:
             sender: asyncio.Task[None] | None = None
             try:
                 connection.write(head)
+                if request.body is not None:
+                    head = b""  # never sent twice (see below): its first chunk need not outlive this write
                 if not whole:
                     sender = asyncio.ensure_future(self._send_body(connection, request, deadline, sent))
                 if sender is None:
@@ -544,6 +547,7 @@ class PooledUpstream:
                 continue
             sent += len(chunk)
             connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            del chunk  # not held while the next one is read: a chunk may be 300 KiB
             drained = connection.drained()
             if drained is not None:
                 await self.wait(drained, deadline, "the upstream stopped reading the request body")

@@ -8,6 +8,7 @@ import datetime
 import gc
 import ssl
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -226,6 +227,44 @@ async def test_a_client_gone_before_its_body_never_reaches_the_upstream(client: 
         with pytest.raises(Gone):
             await client.send(upload)
         assert upstream.connections == 0
+
+
+async def test_an_upload_holds_no_chunk_it_has_passed_on(client: PooledUpstream) -> None:
+    size, count = 4 * 1024 * 1024, 6
+    received = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await reader.readuntil(b"\r\n\r\n")
+        while received < size * count:
+            received += len(await reader.read(1024 * 1024))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    held: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(count):
+            while received < index * size:  # all that went before has reached the upstream
+                await asyncio.sleep(0.001)
+            held.append(tracemalloc.get_traced_memory()[0] - baseline)
+            yield bytes(size)
+
+    async with serve(handler) as upstream:
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            response = await client.send(UpstreamRequest(
+                origin=Origin("http", "127.0.0.1", upstream.port), method="POST", target=b"/upload", headers=[],
+                body=chunks(), content_length=size * count,
+            ))
+            assert [chunk async for chunk in response.body()] == [b"ok"]
+            await response.aclose()
+        finally:
+            tracemalloc.stop()
+    # 32 uploads through uvicorn grew RSS by 24 MiB while the first chunk and the last one sent were
+    # kept until the next arrived; 10 MiB since
+    assert len(held) == count and max(held) < size // 4, [f"{amount / size:.2f} chunks" for amount in held]
 
 
 async def test_a_body_shorter_than_declared_is_not_sent_as_complete(client: PooledUpstream) -> None:
