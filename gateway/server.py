@@ -3,6 +3,7 @@ an option, one process or one per worker. Every way shares the same settings."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,14 @@ def uvicorn_options() -> dict[str, object]:
 
 
 def create_app() -> Gateway:
-    """The app factory each worker process calls (the config was checked before they started)."""
-    return Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+    """The app factory each serving process calls (the config was checked before they started)."""
+    app = Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+    # what is loaded by now lives as long as the process: frozen out of the collector's sight, it
+    # is not walked by every full collection (under granian one ran about every second and took
+    # 10-20 ms: most of the p99)
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def run(
