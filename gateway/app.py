@@ -38,7 +38,7 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
     )
 
 
-def identity_headers(grant: Grant) -> Headers:
+def identity_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
     """X-Auth-* for the upstream; built once per grant, and a cached token keeps its grants."""
     if grant.identity is None:
         headers: Headers = [(b"x-auth-scopes", " ".join(sorted(grant.scopes)).encode("utf-8"))]
@@ -46,7 +46,7 @@ def identity_headers(grant: Grant) -> Headers:
             headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
         if grant.client is not None:
             headers.append((b"x-auth-client", grant.client.encode("utf-8")))
-        grant.identity = headers
+        grant.identity = tuple(headers)
     return grant.identity
 
 
@@ -86,7 +86,7 @@ class Gateway:
             match = route(tables, method, raw_path(scope), scope.get("query_string", b""))
             api = match.route.api
             realm = api.name
-            identity: Headers = []
+            identity: tuple[tuple[bytes, bytes], ...] = ()
             if not is_public(match):
                 authorization = [value for name, value in scope["headers"] if name == b"authorization"]
                 query = scope.get("query_string", b"")

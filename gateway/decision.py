@@ -38,8 +38,10 @@ class Grant:
     subject: str | None
     client: str | None
     scopes: frozenset[str]
-    # the identity headers for the upstream, built once per grant (`app.identity_headers`)
-    identity: list[tuple[bytes, bytes]] | None = None
+    # the identity headers for the upstream, built once per grant (`app.identity_headers`); a
+    # tuple of bytes pairs, which the garbage collector stops tracking (a cached token's grant
+    # lives long: every tracked object lengthens full collections)
+    identity: tuple[tuple[bytes, bytes], ...] | None = None
 
 
 def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:

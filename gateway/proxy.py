@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 
 from gateway.config import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
@@ -60,7 +61,7 @@ def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
 
 
 def upstream_request_headers(
-    scope: Scope, settings: ProxySettings, authority: bytes, identity: Headers
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Sequence[tuple[bytes, bytes]]
 ) -> tuple[Headers, bool, int | None]:
     """The headers to send upstream (framing left to the upstream client), whether the request
     has a body, and its length when the client declared one.
@@ -75,7 +76,7 @@ def upstream_request_headers(
 
 
 def _upstream_request_headers(
-    scope: Scope, settings: ProxySettings, authority: bytes, identity: Headers, listed: frozenset[bytes] | None
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Sequence[tuple[bytes, bytes]], listed: frozenset[bytes] | None
 ) -> tuple[Headers, bool, int | None] | None:
     """One pass over the request headers; None if it meets a Connection header that names other
     headers while `listed` (the names every Connection header lists) is not known yet."""
@@ -179,7 +180,7 @@ class Forwarder:
         self.client = client
         self.settings = settings
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Headers) -> None:
+    async def forward(self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]]) -> None:
         """Send the request to `api`'s upstream and stream the answer back.
 
         :raises BadGateway, GatewayTimeout: before anything was sent to the client. A failure

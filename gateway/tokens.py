@@ -144,16 +144,23 @@ class TokenVerifier:
     def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
         self.settings = settings
         self.keys = keys
-        self._cache: OrderedDict[str | bytes, tuple[VerifiedToken, int]] = OrderedDict()
+        # tokens verified with the key set of `_generation`; a new key set empties it. Entries are
+        # the tokens themselves, no wrapper: every object the cache holds is walked by each full
+        # garbage collection, and 10,000 cached tokens made those the gateway's longest pauses
+        self._cache: OrderedDict[str | bytes, VerifiedToken] = OrderedDict()
+        self._generation = keys.generation
         self._known_headers: dict[str, dict[str, Any]] = {}
 
     def recall(self, key: str | bytes) -> VerifiedToken | None:
         """The token verified earlier under `key`, while its key set and `exp` still hold."""
-        cached = self._cache.get(key)
-        if cached is None:
+        if self._generation != self.keys.generation:
+            self._cache.clear()
+            self._generation = self.keys.generation
             return None
-        verified, generation = cached
-        if generation == self.keys.generation and verified.expires_at > time.time():
+        verified = self._cache.get(key)
+        if verified is None:
+            return None
+        if verified.expires_at > time.time():
             self._cache.move_to_end(key)
             return verified
         del self._cache[key]
@@ -172,7 +179,10 @@ class TokenVerifier:
             return verified
         verified = await self._verify(token)
         if self.settings.cache_size:
-            self._cache[key] = (verified, self.keys.generation)
+            if self._generation != self.keys.generation:  # the keys changed while this one was verified
+                self._cache.clear()
+                self._generation = self.keys.generation
+            self._cache[key] = verified
             if len(self._cache) > self.settings.cache_size:
                 self._cache.popitem(last=False)
         return verified

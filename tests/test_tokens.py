@@ -303,6 +303,20 @@ async def test_a_rotated_out_key_stops_verifying_even_cached_tokens() -> None:
         await verifier.verify(token)
 
 
+@respx.mock
+async def test_a_token_verified_while_the_keys_change_is_kept_and_none_from_before() -> None:
+    only_rsa, only_ec = {"keys": [JWKS["keys"][0]]}, {"keys": [JWKS["keys"][1]]}
+    respx.get(JWKS_URL).mock(side_effect=[httpx.Response(200, json=only_rsa)] + [httpx.Response(200, json=only_ec)] * 2)
+    verifier = remote_verifier(refetch_interval=0)
+    await verifier.keys.start()
+    before = mint("a")
+    await verifier.verify(before)
+    during = mint("b", key="ec", algorithm="ES256", kid="ec-1")  # an unknown kid: the JWKS is fetched again
+    verified = await verifier.verify(during)
+    assert verifier.recall(during) is verified
+    assert verifier.recall(before) is None and list(verifier._cache) == [during]
+
+
 def test_symmetric_keys_are_never_taken_from_a_jwks() -> None:
     from gateway.keys import keys_from_jwks
 
