@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from urllib.parse import quote
 
@@ -38,16 +39,18 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
     )
 
 
-def identity_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
-    """X-Auth-* for the upstream; built once per grant, and a cached token keeps its grants."""
-    if grant.identity is None:
-        headers: Headers = [(b"x-auth-scopes", " ".join(sorted(grant.scopes)).encode("utf-8"))]
-        if grant.subject is not None:
-            headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
-        if grant.client is not None:
-            headers.append((b"x-auth-client", grant.client.encode("utf-8")))
-        grant.identity = tuple(headers)
-    return grant.identity
+@functools.lru_cache(maxsize=1024)  # callers share a few scope sets, and sorting costs
+def _scopes_header(scopes: frozenset[str]) -> bytes:
+    return " ".join(sorted(scopes)).encode("utf-8")
+
+
+def identity_headers(grant: Grant) -> Headers:
+    headers: Headers = [(b"x-auth-scopes", _scopes_header(grant.scopes))]
+    if grant.subject is not None:
+        headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
+    if grant.client is not None:
+        headers.append((b"x-auth-client", grant.client.encode("utf-8")))
+    return headers
 
 
 class Gateway:
@@ -86,7 +89,7 @@ class Gateway:
             match = route(tables, method, raw_path(scope), scope.get("query_string", b""))
             api = match.route.api
             realm = api.name
-            identity: tuple[tuple[bytes, bytes], ...] = ()
+            identity: Headers = []
             if not is_public(match):
                 authorization = [value for name, value in scope["headers"] if name == b"authorization"]
                 query = scope.get("query_string", b"")

@@ -107,7 +107,7 @@ def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -
             if not SCOPE_TOKEN.fullmatch(scope):
                 raise SystemExit(f"--scopes: {scope!r} is not a valid scope")
         lines.append(f"token:     scopes {' '.join(sorted(scopes)) or '(none)'} (from --scopes; signature and claims not checked)")
-        return VerifiedToken(claims={}, scopes=scopes, subject=None, client=None, expires_at=float("inf"))
+        return VerifiedToken(scopes=scopes, subject=None, client=None, expires_at=float("inf"))
     header = [f"Bearer {args.token}".encode("latin-1")] if args.token is not None else []
     token = bearer_token(header, b"")
     tokens = config.tokens

@@ -38,10 +38,6 @@ class Grant:
     subject: str | None
     client: str | None
     scopes: frozenset[str]
-    # the identity headers for the upstream, built once per grant (`app.identity_headers`); a
-    # tuple of bytes pairs, which the garbage collector stops tracking (a cached token's grant
-    # lives long: every tracked object lengthens full collections)
-    identity: tuple[tuple[bytes, bytes], ...] | None = None
 
 
 def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:
@@ -63,24 +59,18 @@ def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"
 def authorize(match: RouteMatch, token: VerifiedToken) -> Grant:
     """Check a verified token against the matched route's requirement.
 
-    A token's grant for an API depends on nothing but the token and the API's catalog, so it is
-    worked out once per pair and kept on the token (a new catalog, after a reload, is a new key).
-
     :raises Forbidden: the token's effective scopes do not meet the requirement.
     """
-    catalog = match.route.api.catalog
-    grant = token.grants.get(catalog)
-    if grant is None:
-        grant = token.grants[catalog] = Grant(token.subject, token.client, catalog.effective(token.scopes))
+    effective = match.route.api.catalog.effective(token.scopes)
     requirement = match.route.requirement
-    if not requirement.met_by(grant.scopes):
-        held = " ".join(sorted(grant.scopes)) or "no scopes"
+    if not requirement.met_by(effective):
+        held = " ".join(sorted(effective)) or "no scopes"
         raise Forbidden(
             f"{match.route.method} {match.route.template} requires {requirement.describe()}; the token grants {held}",
             scope=requirement.first_alternative(),
             required=[sorted(alternative) for alternative in requirement.alternatives],
         )
-    return grant
+    return Grant(token.subject, token.client, effective)
 
 
 def is_public(match: RouteMatch) -> bool:

@@ -50,23 +50,33 @@ class Requirement:
         return "one of: " + "; ".join(options)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class ScopeCatalog:
-    """The scopes an API declares: descriptions and the closure of `implies`.
+# distinct granted scope sets whose effective scopes a catalog remembers
+_EFFECTIVE_MAX = 1024
 
-    Compared and hashed by identity: verified tokens key their grants on it (`decision.authorize`).
-    """
+
+@dataclass(frozen=True, slots=True)
+class ScopeCatalog:
+    """The scopes an API declares: descriptions and the closure of `implies`."""
 
     descriptions: Mapping[str, str] = field(default_factory=dict)
     # scope -> every scope it implies, directly or through others (never itself)
     implied: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # granted -> effective: callers share a few scope sets, and today the answer depends on
+    # nothing else (a source of grants that changes at run time would have to be in the key)
+    _effective: dict[frozenset[str], frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def effective(self, granted: frozenset[str]) -> frozenset[str]:
         """The scopes a token holds for this API once implications are applied."""
         if not self.implied:
             return granted
-        extra = [self.implied[scope] for scope in granted if scope in self.implied]
-        return granted.union(*extra) if extra else granted
+        found = self._effective.get(granted)
+        if found is None:
+            extra = [self.implied[scope] for scope in granted if scope in self.implied]
+            found = granted.union(*extra) if extra else granted
+            if len(self._effective) >= _EFFECTIVE_MAX:
+                self._effective.clear()
+            self._effective[granted] = found
+        return found
 
 
 def implication_closure(direct: Mapping[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:

@@ -51,7 +51,7 @@ def test_every_scope_combination_is_decided_as_the_seed_says(tables: Tables, cas
     match = matched(tables, case["request"])
     grants = [frozenset(alternative) for alternative in case["granted_by"]]
     for held in SUBSETS:
-        token = VerifiedToken(claims={}, scopes=held, subject=None, client=None, expires_at=float("inf"))
+        token = VerifiedToken(scopes=held, subject=None, client=None, expires_at=float("inf"))
         if any(grant <= held for grant in grants):
             authorize(match, token)
         else:

@@ -102,6 +102,8 @@ async def test_a_remembered_authorization_value_still_meets_every_credential_rul
     assert (await client.get(path, headers={"Authorization": value})).status_code == 200
     assert (await client.get(path, headers={"Authorization": value})).status_code == 200
     assert len(readings) == 1, "the second request presented a value verified before: no second reading"
+    recalled = mock_upstream.calls.last.request.headers
+    assert (recalled["x-auth-scopes"], recalled["x-auth-subject"], recalled["x-auth-client"]) == ("psp.webhook:read", "user-1", "client-1")
     # the value remembered, but a token in the query string too, or the value twice: refused as ever
     refused = [
         await client.get(path, params={"access_token": "x"}, headers={"Authorization": value}),

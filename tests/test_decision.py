@@ -18,7 +18,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Tables:
 
 
 def token(*scopes: str) -> VerifiedToken:
-    return VerifiedToken(claims={}, scopes=frozenset(scopes), subject="u", client="c", expires_at=float("inf"))
+    return VerifiedToken(scopes=frozenset(scopes), subject="u", client="c", expires_at=float("inf"))
 
 
 # (method, path, scopes held, allowed)
@@ -82,19 +82,21 @@ def test_public_routes_are_recognised_without_a_token(tables: Tables) -> None:
     assert not is_public(route(tables, "GET", b"/api/me"))
 
 
-def test_a_tokens_grant_is_worked_out_once_per_api_catalog(tmp_path: Path) -> None:
+def test_effective_scopes_are_worked_out_once_per_scope_set_and_api(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     (tmp_path / "routes" / "ledger.yaml").write_text(
         "name: ledger\nupstream: http://ledger.test\nprefix: /ledger\nroutes:\n  GET /entries: psp.webhook:read\n"
     )
     tables = load_config(config).tables
-    held = token("psp.webhook:write")
-    payments = authorize(route(tables, "GET", b"/api/merchants/M1/webhooks"), held)
+    payments = authorize(route(tables, "GET", b"/api/merchants/M1/webhooks"), token("psp.webhook:write"))
     assert payments.scopes == {"psp.webhook:write", "psp.webhook:read"}
-    # the ledger's catalog implies nothing: the payments grant must not leak into it
+    # the ledger's catalog implies nothing: what payments worked out must not leak into it
     with pytest.raises(Forbidden, match="the token grants psp.webhook:write$"):
-        authorize(route(tables, "GET", b"/ledger/entries"), held)
-    assert authorize(route(tables, "GET", b"/api/merchants/M2/webhooks/W1"), held) is payments
-    # a reload compiles new catalogs: the same token gets its grant worked out afresh
-    reloaded = authorize(route(load_config(config).tables, "GET", b"/api/merchants/M1/webhooks"), held)
-    assert reloaded is not payments and reloaded.scopes == payments.scopes
+        authorize(route(tables, "GET", b"/ledger/entries"), token("psp.webhook:write"))
+    # another caller with the same scopes: the same answer, not worked out again
+    other = VerifiedToken(scopes=frozenset({"psp.webhook:write"}), subject="v", client="d", expires_at=float("inf"))
+    again = authorize(route(tables, "GET", b"/api/merchants/M2/webhooks/W1"), other)
+    assert again.scopes is payments.scopes and (again.subject, again.client) == ("v", "d")
+    # a reload compiles new catalogs, which work it out afresh
+    reloaded = authorize(route(load_config(config).tables, "GET", b"/api/merchants/M1/webhooks"), token("psp.webhook:write"))
+    assert reloaded.scopes is not payments.scopes and reloaded.scopes == payments.scopes

@@ -1,5 +1,6 @@
 import asyncio
 import base64
+import gc
 import json
 import time
 from pathlib import Path
@@ -178,7 +179,7 @@ async def test_verified_tokens_are_cached_but_never_past_exp(tmp_path: Path) -> 
     verifier._verify = counting  # type: ignore[method-assign]
     token = mint(lifetime=2.5)
     first = await verifier.verify(token)
-    assert await verifier.verify(token) is first and len(verifications) == 1
+    assert await verifier.verify(token) == first and len(verifications) == 1
     time.sleep(max(0.0, first.expires_at - time.time()) + 0.1)
     with pytest.raises(InvalidToken, match="expired"):
         await verifier.verify(token)
@@ -190,12 +191,27 @@ async def test_a_token_is_remembered_under_the_key_it_was_verified_with(tmp_path
     token = mint(lifetime=2.5)
     presented = b"Bearer " + token.encode()
     first = await verifier.verify(token, key=presented)
-    assert verifier.recall(presented) is first
+    assert verifier.recall(presented) == first
     assert verifier.recall(token) is None, "remembered under its key only"
     assert verifier.recall(b"Bearer  " + token.encode()) is None
     await asyncio.sleep(max(0.0, first.expires_at - time.time()) + 0.1)
     assert verifier.recall(presented) is None
     assert presented not in verifier._cache
+
+
+async def test_cached_tokens_leave_the_garbage_collector_nothing_to_walk(verifier: TokenVerifier) -> None:
+    # a churning cache of 10,000 tokens held as objects made collections of 10-40 ms
+    tokens = [mint(f"s{index % 3}", sub=f"user-{index}", aud=[AUDIENCE, "other"]) for index in range(100)]
+    for token in tokens:
+        await verifier.verify(token, key=b"Bearer " + token.encode())
+    gc.collect()
+    assert len(verifier._cache) == 100
+    assert not [entry for entry in verifier._cache.values() if gc.is_tracked(entry)]
+    first, fourth = (verifier.recall(b"Bearer " + token.encode()) for token in (tokens[0], tokens[3]))
+    assert first is not None and fourth is not None
+    assert first.scopes is fourth.scopes == {"s0"}, "one frozenset per distinct scope set"
+    assert (first.subject, fourth.subject) == ("user-0", "user-3")
+    assert first.claims["aud"] == [AUDIENCE, "other"]
 
 
 async def test_the_cache_is_bounded(tmp_path: Path) -> None:
@@ -313,7 +329,7 @@ async def test_a_token_verified_while_the_keys_change_is_kept_and_none_from_befo
     await verifier.verify(before)
     during = mint("b", key="ec", algorithm="ES256", kid="ec-1")  # an unknown kid: the JWKS is fetched again
     verified = await verifier.verify(during)
-    assert verifier.recall(during) is verified
+    assert verifier.recall(during) == verified
     assert verifier.recall(before) is None and list(verifier._cache) == [during]
 
 
