@@ -107,6 +107,13 @@ class _Node:
     routes: dict[str, Route] = field(default_factory=dict)
 
 
+def _route_at(node: _Node, method: str) -> Route | None:
+    route = node.routes.get(method)
+    if route is None and method == "HEAD":
+        route = node.routes.get("GET")
+    return route
+
+
 class RouteTrie:
     """All routes of all tables, keyed by full path (prefix included). Built once, never edited."""
 
@@ -139,19 +146,14 @@ class RouteTrie:
             if node is None:
                 break
         else:
-            route = node.routes.get(method)
-            if route is None and method == "HEAD":
-                route = node.routes.get("GET")
+            route = _route_at(node, method)
             if route is not None:
                 return route
         return self._walk(self._root, method, segments, 0)
 
     def _walk(self, node: _Node, method: str, segments: tuple[str, ...], depth: int) -> Route | None:
         if depth == len(segments):
-            route = node.routes.get(method)
-            if route is None and method == "HEAD":
-                route = node.routes.get("GET")
-            return route
+            return _route_at(node, method)
         child = node.literals.get(segments[depth])
         if child is not None:
             route = self._walk(child, method, segments, depth + 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import time
@@ -35,8 +36,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 # distinct JWT header segments kept decoded (an issuer's tokens share one)
 _KNOWN_HEADERS_MAX = 256
-# distinct scope sets kept as frozensets for recalled tokens
-_SCOPE_SETS_MAX = 1024
 
 
 @dataclass(slots=True)
@@ -53,6 +52,11 @@ class VerifiedToken:
     @property
     def claims(self) -> dict[str, Any]:
         return json.loads(self.payload)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=1024)  # one frozenset per distinct scope set: users share a few
+def _scope_set(scopes: str) -> frozenset[str]:
+    return frozenset(scopes.split())
 
 
 def _when(timestamp: Any) -> str:
@@ -157,15 +161,11 @@ class TokenVerifier:
         # stops tracking: 10,000 cached token objects made its collections take 10-40 ms
         self._cache: OrderedDict[str | bytes, tuple[str, str | None, str | None, float, bytes]] = OrderedDict()
         self._generation = keys.generation
-        # the scope sets of cached tokens, one frozenset per distinct set (users share a few)
-        self._scope_sets: dict[str, frozenset[str]] = {}
         self._known_headers: dict[str, dict[str, Any]] = {}
 
     def recall(self, key: str | bytes) -> VerifiedToken | None:
         """The token verified earlier under `key`, while its key set and `exp` still hold."""
-        if self._generation != self.keys.generation:
-            self._cache.clear()
-            self._generation = self.keys.generation
+        if self._key_set_changed():
             return None
         cached = self._cache.get(key)
         if cached is None:
@@ -175,12 +175,7 @@ class TokenVerifier:
             del self._cache[key]
             return None
         self._cache.move_to_end(key)
-        scope_set = self._scope_sets.get(scopes)
-        if scope_set is None:
-            if len(self._scope_sets) >= _SCOPE_SETS_MAX:
-                self._scope_sets.clear()
-            scope_set = self._scope_sets[scopes] = frozenset(scopes.split())
-        return VerifiedToken(scope_set, subject, client, expires_at, payload)
+        return VerifiedToken(_scope_set(scopes), subject, client, expires_at, payload)
 
     async def verify(self, token: str, *, key: str | bytes | None = None) -> VerifiedToken:
         """Verify `token` unless it was verified before under `key` (by default, the token).
@@ -195,13 +190,19 @@ class TokenVerifier:
             return verified
         verified = await self._verify(token)
         if self.settings.cache_size:
-            if self._generation != self.keys.generation:  # the keys changed while this one was verified
-                self._cache.clear()
-                self._generation = self.keys.generation
+            self._key_set_changed()  # perhaps while this one was verified: it was, with the new set
             self._cache[key] = (" ".join(sorted(verified.scopes)), verified.subject, verified.client, verified.expires_at, verified.payload)
             if len(self._cache) > self.settings.cache_size:
                 self._cache.popitem(last=False)
         return verified
+
+    def _key_set_changed(self) -> bool:
+        """Empty the cache if the key set is not the one its tokens were verified with."""
+        if self._generation == self.keys.generation:
+            return False
+        self._cache.clear()
+        self._generation = self.keys.generation
+        return True
 
     async def _verify(self, token: str) -> VerifiedToken:
         parsed = _parse(token, self._known_headers)
