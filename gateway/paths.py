@@ -27,14 +27,18 @@ _DOUBLE_ENCODED = re.compile(r"%(2[fFeE]|5[cC]|00)")
 
 @dataclass(slots=True)  # one per request: not frozen, which would cost four times as much to build
 class CanonicalPath:
-    """A request path accepted for matching: decoded segments and their raw bytes, index for index."""
+    """A request path accepted for matching: its decoded segments, and the raw bytes they came
+    from, which split on `/` into as many raw segments, index for index."""
 
     segments: tuple[str, ...]
-    raw_segments: tuple[bytes, ...]
+    raw: bytes
 
     def raw_tail(self, skip: int) -> bytes:
         """The raw bytes of the path after its first `skip` segments, starting with `/`."""
-        return b"/" + b"/".join(self.raw_segments[skip:])
+        if skip == 0:
+            return self.raw
+        parts = self.raw.split(b"/", skip + 1)
+        return b"/" + parts[skip + 1] if len(parts) > skip + 1 else b"/"
 
 
 def _refuse(raw: bytes, problem: str) -> InvalidRequest:
@@ -84,12 +88,11 @@ def canonicalise(raw_path: bytes) -> CanonicalPath:
 
     :raises InvalidRequest: the path could mean something else to an upstream.
     """
+    if _PLAIN_PATH.fullmatch(raw_path):
+        return CanonicalPath(tuple(raw_path.decode("ascii")[1:].split("/")), raw_path)
     if not raw_path.startswith(b"/"):
         raise _refuse(raw_path, "path must start with '/'")
     if raw_path == b"/":
-        return CanonicalPath((), ())
-    raw_segments = tuple(raw_path[1:].split(b"/"))
-    if _PLAIN_PATH.fullmatch(raw_path):
-        return CanonicalPath(tuple(raw_path[1:].decode("ascii").split("/")), raw_segments)
-    segments = tuple(_decode_segment(raw_path, raw) for raw in raw_segments)
-    return CanonicalPath(segments, raw_segments)
+        return CanonicalPath((), raw_path)
+    segments = tuple(_decode_segment(raw_path, raw) for raw in raw_path[1:].split(b"/"))
+    return CanonicalPath(segments, raw_path)

@@ -30,18 +30,29 @@ _LOW_WATER = 64 * 1024
 _BODYLESS_METHODS_NEEDING_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 
-class _Exchange:
-    """One request/response on a connection; the target of httptools' parser callbacks."""
+class _Connection(asyncio.Protocol):
+    """A connection to an upstream and the exchange under way on it, if any: the target of
+    httptools' parser callbacks. The parser lasts as long as the connection (llhttp starts over
+    by itself after a complete response) except after a HEAD (see `end`)."""
 
     __slots__ = (
-        "connection", "parser", "head", "status", "headers", "header_bytes", "chunks", "buffered",
-        "waiter", "complete", "error", "framed", "no_body", "interim", "received_bytes", "keep_alive",
+        "loop", "transport", "parser", "closed", "idle_since", "_write_paused", "_read_paused", "_drain",
+        # the exchange under way
+        "active", "head", "status", "headers", "header_bytes", "chunks", "buffered", "waiter", "complete",
+        "error", "framed", "no_body", "interim", "received_bytes", "keep_alive",
     )
 
-    def __init__(self, connection: _Connection, no_body: bool) -> None:
-        self.connection = connection
-        self.parser = httptools.HttpResponseParser(self)
-        self.head: asyncio.Future[None] = connection.loop.create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._write_paused = False
+        self._read_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.active = False
+        self.head: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: Headers = []
         self.header_bytes = 0
@@ -51,15 +62,47 @@ class _Exchange:
         self.complete = False
         self.error: Exception | None = None
         self.framed = False
-        self.no_body = no_body  # HEAD: the parser cannot be told, so the exchange ends at the head
+        self.no_body = False
         self.interim = False
         self.received_bytes = False
         self.keep_alive = False
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
+    def begin(self, no_body: bool) -> asyncio.Future[None]:
+        """Start an exchange; the future resolves once the final response head has arrived.
+        `no_body`: the request is a HEAD, which the parser cannot be told."""
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.active = True
+        self.head = head = self.loop.create_future()
+        self.status = 0
         self.headers = []
         self.header_bytes = 0
+        self.buffered = 0  # `chunks` is empty: a connection is only reused once its body was read
+        self.complete = False
+        self.error = None
+        self.framed = False
+        self.no_body = no_body
+        self.interim = False
+        self.received_bytes = False
+        self.keep_alive = False
+        return head
+
+    def end(self) -> None:
+        """The exchange is over."""
+        self.active = False
+        if self.no_body:
+            # a HEAD answer with a declared length leaves llhttp expecting a body that never comes
+            self.parser = None
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.error is None and self.keep_alive and not self.closed
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # bytes after the answer: whatever the upstream meant, the connection is not clean
+            raise UpstreamUnavailable("upstream sent more than one response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
@@ -71,18 +114,22 @@ class _Exchange:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self.parser.get_status_code()  # type: ignore[union-attr]
         if status == 101:
             raise UpstreamUnavailable("upstream switched protocols, which the gateway does not forward")
         if status < 200:
-            self.interim = True  # 1xx: skipped; the final answer follows on the same connection
+            # 1xx: skipped; the final answer follows on the same connection
+            self.interim = True
+            self.headers = []
+            self.header_bytes = 0
             return
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
         if self.no_body or status in (204, 304):
             self.complete = True
-        if not self.head.done():
-            self.head.set_result(None)
+        head = self.head
+        if head is not None and not head.done():
+            head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
@@ -90,7 +137,7 @@ class _Exchange:
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER:
-            self.connection.pause_reading()
+            self.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -101,75 +148,57 @@ class _Exchange:
         self.complete = True
         self._wake()
 
-    # connection events
-    def feed(self, data: bytes) -> None:
-        self.received_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            self.fail(exc.__context__ if isinstance(exc.__context__, Exception) else UpstreamUnavailable(str(exc)))
-        except httptools.HttpParserError as exc:
-            self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
-
-    def closed(self, exc: Exception | None) -> None:
-        if self.complete:
-            return
-        if exc is None and self.head.done() and not self.framed:
-            self.complete = True  # read-until-close body, ended cleanly
-            self._wake()
-            return
-        self.fail(UpstreamUnavailable("upstream closed the connection " + ("mid-body" if self.head.done() else "before answering")))
-
-    def fail(self, error: Exception) -> None:
-        if self.error is None and not self.complete:
-            self.error = error
-        if not self.head.done():
-            self.head.set_exception(error)
-            self.head.exception()  # retrieved here: a sender failure may be what gets raised instead
-        self.connection.abort()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    @property
-    def reusable(self) -> bool:
-        # a HEAD answer with a declared length leaves llhttp expecting a body that never comes;
-        # every exchange has a fresh parser, so the connection is still clean
-        return self.complete and self.error is None and self.keep_alive
-
-
-class _Connection(asyncio.Protocol):
-    __slots__ = ("loop", "transport", "exchange", "closed", "idle_since", "_write_paused", "_read_paused", "_drain")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.exchange: _Exchange | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._write_paused = False
-        self._read_paused = False
-        self._drain: asyncio.Future[None] | None = None
-
+    # transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:
+        if not self.active:
             self.abort()  # bytes nobody asked for: the connection's state is unknown
             return
-        self.exchange.feed(data)
+        self.received_bytes = True
+        try:
+            self.parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserCallbackError as exc:
+            self.fail(exc.__context__ if isinstance(exc.__context__, Exception) else UpstreamUnavailable(str(exc)))
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.exchange is not None:
-            self.exchange.closed(exc)
+        # the parser's callbacks point back here: without this cycle, reference counting frees
+        # both at once and the garbage collector has nothing to do per connection
+        self.parser = None
+        if self.active:
+            self._lost_mid_exchange(exc)
         self._release_drain()
+
+    def _lost_mid_exchange(self, exc: Exception | None) -> None:
+        if self.complete:
+            return
+        answered = self.head is not None and self.head.done()
+        if exc is None and answered and not self.framed:
+            self.complete = True  # read-until-close body, ended cleanly
+            self._wake()
+            return
+        self.fail(UpstreamUnavailable("upstream closed the connection " + ("mid-body" if answered else "before answering")))
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        head = self.head
+        if head is not None and not head.done():
+            head.set_exception(error)
+            head.exception()  # retrieved here: a sender failure may be what gets raised instead
+        self.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -225,13 +254,17 @@ class _OriginPool:
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self.expiry: asyncio.TimerHandle | None = None
 
-    async def acquire(self) -> tuple[_Connection, bool]:
+    def reuse(self) -> _Connection | None:
+        """The most recently released idle connection still open, if any (no await: the usual case)."""
         while self.idle:
             connection = self.idle.pop()
-            if connection.closed:
-                self.open -= 1
-                continue
-            return connection, True
+            if not connection.closed:
+                return connection
+            self.open -= 1
+        return None
+
+    async def acquire(self) -> tuple[_Connection, bool]:
+        """A connection when none is idle: a freed one or slot in turn, or a new connection."""
         if self.open >= self.client.max_connections:
             # wait in line: a released connection (or a freed slot) goes to the longest waiter,
             # never to a request that arrived later
@@ -275,11 +308,7 @@ class _OriginPool:
         return connection
 
     def release(self, connection: _Connection, reusable: bool) -> None:
-        if connection.exchange is not None:
-            # the parser's callbacks point back at the exchange: without this cycle, reference
-            # counting frees both at once and the garbage collector has nothing to do per request
-            connection.exchange.parser = None
-            connection.exchange = None
+        connection.end()
         if reusable and not connection.closed:
             self._pass_on(connection)
         else:
@@ -385,21 +414,21 @@ def _request_head(request: UpstreamRequest) -> bytes:
 
 
 class _PooledResponse:
-    __slots__ = ("status", "headers", "_exchange", "_client", "_pool", "_sender", "_deadline", "_done")
+    __slots__ = ("status", "headers", "_connection", "_client", "_pool", "_sender", "_deadline", "_done")
 
-    def __init__(self, exchange: _Exchange, client: PooledUpstream, pool: _OriginPool, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
-        self._exchange = exchange
+    def __init__(self, connection: _Connection, client: PooledUpstream, pool: _OriginPool, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
+        self._connection = connection
         self._client = client
         self._pool = pool
         self._sender = sender
         self._deadline = deadline
         self._done = False
-        self.status = exchange.status
-        self.headers = exchange.headers
+        self.status = connection.status
+        self.headers = connection.headers
 
     @property
     def finished(self) -> bool:
-        return self._exchange.complete and not self._exchange.chunks
+        return self._connection.complete and not self._connection.chunks
 
     def body(self) -> _PooledResponse:
         # an iterator object, not an async generator: a generator left unfinished (the
@@ -410,31 +439,32 @@ class _PooledResponse:
         return self
 
     async def __anext__(self) -> bytes:
-        exchange = self._exchange
-        connection = exchange.connection
+        if self._done:
+            raise StopAsyncIteration  # the connection may carry another exchange by now
+        connection = self._connection
         while True:
-            if exchange.chunks:
-                chunk = exchange.chunks.popleft()
-                exchange.buffered -= len(chunk)
-                if exchange.buffered < _LOW_WATER:
+            if connection.chunks:
+                chunk = connection.chunks.popleft()
+                connection.buffered -= len(chunk)
+                if connection.buffered < _LOW_WATER:
                     connection.resume_reading()
                 return chunk
-            if exchange.error is not None:
-                raise exchange.error
-            if exchange.complete:
+            if connection.error is not None:
+                raise connection.error
+            if connection.complete:
                 raise StopAsyncIteration
-            exchange.waiter = connection.loop.create_future()
-            await self._client.wait(exchange.waiter, self._deadline, "the upstream stopped sending its body")
-            exchange.waiter = None
+            connection.waiter = connection.loop.create_future()
+            await self._client.wait(connection.waiter, self._deadline, "the upstream stopped sending its body")
+            connection.waiter = None
 
     async def aclose(self) -> None:
         if self._done:
             return
         self._done = True
-        exchange = self._exchange
+        connection = self._connection
         sent_whole = self._sender is None or (self._sender.done() and not self._sender.cancelled() and self._sender.exception() is None)
         _discard(self._sender)
-        self._pool.release(exchange.connection, sent_whole and exchange.reusable and not exchange.chunks)
+        self._pool.release(connection, sent_whole and connection.reusable and not connection.chunks)
 
 
 class PooledUpstream:
@@ -499,9 +529,11 @@ class PooledUpstream:
             del first  # the head holds a copy: an upload's chunk is not kept twice for its whole length
         whole = request.body is None or sent == request.content_length
         for attempt in (1, 2):
-            connection, reused = await pool.acquire()
-            exchange = _Exchange(connection, no_body=request.method == "HEAD")
-            connection.exchange = exchange
+            connection = pool.reuse()
+            reused = connection is not None
+            if connection is None:
+                connection, reused = await pool.acquire()
+            head_arrived = connection.begin(no_body=request.method == "HEAD")
             sender: asyncio.Task[None] | None = None
             try:
                 connection.write(head)
@@ -510,33 +542,33 @@ class PooledUpstream:
                 if not whole:
                     sender = asyncio.ensure_future(self._send_body(connection, request, deadline, sent))
                 if sender is None:
-                    await self.wait(exchange.head, deadline, "the upstream did not answer")
+                    await self.wait(head_arrived, deadline, "the upstream did not answer")
                 else:
-                    await self._head_while_sending(exchange, sender, deadline)
+                    await self._head_while_sending(head_arrived, sender, deadline)
             except UpstreamUnavailable:
                 _discard(sender)
                 pool.release(connection, False)
-                if reused and attempt == 1 and request.body is None and not exchange.received_bytes:
+                if reused and attempt == 1 and request.body is None and not connection.received_bytes:
                     continue  # a pooled connection the upstream had closed: once more on a fresh one
                 raise
             except BaseException:
                 _discard(sender)
                 pool.release(connection, False)
                 raise
-            return _PooledResponse(exchange, self, pool, sender, deadline)
+            return _PooledResponse(connection, self, pool, sender, deadline)
         raise AssertionError("unreachable")
 
-    async def _head_while_sending(self, exchange: _Exchange, sender: asyncio.Task[None], deadline: float | None) -> None:
+    async def _head_while_sending(self, head: asyncio.Future[None], sender: asyncio.Task[None], deadline: float | None) -> None:
         # while the body goes up, the upstream may rightly say nothing (no read timeout), or
         # answer early; a body that fails (the client went away) ends the wait
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        done, _ = await asyncio.wait({exchange.head, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({head, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not done:
             raise UpstreamTimeout("the exchange exceeded total_timeout")
-        answered = exchange.head.done() and exchange.head.exception() is None
+        answered = head.done() and head.exception() is None
         if not answered and sender.done() and sender.exception() is not None:
             raise sender.exception()  # type: ignore[misc]
-        await self.wait(exchange.head, deadline, "the upstream did not answer")
+        await self.wait(head, deadline, "the upstream did not answer")
 
     async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None, sent: int) -> None:
         """The rest of the body, after the `sent` bytes that went with the head."""
