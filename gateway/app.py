@@ -1,4 +1,4 @@
-"""The ASGI app: where the steps meet, in one short function (`Gateway.handle`)."""
+"""The ASGI app: where the steps meet, in one short function (`Gateway.__call__`)."""
 
 from __future__ import annotations
 
@@ -73,15 +73,11 @@ class Gateway:
         self.forwarder = Forwarder(self.upstream, config.proxy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.handle(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-        elif scope["type"] == "websocket":
-            # upgrades are hop-by-hop and never forwarded; the server answers 403
-            await send({"type": "websocket.close", "code": 1008})
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # an HTTP request is handled here rather than in a method of its own: every coroutine
+        # between the server and the upstream's answer is resumed at each step of the exchange
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
         tables = self.config.tables
         method = scope["method"]
         realm = "gateway"
@@ -107,6 +103,13 @@ class Gateway:
             await send({"type": "http.response.body", "body": body})
         except ClientDisconnected:
             logger.info("%s %s: client disconnected mid-request", method, scope.get("path"))
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # upgrades are hop-by-hop and never forwarded; the server answers 403
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -36,7 +36,7 @@ class _Connection(asyncio.Protocol):
     by itself after a complete response) except after a HEAD (see `end`)."""
 
     __slots__ = (
-        "loop", "transport", "parser", "closed", "idle_since", "_write_paused", "_read_paused", "_drain",
+        "loop", "transport", "parser", "closed", "idle_since", "_write_paused", "paused_reading", "_drain",
         # the exchange under way
         "active", "head", "status", "headers", "header_bytes", "chunks", "buffered", "waiter", "complete",
         "error", "framed", "no_body", "interim", "received_bytes", "keep_alive",
@@ -49,7 +49,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._write_paused = False
-        self._read_paused = False
+        self.paused_reading = False  # by the pool, until the response's reader catches up
         self._drain: asyncio.Future[None] | None = None
         self.active = False
         self.head: asyncio.Future[None] | None = None
@@ -225,12 +225,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
-            self._read_paused = True
+            self.paused_reading = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self.closed:
-            self._read_paused = False
+        if self.paused_reading and self.transport is not None and not self.closed:
+            self.paused_reading = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -446,7 +446,7 @@ class _PooledResponse:
             if connection.chunks:
                 chunk = connection.chunks.popleft()
                 connection.buffered -= len(chunk)
-                if connection.buffered < _LOW_WATER:
+                if connection.paused_reading and connection.buffered < _LOW_WATER:
                     connection.resume_reading()
                 return chunk
             if connection.error is not None:
@@ -462,8 +462,11 @@ class _PooledResponse:
             return
         self._done = True
         connection = self._connection
-        sent_whole = self._sender is None or (self._sender.done() and not self._sender.cancelled() and self._sender.exception() is None)
-        _discard(self._sender)
+        sender = self._sender
+        sent_whole = True
+        if sender is not None:
+            sent_whole = sender.done() and not sender.cancelled() and sender.exception() is None
+            _discard(sender)
         self._pool.release(connection, sent_whole and connection.reusable and not connection.chunks)
 
 
@@ -502,15 +505,18 @@ class PooledUpstream:
     async def wait(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
         """Await `future`, failing it with `UpstreamTimeout` after the read timeout (or at the
         exchange's deadline, whichever comes first)."""
+        self._watch(future, deadline, what)
+        try:
+            await future
+        finally:
+            self._deadlines.discard(future)
+
+    def _watch(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
         expires = time.monotonic() + self.read_timeout
         if deadline is not None and deadline < expires:
             self._deadlines.add(future, deadline, None)
         else:
             self._deadlines.add(future, expires, what)
-        try:
-            await future
-        finally:
-            self._deadlines.discard(future)
 
     async def send(self, request: UpstreamRequest) -> _PooledResponse:
         pool = self._pools.get(request.origin)
@@ -542,7 +548,12 @@ class PooledUpstream:
                 if not whole:
                     sender = asyncio.ensure_future(self._send_body(connection, request, deadline, sent))
                 if sender is None:
-                    await self.wait(head_arrived, deadline, "the upstream did not answer")
+                    # `wait`, inlined: one coroutine less to resume when the answer comes
+                    self._watch(head_arrived, deadline, "the upstream did not answer")
+                    try:
+                        await head_arrived
+                    finally:
+                        self._deadlines.discard(head_arrived)
                 else:
                     await self._head_while_sending(head_arrived, sender, deadline)
             except UpstreamUnavailable:

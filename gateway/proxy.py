@@ -134,18 +134,19 @@ def _upstream_request_headers(
 
 
 def downstream_response_headers(headers: Headers) -> Headers:
+    """The upstream's response headers without hop-by-hop ones (names lowercased, as upstream
+    clients give them)."""
     kept: Headers = []
     connection: list[bytes] = []
     for name, value in headers:
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP:
-            if lowered == b"connection":
+        if name in HOP_BY_HOP:
+            if name == b"connection":
                 connection.append(value)
             continue
         kept.append((name, value))
     listed = _named_by_connection(connection) if connection else None
     if listed:
-        return [(name, value) for name, value in kept if name.lower() not in listed]
+        return [(name, value) for name, value in kept if name not in listed]
     return kept
 
 
@@ -188,10 +189,8 @@ class Forwarder:
             rather than end a truncated body as if it were complete.
         """
         headers, has_body, length = upstream_request_headers(scope, self.settings, api.upstream.authority, identity)
-        request = UpstreamRequest(
-            origin=api.upstream.origin, method=scope["method"], target=target, headers=headers,
-            body=_RequestBody(receive) if has_body else None, content_length=length,
-        )
+        # positional: keywords cost a dataclass's __init__ more, once per request
+        request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, _RequestBody(receive) if has_body else None, length)
         try:
             response = await self.client.send(request)
         except UpstreamTimeout as exc:

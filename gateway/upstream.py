@@ -44,7 +44,7 @@ class UpstreamRequest:
 
 class UpstreamResponse(Protocol):
     status: int
-    headers: Headers
+    headers: Headers  # names lowercased
     # True once the body is known to be over, so the last chunk can be sent as the last
     finished: bool
 
@@ -82,7 +82,7 @@ class _HttpxResponse:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         self.status = response.status_code
-        self.headers: Headers = list(response.headers.raw)
+        self.headers: Headers = [(name.lower(), value) for name, value in response.headers.raw]
 
     async def body(self) -> AsyncIterator[bytes]:
         with _translate_httpx_errors():

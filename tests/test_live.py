@@ -320,6 +320,22 @@ def test_upstream_server_and_date_headers_pass_through_once(tmp_path: Path, live
         upstream.close()
 
 
+def test_response_hop_by_hop_headers_are_removed_whatever_their_case(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str, server_kind: str) -> None:
+    upstream = RecordingUpstream(behaviour=answer(200, b"ok", [
+        (b"Connection", b"close, X-Upstream-Private"), (b"X-Upstream-Private", b"1"), (b"Keep-Alive", b"timeout=5"),
+        (b"Proxy-Authenticate", b"Basic"), (b"Upgrade", b"h2c"), (b"X-Kept", b"yes"),
+    ]))
+    try:
+        gateway = live_gateway(write_config(tmp_path, upstream=upstream.url, proxy=proxy(client_kind)), server_kind)
+        response = raw_exchange(gateway.port, request_bytes("GET", "/api/status"))
+        names = {name.lower() for name, _ in response.headers}
+        assert response.status == 200 and response.header(b"x-kept") == b"yes"
+        assert not names & {b"x-upstream-private", b"keep-alive", b"proxy-authenticate", b"upgrade"}
+        assert response.header(b"connection") in (None, b"keep-alive", b"close")  # the server's own, if any
+    finally:
+        upstream.close()
+
+
 def test_expect_100_continue_is_answered_and_not_forwarded(gateway: LiveServer, upstream: RecordingUpstream) -> None:
     body = b'{"url": "https://example.test/hook"}'
     head = request_bytes("POST", "/api/echo", [("expect", "100-continue"), ("content-length", str(len(body)))])
