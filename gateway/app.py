@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway.config import Config, ProxySettings
@@ -14,7 +15,7 @@ from gateway.keys import KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import ClientDisconnected, Forwarder
 from gateway.tokens import TokenVerifier
-from gateway.types import Headers, Receive, Scope, Send
+from gateway.types import Receive, Scope, Send
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 logger = logging.getLogger("gateway")
@@ -39,18 +40,18 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
     )
 
 
-@functools.lru_cache(maxsize=1024)  # callers share a few scope sets, and sorting costs
-def _scopes_header(scopes: frozenset[str]) -> bytes:
-    return " ".join(sorted(scopes)).encode("utf-8")
+def identity_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
+    return _identity_headers(grant.scopes, grant.subject, grant.client)
 
 
-def identity_headers(grant: Grant) -> Headers:
-    headers: Headers = [(b"x-auth-scopes", _scopes_header(grant.scopes))]
-    if grant.subject is not None:
-        headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
-    if grant.client is not None:
-        headers.append((b"x-auth-client", grant.client.encode("utf-8")))
-    return headers
+@functools.lru_cache(maxsize=4096)  # a caller's next requests carry the same: sorting and encoding cost
+def _identity_headers(scopes: frozenset[str], subject: str | None, client: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    headers = [(b"x-auth-scopes", " ".join(sorted(scopes)).encode("utf-8"))]
+    if subject is not None:
+        headers.append((b"x-auth-subject", subject.encode("utf-8")))
+    if client is not None:
+        headers.append((b"x-auth-client", client.encode("utf-8")))
+    return tuple(headers)
 
 
 class Gateway:
@@ -78,17 +79,16 @@ class Gateway:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
-        tables = self.config.tables
         method = scope["method"]
+        query = scope.get("query_string", b"")
         realm = "gateway"
         try:
-            match = route(tables, method, raw_path(scope), scope.get("query_string", b""))
+            match = route(self.config.tables, method, raw_path(scope), query)
             api = match.route.api
             realm = api.name
-            identity: Headers = []
+            identity: Sequence[tuple[bytes, bytes]] = ()
             if not is_public(match):
                 authorization = [value for name, value in scope["headers"] if name == b"authorization"]
-                query = scope.get("query_string", b"")
                 credential = presented(authorization, query)
                 verified = self.verifier.recall(credential) if credential is not None else None
                 if verified is None:

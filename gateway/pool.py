@@ -24,10 +24,15 @@ import httptools
 from gateway.types import Headers, Origin
 from gateway.upstream import UpstreamRequest, UpstreamTimeout, UpstreamUnavailable
 
-_MAX_HEADER_BYTES = 64 * 1024
+_MAX_HEAD_BYTES = 64 * 1024  # status line and headers, 1xx answers included
+_FRAMING = (b"content-length", b"transfer-encoding")
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream is paused
 _LOW_WATER = 64 * 1024
 _BODYLESS_METHODS_NEEDING_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _head_too_large() -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"response head larger than {_MAX_HEAD_BYTES} bytes")
 
 
 class _Connection(asyncio.Protocol):
@@ -38,7 +43,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "loop", "transport", "parser", "closed", "idle_since", "_write_paused", "paused_reading", "_drain",
         # the exchange under way
-        "active", "head", "status", "headers", "header_bytes", "chunks", "buffered", "waiter", "complete",
+        "active", "head", "status", "headers", "head_bytes", "chunks", "buffered", "waiter", "complete",
         "error", "framed", "no_body", "interim", "received_bytes", "keep_alive",
     )
 
@@ -55,7 +60,7 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: Headers = []
-        self.header_bytes = 0
+        self.head_bytes = 0
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
@@ -74,17 +79,14 @@ class _Connection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         self.active = True
         self.head = head = self.loop.create_future()
-        self.status = 0
+        # `status`, `keep_alive`, `buffered`, `error` and `interim` are left as the previous
+        # exchange ended them, which a reused connection's did cleanly (see `reusable`)
         self.headers = []
-        self.header_bytes = 0
-        self.buffered = 0  # `chunks` is empty: a connection is only reused once its body was read
+        self.head_bytes = 0
         self.complete = False
-        self.error = None
         self.framed = False
         self.no_body = no_body
-        self.interim = False
         self.received_bytes = False
-        self.keep_alive = False
         return head
 
     def end(self) -> None:
@@ -105,11 +107,8 @@ class _Connection(asyncio.Protocol):
             raise UpstreamUnavailable("upstream sent more than one response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > _MAX_HEADER_BYTES:
-            raise UpstreamUnavailable(f"response headers larger than {_MAX_HEADER_BYTES} bytes")
         name = name.lower()
-        if name in (b"content-length", b"transfer-encoding"):
+        if name in _FRAMING:
             self.framed = True
         self.headers.append((name, value))
 
@@ -121,8 +120,9 @@ class _Connection(asyncio.Protocol):
             # 1xx: skipped; the final answer follows on the same connection
             self.interim = True
             self.headers = []
-            self.header_bytes = 0
             return
+        if self.head_bytes > _MAX_HEAD_BYTES and sum(len(name) + len(value) for name, value in self.headers) > _MAX_HEAD_BYTES:
+            raise _head_too_large()  # the read that ended the head went past the bound: was it the head?
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
         if self.no_body or status in (204, 304):
@@ -157,12 +157,21 @@ class _Connection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection's state is unknown
             return
         self.received_bytes = True
+        head = self.head
+        # llhttp bounds nothing: the bytes read while the head is pending are counted, per read
+        # rather than per header, which cost more than the rest of the parsing
+        pending = not head.done()  # type: ignore[union-attr]
+        if pending:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserCallbackError as exc:
             self.fail(exc.__context__ if isinstance(exc.__context__, Exception) else UpstreamUnavailable(str(exc)))
         except httptools.HttpParserError as exc:
             self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
+        else:
+            if pending and self.head_bytes > _MAX_HEAD_BYTES and not head.done():  # type: ignore[union-attr]
+                self.fail(_head_too_large())
 
     def eof_received(self) -> bool:
         return False

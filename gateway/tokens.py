@@ -165,7 +165,7 @@ class TokenVerifier:
 
     def recall(self, key: str | bytes) -> VerifiedToken | None:
         """The token verified earlier under `key`, while its key set and `exp` still hold."""
-        if self._key_set_changed():
+        if self._generation != self.keys.generation and self._key_set_changed():
             return None
         cached = self._cache.get(key)
         if cached is None:

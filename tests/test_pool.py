@@ -351,6 +351,26 @@ async def test_broken_answers_are_upstream_unavailable(client: PooledUpstream, r
             await exchange(client, request(upstream.port))
 
 
+async def test_a_head_sent_in_small_pieces_is_bounded_too(client: PooledUpstream) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+        for n in range(2000):  # 2,000 headers of 40 bytes, each small, 80 KB in all
+            writer.write(b"x-h%04d: %s\r\n" % (n, b"a" * 30))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async with serve(handler) as upstream:
+        with pytest.raises(UpstreamUnavailable, match="larger than"):
+            await exchange(client, request(upstream.port))
+
+
+async def test_a_small_head_with_a_large_body_in_one_write_passes(client: PooledUpstream) -> None:
+    body = b"b" * (512 * 1024)
+    async with serve(answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))) as upstream:
+        assert (await exchange(client, request(upstream.port)))[2] == body
+
+
 async def test_dying_mid_body_raises_from_the_body(client: PooledUpstream) -> None:
     async with serve(answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")) as upstream:
         response = await client.send(request(upstream.port))
