@@ -34,6 +34,9 @@ _REQUEST_ONLY_DROP = frozenset({b"host", b"expect"})
 _HANDLED = HOP_BY_HOP | METHOD_OVERRIDE | IDENTITY | FORWARDING | _REQUEST_ONLY_DROP | {b"content-length"}
 
 
+_SCHEMES = {"http": b"http", "https": b"https"}
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
@@ -83,10 +86,11 @@ def _upstream_request_headers(
     headers: Headers = scope["headers"]
     client = scope.get("client")
     peer = client[0] if client else None
-    trusted = _is_trusted(peer, settings)
+    trusted = bool(settings.trusted_proxies) and _is_trusted(peer, settings)
     outgoing: Headers = []
     forwarded_for: list[bytes] = []
-    forwarded_proto = scope.get("scheme", "http").encode("ascii")
+    scheme = scope.get("scheme", "http")
+    forwarded_proto = _SCHEMES.get(scheme) or scheme.encode("ascii")
     host = b""
     chunked = False
     length: int | None = None
