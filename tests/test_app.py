@@ -281,3 +281,44 @@ async def test_requests_leave_no_reference_cycles_and_no_unfinished_generators(t
     finally:
         await app.upstream.aclose()
         upstream.close()
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_new_callers_leave_nothing_for_the_collector_to_walk(tmp_path: Path) -> None:
+    # what the gateway keeps per caller (the verified-token cache) must be invisible to the
+    # collector: kept objects it tracks make every collection longer and more frequent, and a
+    # stream of first-seen tokens with new subjects is the normal case for a busy API
+    upstream = RecordingUpstream(answer(200, b"ok", [(b"connection", b"close")]))
+    app = Gateway(load_config(write_config(tmp_path, upstream=f"{upstream.url}/v3")))
+    tokens = [mint(lifetime=600, sub=f"user-{n}", client_id=f"client-{n}").encode() for n in range(130)]
+    statuses: list[int] = []
+
+    async def call(token: bytes) -> None:
+        scope = {"type": "http", "method": "GET", "path": "/api/merchants/M1/webhooks", "raw_path": b"/api/merchants/M1/webhooks",
+                 "query_string": b"", "headers": [(b"host", b"gateway.test"), (b"authorization", b"Bearer " + token)],
+                 "client": ("127.0.0.1", 5000), "scheme": "http", "http_version": "1.1"}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+
+    try:
+        for token in tokens[:30]:
+            await call(token)
+        upstream.received.clear()  # what the test's upstream records is not the gateway's
+        gc.collect()
+        before = len(gc.get_objects())
+        for token in tokens[30:]:
+            await call(token)
+        upstream.received.clear()
+        gc.collect()
+        assert len(gc.get_objects()) - before < 20  # not one or more per new caller
+        assert statuses == [200] * 130
+    finally:
+        await app.upstream.aclose()
+        upstream.close()
