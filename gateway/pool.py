@@ -506,10 +506,19 @@ class PooledUpstream:
         self.total_timeout = total_timeout
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.ssl_context = ssl.create_default_context(cafile=ca_file)
+        self._ca_file = ca_file
+        # made on first use unless a CA file is named (read now, so a bad one fails at start):
+        # the system's CA store costs each process about 1 MiB and 30 ms, needed only for https
+        self._ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self._pools: dict[Origin, _OriginPool] = {}
         timeouts = [read_timeout, total_timeout] if total_timeout else [read_timeout]
         self._deadlines = _Deadlines(read_timeout, tick=min(1.0, max(0.01, min(timeouts) / 10)))
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context(cafile=self._ca_file)
+        return self._ssl_context
 
     async def wait(self, future: asyncio.Future[Any], deadline: float | None, what: str) -> None:
         """Await `future`, failing it with `UpstreamTimeout` after the read timeout (or at the

@@ -579,15 +579,31 @@ def _certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
     return folder / "cert.pem", context
 
 
+def test_a_named_ca_file_that_is_not_a_ca_bundle_fails_at_start(tmp_path: Path) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate")
+    with pytest.raises(ssl.SSLError):
+        PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(tmp_path / "not-a-ca.pem"))
+
+
+async def test_plain_http_never_loads_the_ca_store(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+    async with serve(keep_alive(ref)) as upstream:
+        ref.append(upstream)
+        await exchange(client, request(upstream.port))
+    assert client._ssl_context is None
+
+
 async def test_https_upstreams_are_verified(tmp_path: Path) -> None:
     ca_file, server_context = _certificate(tmp_path)
     ref: list[Upstream] = []
     async with serve(keep_alive(ref), tls=server_context) as upstream:
         ref.append(upstream)
         untrusting = PooledUpstream(connect_timeout=1, read_timeout=1)
+        assert untrusting._ssl_context is None  # the system's CA store is loaded only when needed
         with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             await exchange(untrusting, request(upstream.port, scheme="https", host="localhost"))
         await untrusting.aclose()
         trusting = PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(ca_file))
+        assert trusting._ssl_context is not None  # a named CA file is read at once: a bad one fails at start
         assert (await exchange(trusting, request(upstream.port, scheme="https", host="localhost")))[2] == b"ok"
         await trusting.aclose()
