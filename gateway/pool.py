@@ -98,7 +98,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.error is None and self.keep_alive and not self.closed
+        return self.complete and self.error is None and self.keep_alive
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -178,8 +178,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        # the parser's callbacks point back here: without this cycle, reference counting frees
-        # both at once and the garbage collector has nothing to do per connection
+        # the parser's callbacks point back here: with the cycle broken, reference counting
+        # frees both, and the garbage collector has nothing to do per connection
         self.parser = None
         if self.active:
             self._lost_mid_exchange(exc)
@@ -423,11 +423,10 @@ def _request_head(request: UpstreamRequest) -> bytes:
 
 
 class _PooledResponse:
-    __slots__ = ("status", "headers", "_connection", "_client", "_pool", "_sender", "_deadline", "_done")
+    __slots__ = ("status", "headers", "_connection", "_pool", "_sender", "_deadline", "_done")
 
-    def __init__(self, connection: _Connection, client: PooledUpstream, pool: _OriginPool, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
+    def __init__(self, connection: _Connection, pool: _OriginPool, sender: asyncio.Task[None] | None, deadline: float | None) -> None:
         self._connection = connection
-        self._client = client
         self._pool = pool
         self._sender = sender
         self._deadline = deadline
@@ -463,7 +462,7 @@ class _PooledResponse:
             if connection.complete:
                 raise StopAsyncIteration
             connection.waiter = connection.loop.create_future()
-            await self._client.wait(connection.waiter, self._deadline, "the upstream stopped sending its body")
+            await self._pool.client.wait(connection.waiter, self._deadline, "the upstream stopped sending its body")
             connection.waiter = None
 
     async def aclose(self) -> None:
@@ -584,7 +583,7 @@ class PooledUpstream:
                 _discard(sender)
                 pool.release(connection, False)
                 raise
-            return _PooledResponse(connection, self, pool, sender, deadline)
+            return _PooledResponse(connection, pool, sender, deadline)
         raise AssertionError("unreachable")
 
     async def _head_while_sending(self, head: asyncio.Future[None], sender: asyncio.Task[None], deadline: float | None) -> None:

@@ -54,7 +54,7 @@ def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
 
 
 def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
-    if peer is None or not settings.trusted_proxies:
+    if peer is None:
         return False
     try:
         address = ipaddress.ip_address(peer)
@@ -86,7 +86,7 @@ def _upstream_request_headers(
     headers: Headers = scope["headers"]
     client = scope.get("client")
     peer = client[0] if client else None
-    trusted = bool(settings.trusted_proxies) and _is_trusted(peer, settings)
+    trusted = bool(settings.trusted_proxies) and _is_trusted(peer, settings)  # no call when none is configured
     outgoing: Headers = []
     forwarded_for: list[bytes] = []
     scheme = scope.get("scheme", "http")

@@ -139,7 +139,9 @@ class RecordingUpstream:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                parser = h11.Connection(h11.SERVER)
+                # h11 refuses an unfinished head over 16 KiB by default; the gateway passes up to 64 KiB,
+                # and whether a head arrives in one read or several is up to the kernel
+                parser = h11.Connection(h11.SERVER, max_incomplete_event_size=256 * 1024)
                 self.request.settimeout(10)
                 request = None
                 body = b""

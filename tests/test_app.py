@@ -222,6 +222,26 @@ async def test_the_request_body_is_streamed_not_buffered(client: httpx.AsyncClie
     assert mock_upstream.calls.last.request.content == b"".join(chunks)
 
 
+async def call_app(app: Gateway, method: str, path: bytes, token: bytes | None, body: bytes = b"") -> int:
+    """One request straight into the ASGI app, as a server would make it; the answer's status."""
+    headers = [(b"host", b"gateway.test"), (b"content-length", str(len(body)).encode())]
+    if token is not None:
+        headers.append((b"authorization", b"Bearer " + token))
+    scope = {"type": "http", "method": method, "path": path.decode(), "raw_path": path, "query_string": b"",
+             "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http", "http_version": "1.1"}
+    statuses: list[int] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
 # uvloop, the loop both servers run on: the stdlib loop's own transports hold a cycle per
 # connection, and this upstream closes every connection
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
@@ -241,28 +261,10 @@ async def test_requests_leave_no_reference_cycles_and_no_unfinished_generators(t
         ("GET", b"/api/merchants/M1/webhooks", b"a.b.c", b""),
     ]
     statuses: list[int] = []
-
-    async def call(method: str, path: bytes, token: bytes | None, body: bytes) -> None:
-        headers = [(b"host", b"gateway.test"), (b"content-length", str(len(body)).encode())]
-        if token is not None:
-            headers.append((b"authorization", b"Bearer " + token))
-        scope = {"type": "http", "method": method, "path": path.decode(), "raw_path": path, "query_string": b"",
-                 "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http", "http_version": "1.1"}
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
-
     try:
         for request in requests:
-            await call(*request)
+            await call_app(app, *request)
         gc.collect()
-        statuses.clear()
         # and no async generator left unfinished: each would cost the loop a finalizer task
         firstiter, finalizer = sys.get_asyncgen_hooks()
         finalized: list[object] = []
@@ -271,7 +273,7 @@ async def test_requests_leave_no_reference_cycles_and_no_unfinished_generators(t
         try:
             for _ in range(10):
                 for request in requests:
-                    await call(*request)
+                    statuses.append(await call_app(app, *request))
             assert gc.collect() == 0
         finally:
             gc.enable()
@@ -292,29 +294,14 @@ async def test_new_callers_leave_nothing_for_the_collector_to_walk(tmp_path: Pat
     app = Gateway(load_config(write_config(tmp_path, upstream=f"{upstream.url}/v3")))
     tokens = [mint(lifetime=600, sub=f"user-{n}", client_id=f"client-{n}").encode() for n in range(130)]
     statuses: list[int] = []
-
-    async def call(token: bytes) -> None:
-        scope = {"type": "http", "method": "GET", "path": "/api/merchants/M1/webhooks", "raw_path": b"/api/merchants/M1/webhooks",
-                 "query_string": b"", "headers": [(b"host", b"gateway.test"), (b"authorization", b"Bearer " + token)],
-                 "client": ("127.0.0.1", 5000), "scheme": "http", "http_version": "1.1"}
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
-
     try:
         for token in tokens[:30]:
-            await call(token)
+            statuses.append(await call_app(app, "GET", b"/api/merchants/M1/webhooks", token))
         upstream.received.clear()  # what the test's upstream records is not the gateway's
         gc.collect()
         before = len(gc.get_objects())
         for token in tokens[30:]:
-            await call(token)
+            statuses.append(await call_app(app, "GET", b"/api/merchants/M1/webhooks", token))
         upstream.received.clear()
         gc.collect()
         assert len(gc.get_objects()) - before < 20  # not one or more per new caller

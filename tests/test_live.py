@@ -158,7 +158,9 @@ def test_the_head_bound_counts_each_request_of_a_connection_afresh(gateway: Live
             connection.sendall(head)
             answer = b""
             while not answer.endswith(b'{"ok": true}'):
-                answer += connection.recv(65536)
+                received = connection.recv(65536)
+                assert received, f"the gateway closed the connection after {answer[:300]!r}"
+                answer += received
             assert answer.startswith(b"HTTP/1.1 200")
     assert len(upstream.received) == 3
 
