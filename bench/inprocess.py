@@ -91,10 +91,10 @@ async def drive(app, requests: list[tuple[dict, bytes, int]], count: int, concur
 
 async def measure(config: Path, tokens: material.Tokens, distinct: list[str], settings: argparse.Namespace) -> None:
     from gateway.app import Gateway
-    from gateway.config import load_config
+    from gateway.loading import load_config
 
     app = Gateway(load_config(config))
-    await app.keys.start()
+    await app.runtime.start()
     cases = workloads(tokens, distinct)
     print(f"{'workload':<12}{'CPU us/request':>16}{'gc runs per 10k (gen 0/1/2)':>32}")
     for name, requests in cases.items():
@@ -111,7 +111,7 @@ async def measure(config: Path, tokens: material.Tokens, distinct: list[str], se
             collections = [total + stats["collections"] - was for total, stats, was in zip(collections, gc.get_stats(), before)]
         per_10k = "/".join(f"{runs * 10_000 / (count * repeats):.1f}" for runs in collections)
         print(f"{name:<12}{best:>16.1f}{per_10k:>32}", flush=True)
-    await app.upstream.aclose()
+    await app.runtime.aclose()
 
 
 # --instructions: requests per counted run, the first and the second (their difference is divided)
@@ -121,14 +121,14 @@ COUNTED = (600, 2600)
 async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str], workload: str, count: int, concurrency: int) -> None:
     """One child run for `--instructions`: warm, then `count` requests of one workload."""
     from gateway.app import Gateway
-    from gateway.config import load_config
+    from gateway.loading import load_config
 
     app = Gateway(load_config(config))
-    await app.keys.start()
+    await app.runtime.start()
     requests = workloads(tokens, distinct)[workload]
     await drive(app, requests, WARM, concurrency)
     await drive(app, requests, count, concurrency, offset=WARM)
-    await app.upstream.aclose()
+    await app.runtime.aclose()
 
 
 def instructions(work: Path, concurrency: int) -> None:

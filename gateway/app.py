@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from gateway.config import Config, ProxySettings
-from gateway.credentials import bearer_token, presented
-from gateway.decision import Grant, authorize, is_public, route
-from gateway.errors import Refusal, render
+from gateway import head
+from gateway.decision import authorize, is_public, route
+from gateway.errors import FramingInvalidRequest, Refusal, render
+from gateway.exchange import ClientDisconnected, read_body
+from gateway.identity import identity_headers
 from gateway.keys import KeyStore
-from gateway.pool import PooledUpstream
-from gateway.proxy import ClientDisconnected, Forwarder
-from gateway.tokens import TokenVerifier
+from gateway.runtime import Runtime
+from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
-from gateway.upstream import HttpxUpstream, UpstreamClient
+from gateway.upstream import UpstreamClient
 
 logger = logging.getLogger("gateway")
 
@@ -30,50 +29,22 @@ def raw_path(scope: Scope) -> bytes:
     return raw.partition(b"?")[0]
 
 
-def upstream_client(settings: ProxySettings) -> UpstreamClient:
-    if settings.client == "httpx":
-        return HttpxUpstream(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
-    return PooledUpstream(
-        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-        total_timeout=settings.total_timeout, max_connections=settings.max_connections,
-        idle_timeout=settings.idle_timeout, ca_file=str(settings.ca_file) if settings.ca_file else None,
-    )
-
-
-@functools.lru_cache(maxsize=1024)  # callers share a few scope sets, and sorting costs
-def _scopes_header(scopes: frozenset[str]) -> bytes:
-    return " ".join(sorted(scopes)).encode("utf-8")
-
-
-def identity_headers(grant: Grant) -> list[tuple[bytes, bytes]]:
-    # subject and client are encoded per request: a memo of them would keep an object the
-    # garbage collector tracks per caller, and a stream of new callers made it run twice as often
-    headers = [(b"x-auth-scopes", _scopes_header(grant.scopes))]
-    if grant.subject is not None:
-        headers.append((b"x-auth-subject", grant.subject.encode("utf-8")))
-    if grant.client is not None:
-        headers.append((b"x-auth-client", grant.client.encode("utf-8")))
-    return headers
-
-
 class Gateway:
     """The gateway as an ASGI app.
 
-    :param config: a loaded `Config`; a reload swaps it whole.
-    :param upstream: the upstream client; by default an `HttpxUpstream` with the config's timeouts.
+    :param config: a loaded `Config`; `swap` replaces what it built, whole.
+    :param upstream: the upstream client; by default the one `config.proxy` names.
     :param keys: the key store; by default one built from `config.tokens`.
     """
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> None:
-        tokens = config.tokens
-        self.config = config
-        self.keys = keys or KeyStore(
-            tokens.static_keys, tokens.jwks_url,
-            refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
-        )
-        self.verifier = TokenVerifier(tokens, self.keys)
-        self.upstream = upstream or upstream_client(config.proxy)
-        self.forwarder = Forwarder(self.upstream, config.proxy)
+        self.runtime = Runtime.build(config, upstream=upstream, keys=keys)
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Serve new requests with `runtime`; requests in flight finish with the one they started
+        with. Returns that one, for the caller to close once they are done."""
+        previous, self.runtime = self.runtime, runtime
+        return previous
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # an HTTP request is handled here rather than in a method of its own: every coroutine
@@ -81,30 +52,41 @@ class Gateway:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
+        runtime = self.runtime  # read once: a reload swaps it, this request keeps its own
         method = scope["method"]
+        path = raw_path(scope)
         query = scope.get("query_string", b"")
         realm = "gateway"
         try:
-            match = route(self.config.tables, method, raw_path(scope), query)
+            authorization = head.check(scope, path, query, runtime.config.limits)
+            match = route(runtime.config.tables, method, path, query)
             api = match.route.api
             realm = api.name
             identity: Sequence[tuple[bytes, bytes]] = ()
+            grant = None
             if not is_public(match):
-                authorization = [value for name, value in scope["headers"] if name == b"authorization"]
-                credential = presented(authorization, query)
-                verified = self.verifier.recall(credential) if credential is not None else None
+                authenticator = runtime.authenticator
+                verified = authenticator.recall(authorization, query)
                 if verified is None:
-                    verified = await self.verifier.verify(bearer_token(authorization, query), key=credential)
-                identity = identity_headers(authorize(match, verified))
-            await self.forwarder.forward(scope, receive, send, api, match.upstream_target, identity)
+                    verified = await authenticator.authenticate(authorization, query)
+                grant = authorize(match, verified)
+                identity = identity_headers(grant)
+            exchange = match.route.exchange
+            if exchange is None:
+                await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity)
+            else:
+                body = None if exchange.body_limit is None else await read_body(receive, exchange.body_limit)
+                forwarding = await exchange.prepare(scope, body, grant)
+                await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity, forwarding)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
-            status, headers, body = render(refusal, realm)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await _answer(send, refusal, realm)
         except ClientDisconnected:
-            logger.info("%s %s: client disconnected mid-request", method, scope.get("path"))
+            # granian reports a malformed chunked body as a disconnect too: if the client is still
+            # there, it gets a 400; if it is gone, the answer goes nowhere
+            logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
+            await _answer(send, FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed"), realm)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -117,10 +99,23 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.keys.start()
+                try:
+                    await self.runtime.start()
+                except Exception as exc:
+                    # the server logs the reason and exits non-zero, as starlette's Router does
+                    await send({"type": "lifespan.startup.failed", "message": f"the gateway cannot start: {exc}"})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.upstream.aclose()
-                await self.keys.aclose()
+                await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _answer(send: Send, refusal: Refusal, realm: str) -> None:
+    status, headers, body = render(refusal, realm)
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except OSError:
+        pass  # the client is gone (granian raises where uvicorn returns quietly)

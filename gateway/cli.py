@@ -11,14 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, load_config
-from gateway.credentials import bearer_token
+from gateway.loading import ConfigError, load_config
+from gateway.settings import Config
+from gateway.authentication import Authenticator
 from gateway.decision import authorize, is_public, route
 from gateway.errors import Refusal, render
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
 from gateway.server import SERVERS
-from gateway.tokens import TokenVerifier, VerifiedToken
+from gateway.tokens import VerifiedToken
 
 _DESCRIPTION = """\
 A reverse proxy that enforces OAuth scopes per route. It verifies each request's bearer token,
@@ -109,10 +110,9 @@ def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -
         lines.append(f"token:     scopes {' '.join(sorted(scopes)) or '(none)'} (from --scopes; signature and claims not checked)")
         return VerifiedToken(scopes=scopes, subject=None, client=None, expires_at=float("inf"))
     header = [f"Bearer {args.token}".encode("latin-1")] if args.token is not None else []
-    token = bearer_token(header, b"")
     tokens = config.tokens
     keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
-    verified = asyncio.run(TokenVerifier(tokens, keys).verify(token))
+    verified = asyncio.run(Authenticator(tokens, keys).authenticate(header, b""))
     claim = next((name for name in tokens.scope_claims if name in verified.claims), None)
     lines.append(f"token:     valid; sub={verified.subject} client={verified.client}; scopes {' '.join(sorted(verified.scopes)) or '(none)'}"
                  + (f" (from claim {claim!r})" if claim else ""))

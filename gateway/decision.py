@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config import Tables
+from gateway.routing import Tables
 from gateway.errors import Forbidden, NotFound
 from gateway.paths import CanonicalPath, canonicalise
-from gateway.routing import Route
+from gateway.tables import Route
 from gateway.scopes import Access
 from gateway.tokens import VerifiedToken
 

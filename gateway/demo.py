@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import Gateway
 from gateway.server import uvicorn_options
-from gateway.config import load_config
+from gateway.loading import load_config
 from gateway.types import Receive, Scope, Send
 
 _TABLE = """\

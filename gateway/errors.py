@@ -1,8 +1,13 @@
 """Every answer the gateway gives itself, one class per refusal.
 
     Refusal
-    ├── InvalidRequest     400 invalid_request  (ambiguous path, several credentials, token outside the header)
-    │   └── HeadTooLarge   431 invalid_request  (request line and headers over the server's bound)
+    ├── InvalidRequest     400 invalid_request  (ambiguous path, bad Host, several credentials, token outside the header)
+    │   ├── HeadTooLarge   431 invalid_request  (request head over 64 KiB, or more fields than limits.max_headers)
+    │   ├── VersionNotSupported  505 invalid_request  (a request-line version other than HTTP/1.0 or 1.1)
+    │   ├── FramingInvalidRequest  400 invalid_request  (framing that cannot be trusted: connection closed)
+    │   └── CredentialsInvalidRequest  400 invalid_request  (several credentials, a token outside the header)
+    ├── UriTooLong         414 uri_too_long     (request target over limits.max_uri)
+    ├── CodingNotImplemented  501 not_implemented  (a transfer coding other than one final chunked)
     ├── NotFound           404 not_found        (no route: deny by default)
     ├── Unauthorized       401 unauthorized     (no bearer credentials on a protected route)
     ├── InvalidToken       401 invalid_token    (signature, alg, kid, exp, nbf, iss, aud, malformed)
@@ -10,8 +15,9 @@
     ├── BadGateway         502 bad_gateway      (upstream refused, reset or answered garbage)
     └── GatewayTimeout     504 gateway_timeout  (upstream too slow)
 
-Each knows its status, its `error` code and its WWW-Authenticate parameters; `render()` is the
-one place an answer is built from it (DESIGN.md, "Answers").
+Each knows its status, its `error` code, its WWW-Authenticate parameters and whether the
+connection closes after it; `render()` is the one place an answer is built from it (DESIGN.md,
+"Answers").
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class Refusal(Exception):
     # RFC 6750 `error` attribute for WWW-Authenticate, or None when the answer carries none
     bearer_error: str | None = None
     challenge = False
+    # the request's framing or head cannot be trusted: answer, then close the connection
+    close = False
 
     def __init__(self, description: str, **extra: object) -> None:
         super().__init__(description)
@@ -53,9 +61,40 @@ class InvalidRequest(Refusal):
 
 
 class HeadTooLarge(InvalidRequest):
-    """The request line and headers exceed what the gateway reads before refusing (RFC 6585 5)."""
+    """The request line and headers exceed what the gateway reads before refusing, or hold more
+    fields than `limits.max_headers` (RFC 6585 5)."""
 
     status = 431
+    close = True
+
+
+class VersionNotSupported(InvalidRequest):
+    """The request line names an HTTP version other than 1.0 or 1.1 (RFC 9110 15.6.6)."""
+
+    status = 505
+    close = True
+
+
+class FramingInvalidRequest(InvalidRequest):
+    """The request's framing is ambiguous (e.g. Transfer-Encoding in HTTP/1.0, a malformed
+    chunked body): answered, then the connection closed, as RFC 9112 6.1 and 6.3 ask."""
+
+    close = True
+
+
+class UriTooLong(Refusal):
+    """The request target is longer than `limits.max_uri` (RFC 9110 15.5.15)."""
+
+    status = 414
+    error = "uri_too_long"
+
+
+class CodingNotImplemented(Refusal):
+    """A transfer coding other than one final `chunked` (RFC 9112 6.1; nginx answers 501 too)."""
+
+    status = 501
+    error = "not_implemented"
+    close = True
 
 
 class CredentialsInvalidRequest(InvalidRequest):
@@ -144,4 +183,6 @@ def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, byte
     ]
     if refusal.challenge:
         headers.append((b"www-authenticate", www_authenticate(refusal, realm)))
+    if refusal.close:
+        headers.append((b"connection", b"close"))
     return refusal.status, headers, body

@@ -506,12 +506,19 @@ class PooledUpstream:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self._ca_file = ca_file
-        # made on first use unless a CA file is named (read now, so a bad one fails at start):
-        # the system's CA store costs each process about 1 MiB and 30 ms, needed only for https
-        self._ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        self._ssl_context: ssl.SSLContext | None = None
         self._pools: dict[Origin, _OriginPool] = {}
         timeouts = [read_timeout, total_timeout] if total_timeout else [read_timeout]
         self._deadlines = _Deadlines(read_timeout, tick=min(1.0, max(0.01, min(timeouts) / 10)))
+
+    async def start(self) -> None:
+        # a named CA file is read now, so a bad one fails the start; the system's CA store is
+        # loaded on first use: it costs each process about 1 MiB and 30 ms, needed only for https
+        if self._ca_file:
+            try:
+                self._ssl_context = ssl.create_default_context(cafile=self._ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"the CA file {self._ca_file} cannot be loaded: {exc}") from exc
 
     @property
     def ssl_context(self) -> ssl.SSLContext:

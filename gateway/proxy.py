@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from gateway.config import ProxySettings
+from gateway.settings import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
-from gateway.routing import Api
+from gateway.exchange import ClientDisconnected, Forwarding
+from gateway.identity import NAMES as IDENTITY
+from gateway.tables import Api
 from gateway.types import Headers, Receive, Scope, Send
-from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamTimeout
+from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -25,7 +27,6 @@ HOP_BY_HOP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-method-override", b"x-http-method"})
-IDENTITY = frozenset({b"x-auth-subject", b"x-auth-client", b"x-auth-scopes"})
 # set by the gateway from what it saw itself; a client's copy is believed only from a trusted proxy
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"})
 # the ASGI server already answered `Expect: 100-continue` when the body was first read
@@ -35,10 +36,6 @@ _HANDLED = HOP_BY_HOP | METHOD_OVERRIDE | IDENTITY | FORWARDING | _REQUEST_ONLY_
 
 
 _SCHEMES = {"http": b"http", "https": b"https"}
-
-
-class ClientDisconnected(Exception):
-    """The client went away before its request body was complete."""
 
 
 # what most Connection headers say (nginx's responses, browsers' requests): no other header named
@@ -61,6 +58,20 @@ def _is_trusted(peer: str | None, settings: ProxySettings) -> bool:
     except ValueError:
         return False
     return any(address in network for network in settings.trusted_proxies)
+
+
+def _pass_underscored(name: bytes, policy: str) -> bool:
+    """Whether a request header whose name holds '_' is passed on (`proxy.underscore_headers`).
+
+    WSGI, Rack and CGI upstreams read '_' and '-' as the same key, so such a name can stand in
+    for a header the gateway sets or strips; nginx drops them by default.
+    :raises InvalidRequest: the policy is `refuse`.
+    """
+    if policy == "refuse":
+        shown = name.decode("latin-1")[:100]
+        raise InvalidRequest(f"header name {shown!r} holds '_', which upstreams may read as '-': rename it")
+    # even passed, a twin of a header the gateway sets or strips never is
+    return policy == "pass" and name.replace(b"_", b"-") not in _HANDLED
 
 
 def upstream_request_headers(
@@ -97,7 +108,8 @@ def _upstream_request_headers(
     for name, value in headers:
         name = name.lower()
         if name not in _HANDLED and not (listed and name in listed):
-            outgoing.append((name, value))
+            if b"_" not in name or _pass_underscored(name, settings.underscore_headers):
+                outgoing.append((name, value))
             continue
         if listed is None and name == b"connection" and _named_by_connection([value]):
             return None
@@ -180,21 +192,47 @@ class _RequestBody:
         raise StopAsyncIteration
 
 
+class _Replay:
+    """A request body the gateway holds whole (an exchange read or rewrote it), sent as one chunk."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body, self._body = self._body, None
+        if body is None:
+            raise StopAsyncIteration
+        return body
+
+
 class Forwarder:
     def __init__(self, client: UpstreamClient, settings: ProxySettings) -> None:
         self.client = client
         self.settings = settings
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]]) -> None:
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]],
+        forwarding: Forwarding | None = None,
+    ) -> None:
         """Send the request to `api`'s upstream and stream the answer back.
 
+        :param forwarding: what the route's exchange decided (a body to send instead of the
+            client's, a rewrite of the answer); None for the usual unchanged exchange.
         :raises BadGateway, GatewayTimeout: before anything was sent to the client. A failure
             after the response started is re-raised as is, so the server aborts the connection
             rather than end a truncated body as if it were complete.
         """
         headers, has_body, length = upstream_request_headers(scope, self.settings, api.upstream.authority, identity)
+        body: AsyncIterator[bytes] | None = _RequestBody(receive) if has_body else None
+        if forwarding is not None and forwarding.body is not None:
+            body, length = (_Replay(forwarding.body) if forwarding.body else None), len(forwarding.body)
         # positional: keywords cost a dataclass's __init__ more, once per request
-        request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, _RequestBody(receive) if has_body else None, length)
+        request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, body, length)
         try:
             response = await self.client.send(request)
         except UpstreamTimeout as exc:
@@ -204,6 +242,9 @@ class Forwarder:
             logger.warning("upstream of %s failed: %s", api.name, exc)
             raise BadGateway(f"the upstream of {api.name} could not be reached or answered badly") from exc
         try:
+            if forwarding is not None and forwarding.rewrite is not None:
+                await self._send_rewritten(response, send, api, forwarding)
+                return
             await send({
                 "type": "http.response.start",
                 "status": response.status,
@@ -218,3 +259,24 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+
+    async def _send_rewritten(self, response: UpstreamResponse, send: Send, api: Api, forwarding: Forwarding) -> None:
+        """The answer read whole (bounded), rewritten, and sent with its own length."""
+        assert forwarding.rewrite is not None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.body():
+                size += len(chunk)
+                if size > forwarding.response_limit:
+                    raise BadGateway(f"the answer of {api.name}'s upstream is larger than {forwarding.response_limit} bytes, the most this route rewrites")
+                chunks.append(chunk)
+        except UpstreamTimeout as exc:
+            raise GatewayTimeout(f"the upstream of {api.name} did not answer in time") from exc
+        except UpstreamError as exc:
+            raise BadGateway(f"the upstream of {api.name} could not be reached or answered badly") from exc
+        headers = [(name, value) for name, value in downstream_response_headers(response.headers) if name != b"content-length"]
+        status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks))
+        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -7,58 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from gateway.types import Origin
-
-if TYPE_CHECKING:
-    from gateway.scopes import Requirement, ScopeCatalog
+from gateway.scopes import Access
+from gateway.tables import Api, Route
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LITERAL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f/\\{}%?#]")
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where an API's allowed requests go, split once at load time."""
-
-    url: str
-    origin: Origin
-    base_path: bytes  # without trailing '/', prepended to the forwarded path
-    authority: bytes  # the Host header the upstream gets
-
-    @classmethod
-    def build(cls, url: str, scheme: str, host: str, port: int, base_path: bytes) -> Upstream:
-        shown = f"[{host}]" if ":" in host else host
-        if port != (443 if scheme == "https" else 80):
-            shown = f"{shown}:{port}"
-        return cls(url=url, origin=Origin(scheme, host, port), base_path=base_path, authority=shown.encode("ascii"))
-
-
-@dataclass(frozen=True, slots=True)
-class Api:
-    """One route table: an upstream API behind a path prefix."""
-
-    name: str
-    upstream: Upstream
-    prefix: tuple[str, ...]
-    catalog: ScopeCatalog
-    source: str  # the table's file
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    api: Api
-    method: str
-    template: str
-    requirement: Requirement
-    # (name, index into the full path's segments) for each `{name}`
-    params: tuple[tuple[str, int], ...]
-    source: str  # file:line
-
-    def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
-        return {name: segments[index] for name, index in self.params}
 
 
 def parse_template(template: str) -> tuple[str | None, ...]:
@@ -162,3 +117,15 @@ class RouteTrie:
         if node.param is not None:
             return self._walk(node.param, method, segments, depth + 1)
         return None
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every route of every table, compiled. Swapped whole, never edited."""
+
+    apis: tuple[Api, ...]
+    trie: RouteTrie
+    routes: tuple[Route, ...]
+
+    def needs_tokens(self) -> bool:
+        return any(route.requirement.access is not Access.PUBLIC for route in self.routes)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import gc
 import os
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import Gateway
-from gateway.config import load_config
-from gateway.errors import HeadTooLarge, render
+from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, Refusal, VersionNotSupported, render
+from gateway.loading import ConfigError, load_config
+from gateway.types import Receive, Scope, Send
 
 SERVERS = ("uvicorn", "granian")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
@@ -21,18 +24,22 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a bound on the request head.
+    """uvicorn's httptools protocol, with a bound on the request head and the gateway's answers
+    to heads it cannot parse.
 
-    llhttp sets none, and uvicorn gathers the URL and every header in memory until the head
-    ends: one client sending a 200 MiB header grew the gateway by 337 MiB. A head still open after
-    `MAX_HEAD_BYTES` is answered 431 and the connection closed, as granian does. The count is
-    checked between reads, so a head may run one read (up to 256 KiB) past the bound.
+    llhttp sets no bound, and uvicorn gathers the URL and every header in memory until the head
+    ends: one client sending a 200 MiB header grew the gateway by 337 MiB. A head found larger
+    than `MAX_HEAD_BYTES` when it ends, or still open after that many bytes, is answered 431 and
+    the connection closed, as granian does. A head llhttp refuses gets the JSON answer of
+    DESIGN.md (505 for an unknown version, 501 for a transfer coding, else 400) instead of
+    uvicorn's plain-text 400.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the reads made while the head was pending before and after
+        self._reading = 0  # the size of the read being parsed
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -41,18 +48,65 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        # counted exactly only when the reads could hold that much: the usual head costs nothing
+        if self._head_bytes + self._reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
+            raise _HeadRefused(_head_too_large())
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        # uvicorn's, with the parser's errors answered by the gateway
+        self._unset_keepalive_if_required()
+        pending = self._in_head
+        self._reading = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
             return
-        self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            status, headers, body = render(HeadTooLarge(f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB"))
-            head = b"HTTP/1.1 %d Request Header Fields Too Large\r\n" % status + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-            self.transport.write(head + b"connection: close\r\n\r\n" + body)
-            self.transport.close()
+        except httptools.HttpParserError as exc:
+            self._refuse(exc.__context__.refusal if isinstance(exc.__context__, _HeadRefused) else _parser_refusal(str(exc)))
+            return
+        # a head pending before this read and still after it: one read may pass the bound unseen
+        # (the one where the head began, of which only part is the head); the next may not
+        if pending and self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_head_too_large())
+
+    def _refuse(self, refusal: Refusal) -> None:
+        status, headers, body = render(refusal)
+        head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in headers if name != b"connection")
+        self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a head the gateway refuses."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.description)
+        self.refusal = refusal
+
+
+def _head_too_large() -> HeadTooLarge:
+    return HeadTooLarge(f"the request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB")
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)  # ': ' and CRLF
+
+
+def _parser_refusal(message: str) -> Refusal:
+    """The answer to a head llhttp refuses, by llhttp's reason."""
+    if message == "Invalid HTTP version":
+        return VersionNotSupported("the request line's HTTP version is not HTTP/1.1 or HTTP/1.0")
+    if "Transfer-Encoding" in message and "Content-Length" not in message:
+        return CodingNotImplemented(f"{message}: only 'chunked' alone is accepted")
+    return FramingInvalidRequest(f"malformed request: {message}")
 
 
 def uvicorn_options() -> dict[str, object]:
@@ -67,9 +121,25 @@ def uvicorn_options() -> dict[str, object]:
     }
 
 
-def create_app() -> Gateway:
-    """The app factory each serving process calls (the config was checked before they started)."""
-    app = Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+class _FailedStart:
+    """The app of a process whose config no longer loads (changed since `serve` checked it): it
+    fails the server's start with the problems, and the server exits non-zero."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": self.reason})
+
+
+def create_app() -> Gateway | _FailedStart:
+    """The app factory each serving process calls."""
+    try:
+        app = Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+    except ConfigError as error:
+        return _FailedStart(f"the config does not load:\n{error}")
     # what is loaded by now lives as long as the process: frozen out of the collector's sight, it
     # is not walked by every full collection (under granian one ran about every second and took
     # 10-20 ms: most of the p99)

@@ -24,7 +24,7 @@ from typing import Any
 
 import jwt
 
-from gateway.config import TokenSettings
+from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN

@@ -1,10 +1,9 @@
 """The upstream client seam: moves one HTTP request to an upstream and streams its answer back.
 
-It knows nothing of scopes, tokens or routes. Implementations raise only `UpstreamTimeout` or
-`UpstreamUnavailable`; the proxy turns those into 504 and 502 in one place.
-
-`HttpxUpstream` is the implementation respx can mock: tests (and, later, the pytest plugin) use
-it to stand in for upstreams. It sends the request line's target byte for byte.
+It knows nothing of scopes, tokens or routes. Two implementations: `gateway.pool.PooledUpstream`,
+the default, and `HttpxUpstream` here, which respx can mock (`proxy.client: httpx`). From `send`
+and from a response's body they raise only `UpstreamTimeout` or `UpstreamUnavailable`, which the
+proxy turns into 504 and 502 in one place.
 """
 
 from __future__ import annotations
@@ -54,6 +53,13 @@ class UpstreamResponse(Protocol):
 
 
 class UpstreamClient(Protocol):
+    async def start(self) -> None:
+        """Get ready to send (e.g. load a CA bundle).
+
+        :raises Exception: the client cannot work with its settings.
+        """
+        ...
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send the request and return once the response head has arrived.
 
@@ -112,6 +118,9 @@ class HttpxUpstream:
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # keep no upstream cookies
             transport=transport,
         )
+
+    async def start(self) -> None:
+        pass  # nothing to load: the httpx client is ready as made
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         origin = request.origin

@@ -243,7 +243,7 @@ class GatewayProcess:
 def start_gateway(config_path: Path, server: str = "uvicorn") -> LiveServer | GatewayProcess:
     if server == "uvicorn":
         from gateway.app import Gateway
-        from gateway.config import load_config
+        from gateway.loading import load_config
 
         return LiveServer(Gateway(load_config(config_path)))
     return GatewayProcess(config_path, server)

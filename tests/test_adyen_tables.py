@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import Tables, load_config
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.decision import authorize, route
 from gateway.errors import Forbidden, NotFound
 from gateway.tokens import VerifiedToken

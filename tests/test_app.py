@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.loading import load_config
 from tests.support import RecordingUpstream, answer, mint, write_config
 
 pytestmark = pytest.mark.anyio
@@ -92,11 +92,11 @@ async def test_the_query_token_is_refused_with_a_challenge(client: httpx.AsyncCl
 async def test_a_remembered_authorization_value_still_meets_every_credential_rule(
     client: httpx.AsyncClient, mock_upstream: respx.Route, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.app
+    import gateway.authentication
 
     readings = []
-    real_bearer_token = gateway.app.bearer_token
-    monkeypatch.setattr(gateway.app, "bearer_token", lambda *args: readings.append(args) or real_bearer_token(*args))
+    real_bearer_token = gateway.authentication.bearer_token
+    monkeypatch.setattr(gateway.authentication, "bearer_token", lambda *args: readings.append(args) or real_bearer_token(*args))
     value = bearer()["Authorization"]
     path = "/api/merchants/M1/webhooks"
     assert (await client.get(path, headers={"Authorization": value})).status_code == 200
@@ -281,7 +281,7 @@ async def test_requests_leave_no_reference_cycles_and_no_unfinished_generators(t
         assert statuses == [200, 200, 401, 403, 404, 400, 401] * 10
         assert finalized == []
     finally:
-        await app.upstream.aclose()
+        await app.runtime.aclose()
         upstream.close()
 
 
@@ -307,5 +307,5 @@ async def test_new_callers_leave_nothing_for_the_collector_to_walk(tmp_path: Pat
         assert len(gc.get_objects()) - before < 20  # not one or more per new caller
         assert statuses == [200] * 130
     finally:
-        await app.upstream.aclose()
+        await app.runtime.aclose()
         upstream.close()

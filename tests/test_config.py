@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.loading import ConfigError, load_config
 from gateway.scopes import Access
 from tests.support import KEYS, write_config
 
@@ -86,6 +86,15 @@ BROKEN_GATEWAY = [
     ("routes: routes/\nproxy:\n  ca_file: {keys}/missing-ca.pem\n", 3, "does not exist"),
     ("routes: routes/\nproxy:\n  client: aiohttp\n", 3, "pool or httpx"),
     ("routes: routes/\nproxy:\n  max_connections: 0\n", 3, "integer >= 1"),
+    ("routes: routes/\nproxy:\n  underscore_headers: allow\n", 3, "drop or refuse or pass"),
+    ("routes: routes/\nlimits:\n  max_uri: 0\n", 3, "limits.max_uri must be an integer >= 1"),
+    ("routes: routes/\nlimits:\n  max_headers: many\n", 3, "limits.max_headers must be an integer >= 1"),
+    ("routes: routes/\nlimits:\n  max_body: 1\n", 3, "unknown key 'max_body'"),
+    ("routes: routes/\nproxy:\n  client: httpx\n  ca_file: {keys}/jwks.json\n", 4, "proxy.ca_file is not supported by client: httpx"),
+    ("routes: routes/\nproxy:\n  client: httpx\n  total_timeout: 5\n", 4, "proxy.total_timeout is not supported by client: httpx"),
+    ("routes: routes/\nproxy:\n  client: httpx\n  max_connections: 5\n", 4, "proxy.max_connections is not supported by client: httpx"),
+    ("routes: routes/\nproxy:\n  client: httpx\n  idle_timeout: 5\n", 4, "proxy.idle_timeout is not supported by client: httpx"),
+    ("routes: routes/\nproxy:\n  ca_file: {keys}/rsa.pem\n", 3, "rsa.pem is not a PEM bundle of CA certificates"),
 ]
 
 
@@ -105,6 +114,48 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(config)
     assert [problem.line for problem in error.value.problems] == [5, 6, 7]
+
+
+def test_every_problem_of_gateway_yaml_is_reported_in_line_order_and_nothing_that_follows_from_one(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(
+        "routes: routes/\n"  # 1
+        "tokens:\n"  # 2
+        "  issuer: ''\n"  # 3: empty
+        "  algorithms: [RS256, none, XX512]\n"  # 4: two problems, one line
+        f"  jwks_file: {tmp_path / 'missing.json'}\n"  # 5: unreadable: no "no key is configured" follows
+        "  leeway: -1\n"  # 6
+        "proxy:\n"  # 7
+        "  read_timeout: 0\n"  # 8
+        "  client: aiohttp\n"  # 9
+        "  trusted_proxies: [10.0.0.0/8, not-an-ip, 300.1.1.1]\n"  # 10: two problems
+        "limits:\n"  # 11
+        "  max_uri: -5\n"  # 12
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    shown = [(problem.line, problem.message) for problem in error.value.problems]
+    assert [line for line, _ in shown] == [3, 4, 4, 5, 6, 8, 9, 10, 10, 12], shown
+    assert not any("no key is configured" in message for _, message in shown)
+    assert "'none' is never accepted" in shown[1][1] and "'XX512'" in shown[2][1]
+    assert "'not-an-ip'" in shown[7][1] and "'300.1.1.1'" in shown[8][1]
+
+
+def test_a_table_and_gateway_yaml_report_their_problems_file_by_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table="name: 'a b'\nupstream: ftp://x\nprefix: p\nroutes:\n  FETCH /a: s\n  GET /b: [[]]\n")
+    config.write_text(config.read_text() + "proxy:\n  read_timeout: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    shown = [(Path(problem.file).name, problem.line) for problem in error.value.problems]
+    assert shown == [("payments.yaml", 1), ("payments.yaml", 2), ("payments.yaml", 3), ("payments.yaml", 5), ("payments.yaml", 6), ("gateway.yaml", 8)], shown
+
+
+def test_limits_and_underscore_headers_are_read(tmp_path: Path) -> None:
+    config = write_config(tmp_path, proxy="proxy:\n  underscore_headers: refuse\nlimits:\n  max_uri: 1000\n  max_headers: 20\n")
+    loaded = load_config(config)
+    assert (loaded.limits.max_uri, loaded.limits.max_headers, loaded.proxy.underscore_headers) == (1000, 20, "refuse")
+    defaults = load_config(write_config(tmp_path))
+    assert (defaults.limits.max_uri, defaults.limits.max_headers, defaults.proxy.underscore_headers) == (8192, 100, "drop")
 
 
 def test_duplicate_routes_across_files_name_both_places(tmp_path: Path) -> None:

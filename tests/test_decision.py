@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Tables, load_config
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.decision import authorize, is_public, route
 from gateway.errors import Forbidden
 from gateway.tokens import VerifiedToken

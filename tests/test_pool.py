@@ -579,10 +579,10 @@ def _certificate(folder: Path) -> tuple[Path, ssl.SSLContext]:
     return folder / "cert.pem", context
 
 
-def test_a_named_ca_file_that_is_not_a_ca_bundle_fails_at_start(tmp_path: Path) -> None:
+async def test_a_named_ca_file_that_is_not_a_ca_bundle_fails_at_start(tmp_path: Path) -> None:
     (tmp_path / "not-a-ca.pem").write_text("not a certificate")
-    with pytest.raises(ssl.SSLError):
-        PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(tmp_path / "not-a-ca.pem"))
+    with pytest.raises(ValueError, match="not-a-ca.pem cannot be loaded"):
+        await PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(tmp_path / "not-a-ca.pem")).start()
 
 
 async def test_plain_http_never_loads_the_ca_store(client: PooledUpstream) -> None:
@@ -604,6 +604,7 @@ async def test_https_upstreams_are_verified(tmp_path: Path) -> None:
             await exchange(untrusting, request(upstream.port, scheme="https", host="localhost"))
         await untrusting.aclose()
         trusting = PooledUpstream(connect_timeout=1, read_timeout=1, ca_file=str(ca_file))
-        assert trusting._ssl_context is not None  # a named CA file is read at once: a bad one fails at start
+        await trusting.start()
+        assert trusting._ssl_context is not None  # a named CA file is read at start: a bad one fails it
         assert (await exchange(trusting, request(upstream.port, scheme="https", host="localhost")))[2] == b"ok"
         await trusting.aclose()

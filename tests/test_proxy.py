@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from gateway.config import ProxySettings
+from gateway.settings import ProxySettings
 from gateway.errors import InvalidRequest
 from gateway.proxy import downstream_response_headers, upstream_request_headers
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Tables, load_config
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.decision import route
 from gateway.errors import NotFound
 

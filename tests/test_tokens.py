@@ -9,7 +9,8 @@ import httpx
 import pytest
 import respx
 
-from gateway.config import TokenSettings, load_config
+from gateway.loading import load_config
+from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore, key_from_pem, key_from_secret
 from gateway.tokens import TokenVerifier

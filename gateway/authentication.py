@@ -1,0 +1,36 @@
+"""Authentication: a request's credentials to a verified token, with the cache. One step, used
+by the app, by `gateway explain` and by whatever else decides on requests (a decision API)."""
+
+from __future__ import annotations
+
+from gateway.credentials import bearer_token, presented
+from gateway.keys import KeyStore
+from gateway.settings import TokenSettings
+from gateway.tokens import TokenVerifier, VerifiedToken
+
+
+class Authenticator:
+    """Finds a request's one bearer token and verifies it (RFC 6750 2.1: the Authorization
+    header only), remembering verified tokens until their `exp`."""
+
+    __slots__ = ("verifier",)
+
+    def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
+        self.verifier = TokenVerifier(settings, keys)
+
+    def recall(self, authorization: list[bytes], query: bytes) -> VerifiedToken | None:
+        """The token of a request that presents exactly what an earlier one did, if still valid:
+        no parsing and no await, which is what nearly every request needs."""
+        credential = presented(authorization, query)
+        return None if credential is None else self.verifier.recall(credential)
+
+    async def authenticate(self, authorization: list[bytes], query: bytes) -> VerifiedToken:
+        """The request's verified token.
+
+        :param authorization: every Authorization header value the request carried.
+        :param query: the raw query string, which must not carry a token.
+        :raises Unauthorized: no bearer credentials.
+        :raises CredentialsInvalidRequest: several credentials, or a token outside the header.
+        :raises InvalidToken: the token is malformed or fails verification.
+        """
+        return await self.verifier.verify(bearer_token(authorization, query), key=presented(authorization, query))

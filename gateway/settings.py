@@ -1,0 +1,58 @@
+"""The gateway's settings as frozen values, each with its default in one place (README.md and
+DESIGN.md document the same defaults). Built by `gateway.loading`; read by every step without
+importing a loader."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.keys import VerificationKey
+from gateway.routing import Tables
+
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+UPSTREAM_CLIENTS = ("pool", "httpx")
+UNDERSCORE_HEADERS = ("drop", "refuse", "pass")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    jwks_url: str | None = None
+    static_keys: tuple[VerificationKey, ...] = ()
+    leeway: float = 0.0
+    scope_claims: tuple[str, ...] = ("scope", "scp")
+    jwks_refetch_interval: float = 30.0
+    jwks_max_age: float = 600.0
+    cache_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    total_timeout: float = 0.0  # 0: no limit on the whole exchange
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    client: str = "pool"  # "pool" (asyncio protocols + httptools, the default) or "httpx" (mockable with respx)
+    max_connections: int = 1024  # per upstream (Envoy's default); requests past it wait in line
+    idle_timeout: float = 30.0
+    ca_file: Path | None = None
+    underscore_headers: str = "drop"  # request header names with '_': drop (nginx's default), refuse (400) or pass
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_uri: int = 8192  # bytes of request target (nginx's and Apache's default) -> 414
+    max_headers: int = 100  # request header fields (Envoy's default) -> 431
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    tables: Tables
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)

@@ -1,0 +1,57 @@
+"""The compiled route tables' values: where an API's requests go, and each route of it. Frozen,
+built by the loader, shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.scopes import Requirement, ScopeCatalog
+from gateway.types import Origin
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where an API's allowed requests go, split once at load time."""
+
+    url: str
+    origin: Origin
+    base_path: bytes  # without trailing '/', prepended to the forwarded path
+    authority: bytes  # the Host header the upstream gets
+
+    @classmethod
+    def build(cls, url: str, scheme: str, host: str, port: int, base_path: bytes) -> Upstream:
+        shown = f"[{host}]" if ":" in host else host
+        if port != (443 if scheme == "https" else 80):
+            shown = f"{shown}:{port}"
+        return cls(url=url, origin=Origin(scheme, host, port), base_path=base_path, authority=shown.encode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """One route table: an upstream API behind a path prefix."""
+
+    name: str
+    upstream: Upstream
+    prefix: tuple[str, ...]
+    catalog: ScopeCatalog
+    source: str  # the table's file
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    api: Api
+    method: str
+    template: str
+    requirement: Requirement
+    # (name, index into the full path's segments) for each `{name}`
+    params: tuple[tuple[str, int], ...]
+    source: str  # file:line
+    # what the route does between the decision and the forwarder (GraphQL, response fields); None: nothing
+    exchange: Exchange | None = None
+
+    def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
+        return {name: segments[index] for name, index in self.params}
