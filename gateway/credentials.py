@@ -1,17 +1,69 @@
 """Credential extraction: exactly one bearer token, from the Authorization header only
-(RFC 6750 2.1). Tokens in the query string are refused, never read; several credentials are
-refused rather than guessed between."""
+(RFC 6750 2.1). Tokens in the query string are refused, never read, under every name an upstream's
+framework would read as `access_token`; several credentials are refused rather than guessed between."""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl
 
 from gateway.errors import CredentialsInvalidRequest, InvalidToken, Unauthorized
 
 # RFC 6750 b64token
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_LENGTH = 16 * 1024
+
+_TOKEN_PARAMETER = b"access_token"  # RFC 6750 2.3
+# '&' and, as older frameworks (PHP's arg_separator, Rack 2, Python before 3.9.2) still do, ';'
+_SEPARATORS = re.compile(rb"[&;]")
+# %XX in either case, and %uXXXX, which ASP.NET and IIS decode too
+_ESCAPE = re.compile(rb"%(?:[uU]([0-9A-Fa-f]{4})|([0-9A-Fa-f]{2}))")
+# PHP reads ' ', '.' and an unclosed '[' in a parameter name as '_'
+_PHP_NAME = bytes.maketrans(b" .[", b"___")
+_PHP_HEAD = bytes.maketrans(b" .", b"__")
+# the name a bracketed parameter is filed under: `access_token[]`, `access_token[x]` (PHP, Rack,
+# qs), after the leading brackets Rack 2 and qs skip (`[access_token]`)
+_BRACKET_HEAD = re.compile(rb"[ \[\]]*([^\[\]]*)")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    wide, byte = match.groups()
+    if byte is not None:
+        return bytes((int(byte, 16),))
+    return chr(int(wide, 16)).encode("utf-8", "surrogatepass")
+
+
+def _may_name_a_token(query_string: bytes) -> bool:
+    """Whether a query string could carry a parameter some framework reads as access_token: only
+    one holding the name's "token" or a percent-escape could, so most queries need no parsing."""
+    return b"token" in query_string or b"%" in query_string
+
+
+def _reads_as_token_parameter(name: bytes) -> bool:
+    """Whether a raw query parameter name reaches a framework as `access_token`: decoded as
+    servers decode it ('+' as space, %XX and %uXXXX escapes), cut at a NUL as PHP's C strings are,
+    then read with PHP's, Rack's and qs's name rules. Case is kept: frameworks keep it."""
+    decoded = _ESCAPE.sub(_unescape, name.replace(b"+", b" ")).partition(b"\0")[0]
+    if decoded == _TOKEN_PARAMETER:
+        return True
+    decoded = decoded.lstrip(b" ")  # PHP skips leading spaces
+    if decoded.translate(_PHP_NAME) == _TOKEN_PARAMETER:
+        return True
+    head = _BRACKET_HEAD.match(decoded)
+    return head is not None and head[1].translate(_PHP_HEAD) == _TOKEN_PARAMETER
+
+
+def token_parameter(query_string: bytes) -> str | None:
+    """The raw name of the first query parameter an upstream could read as `access_token`, or None.
+
+    Every parameter counts, with or without a value, wherever it stands in the query.
+    """
+    if not _may_name_a_token(query_string):
+        return None
+    for parameter in _SEPARATORS.split(query_string):
+        name = parameter.partition(b"=")[0]
+        if name and _reads_as_token_parameter(name):
+            return name.decode("latin-1")
+    return None
 
 
 def presented(authorization: list[bytes], query_string: bytes) -> bytes | None:
@@ -21,9 +73,11 @@ def presented(authorization: list[bytes], query_string: bytes) -> bytes | None:
     bytes by `bearer_token`, so a request presenting them again needs no second reading. None when
     `bearer_token` must look: no header or several, or a query string that may hold a token.
     """
-    if len(authorization) == 1 and b"access_token" not in query_string:
-        return authorization[0]
-    return None
+    if len(authorization) != 1:
+        return None
+    if query_string and _may_name_a_token(query_string):
+        return None  # bearer_token must see whether a parameter reads as access_token
+    return authorization[0]
 
 
 def bearer_token(authorization: list[bytes], query_string: bytes) -> str:
@@ -34,11 +88,11 @@ def bearer_token(authorization: list[bytes], query_string: bytes) -> str:
     :raises CredentialsInvalidRequest: several credentials, or a token outside the header.
     :raises InvalidToken: the credential is not a well-formed bearer token.
     """
-    if b"access_token" in query_string and any(
-        name == "access_token" for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    ):
+    parameter = token_parameter(query_string)
+    if parameter is not None:
         raise CredentialsInvalidRequest(
-            "access tokens are accepted only in the Authorization header, never in the query string"
+            f"the query parameter {parameter[:40]!r} reads as access_token: access tokens are accepted"
+            " only in the Authorization header, never in the query string"
         )
     if not authorization:
         raise Unauthorized("this route requires a bearer token: send 'Authorization: Bearer <token>'")

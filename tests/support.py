@@ -294,3 +294,30 @@ def request_bytes(method: str, target: str | bytes, headers: list[tuple[str, str
     if body:
         lines.append(b"content-length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+# --- query strings that carry a token under a name some framework reads as access_token ----------
+
+QUERY_TOKENS = [
+    # the name itself, anywhere, with or without a value, after either separator
+    b"access_token=x", b"access_token", b"access_token=", b"a=1&access_token=x", b"a=1&access_token=x&b=2",
+    b"a=1&access_token", b"a=1&access_token=&b=2", b"a=1;access_token=x", b"a=1;access_token", b"&&access_token=x",
+    # any percent-escape of any of its characters, either hex case, and the %uXXXX form ASP.NET decodes
+    b"access%5Ftoken=x", b"access%5ftoken=x", b"%61ccess_token=x", b"acce%73s_token=x", b"access_toke%6E=x",
+    b"access_toke%6e", b"a=1&access%5Ftoken", b"b=2;%61ccess_token=", b"%61%63%63%65%73%73%5F%74%6F%6B%65%6E=x",
+    b"%u0061ccess_token=x", b"access%u005Ftoken=x", b"access%U005ftoken",
+    # PHP: ' ' (also as '+'), '.' and an unclosed '[' read as '_'; leading spaces skipped; a NUL ends the name
+    b"access.token=x", b"access%2Etoken=x", b"access+token=x", b"access%20token=x", b"access[token=x",
+    b"access%5Btoken=x", b"a=1;access.token", b"+access_token=x", b"%20access_token=x", b"access_token%00=x",
+    b"access_token%00junk=x",
+    # PHP, Rack, qs: a bracketed name is filed under the name before its brackets; Rack 2 and qs skip leading ones
+    b"access_token[]=x", b"access_token[x]=x", b"access_token[]", b"access_token%5B%5D=x", b"access_token%5b0%5d=x",
+    b"access.token[]=x", b"[access_token]=x", b"access_token]=x", b"a=1&access_token[=x",
+]
+
+QUERIES_WITHOUT_TOKEN = [
+    b"", b"a=1", b"tokens=1", b"token=1", b"id_token=x", b"my_access_token=x", b"access_tokenx=1", b"access_token_=1",
+    b"my_access_token_count=3", b"ACCESS_TOKEN=x", b"Access_Token=x", b"accesstoken=x", b"access-token=x",
+    b"access__token=x", b"q=access_token", b"q=%61ccess_token&r=access_token[]", b"x=1&y=%20",
+    b"access%255Ftoken=x",  # decoded once, as servers do: the name is access%5Ftoken
+]

@@ -12,7 +12,7 @@ import respx
 
 from gateway.app import Gateway
 from gateway.loading import load_config
-from tests.support import RecordingUpstream, answer, mint, write_config
+from tests.support import QUERIES_WITHOUT_TOKEN, QUERY_TOKENS, RecordingUpstream, answer, mint, write_config
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
@@ -114,6 +114,30 @@ async def test_a_remembered_authorization_value_still_meets_every_credential_rul
     # and it grants what it granted, nothing more
     assert (await client.post(path, headers={"Authorization": value})).status_code == 403
     assert mock_upstream.call_count == 2
+
+
+@pytest.mark.parametrize("query", QUERY_TOKENS, ids=[query.decode("latin-1") for query in QUERY_TOKENS])
+async def test_a_query_token_under_any_name_is_refused_even_for_a_remembered_authorization(
+    client: httpx.AsyncClient, mock_upstream: respx.Route, query: bytes
+) -> None:
+    path = "/api/merchants/M1/webhooks"
+    value = bearer()["Authorization"]
+    assert (await client.get(path, headers={"Authorization": value})).status_code == 200  # now remembered
+    for headers in ({"Authorization": value}, {}):
+        response = await client.get(f"{path}?{query.decode('latin-1')}", headers=headers)
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_request"), response.text
+        assert "never in the query string" in response.json()["error_description"]
+        assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    assert mock_upstream.call_count == 1, "a request with a query token reached the upstream"
+
+
+@pytest.mark.parametrize("query", QUERIES_WITHOUT_TOKEN, ids=[query.decode("latin-1") or "(none)" for query in QUERIES_WITHOUT_TOKEN])
+async def test_a_query_without_a_token_parameter_is_forwarded_as_sent(client: httpx.AsyncClient, mock_upstream: respx.Route, query: bytes) -> None:
+    value = bearer()["Authorization"]
+    for _ in range(2):  # read, then recalled
+        response = await client.get(f"/api/merchants/M1/webhooks?{query.decode('latin-1')}", headers={"Authorization": value})
+        assert response.status_code == 200, response.text
+    assert mock_upstream.calls.last.request.url.query == query
 
 
 async def test_forwarded_request_is_the_matched_one_with_identity_headers(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:
