@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import json
+import math
 import re
 import time
 from collections import OrderedDict
@@ -32,6 +33,9 @@ from gateway.scopes import SCOPE_TOKEN
 # pyjwt's signature algorithms, by JOSE name; the config's allow-list says which may be used
 _ALGORITHMS = jwt.algorithms.get_default_algorithms()
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6749 3.3: scopes are separated by SP alone; any other whitespace or control character
+# in a scope string is a malformed token, not a separator
+_NOT_SP_SEPARATOR = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
 # base64url, with the trailing '=' some issuers add
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 # distinct JWT header segments kept decoded (an issuer's tokens share one)
@@ -114,7 +118,15 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidToken(f"claim {name!r} must be a number (seconds since the epoch)")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    # json.loads reads NaN, Infinity and 1e400 (as inf): an infinite exp would be cached
+    # forever, and NaN passes every comparison
+    if not math.isfinite(number):
+        raise InvalidToken(f"claim {name!r} must be a finite number (seconds since the epoch), not {number}")
+    return number
 
 
 def _header_safe(value: Any, claim: str) -> str | None:
@@ -128,9 +140,11 @@ def _header_safe(value: Any, claim: str) -> str | None:
 
 
 def scopes_from_claims(claims: Mapping[str, Any], claim_names: tuple[str, ...]) -> frozenset[str]:
-    """The granted scopes: each named claim as a space-separated string or a list of strings.
+    """The granted scopes: each named claim as a string of scopes separated by spaces (SP only,
+    RFC 6749 3.3; empty items from extra spaces ignored) or a list of strings.
 
-    :raises InvalidToken: a scope claim of another type, or a scope that is not a scope-token.
+    :raises InvalidToken: a scope claim of another type, a scope string with whitespace or a
+        control character other than SP, or a scope that is not a scope-token.
     """
     scopes: set[str] = set()
     for name in claim_names:
@@ -138,7 +152,12 @@ def scopes_from_claims(claims: Mapping[str, Any], claim_names: tuple[str, ...]) 
         if value is None:
             continue
         if isinstance(value, str):
-            items = value.split()
+            if _NOT_SP_SEPARATOR.search(value):
+                raise InvalidToken(
+                    f"claim {name!r} is not a valid scope string: it holds whitespace or a control"
+                    " character other than a space, and scopes are separated by spaces only"
+                )
+            items = [item for item in value.split(" ") if item]
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
             items = value
         else:

@@ -54,6 +54,20 @@ def mint(
     return jwt.encode(body, signing_key, algorithm=algorithm, headers=header)
 
 
+def sign_raw(payload: str, *, kid: str = "rsa-1") -> str:
+    """An RS256 token over a hand-written JSON payload, for what json.dumps would not write
+    (NaN, Infinity, 1e400)."""
+    return jwt.api_jws.PyJWS().encode(payload.encode("utf-8"), private_key("rsa"), algorithm="RS256", headers={"kid": kid})
+
+
+def raw_claims(**claims: str) -> str:
+    """A valid token's claims as JSON text, each given claim's value written as is."""
+    now = int(time.time())
+    members = {"iss": json.dumps(ISSUER), "aud": json.dumps(AUDIENCE), "sub": '"user-1"', "scope": '"a"',
+               "iat": str(now), "exp": str(now + 300), **claims}
+    return "{" + ", ".join(f'"{name}": {value}' for name, value in members.items()) + "}"
+
+
 TABLE = """\
 name: payments
 upstream: {upstream}

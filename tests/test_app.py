@@ -3,7 +3,7 @@
 import gc
 import gzip
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -12,7 +12,7 @@ import respx
 
 from gateway.app import Gateway
 from gateway.loading import load_config
-from tests.support import QUERIES_WITHOUT_TOKEN, QUERY_TOKENS, RecordingUpstream, answer, mint, write_config
+from tests.support import QUERIES_WITHOUT_TOKEN, QUERY_TOKENS, RecordingUpstream, answer, mint, raw_claims, sign_raw, write_config
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
@@ -138,6 +138,26 @@ async def test_a_query_without_a_token_parameter_is_forwarded_as_sent(client: ht
         response = await client.get(f"/api/merchants/M1/webhooks?{query.decode('latin-1')}", headers={"Authorization": value})
         assert response.status_code == 200, response.text
     assert mock_upstream.calls.last.request.url.query == query
+
+
+MALFORMED_CLAIMS = [
+    (lambda: sign_raw(raw_claims(exp="Infinity", scope='"psp.webhook:read"')), "claim 'exp' must be a finite number"),
+    (lambda: sign_raw(raw_claims(exp="1e400", scope='"psp.webhook:read"')), "claim 'exp' must be a finite number"),
+    (lambda: sign_raw(raw_claims(nbf="NaN", scope='"psp.webhook:read"')), "claim 'nbf' must be a finite number"),
+    (lambda: mint("psp.webhook:read\tpsp.admin"), "claim 'scope' is not a valid scope string"),
+    (lambda: mint("psp.webhook:read\u00a0psp.admin"), "claim 'scope' is not a valid scope string"),
+]
+
+
+@pytest.mark.parametrize(("token", "words"), MALFORMED_CLAIMS, ids=["exp Infinity", "exp 1e400", "nbf NaN", "scope tab", "scope nbsp"])
+async def test_malformed_claims_are_an_invalid_token(client: httpx.AsyncClient, mock_upstream: respx.Route, token: Callable[[], str], words: str) -> None:
+    value = f"Bearer {token()}"
+    for _ in range(2):  # and never remembered as verified
+        response = await client.get("/api/merchants/M1/webhooks", headers={"Authorization": value})
+        assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
+        assert words in response.json()["error_description"]
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert mock_upstream.call_count == 0
 
 
 async def test_forwarded_request_is_the_matched_one_with_identity_headers(client: httpx.AsyncClient, mock_upstream: respx.Route) -> None:

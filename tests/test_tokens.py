@@ -14,7 +14,7 @@ from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore, key_from_pem, key_from_secret
 from gateway.tokens import TokenVerifier
-from tests.support import AUDIENCE, ISSUER, KEYS, mint, write_config
+from tests.support import AUDIENCE, ISSUER, KEYS, mint, raw_claims, sign_raw, write_config
 
 pytestmark = pytest.mark.anyio
 JWKS = json.loads((KEYS / "jwks.json").read_text())
@@ -78,6 +78,50 @@ async def test_forged_expired_and_misaddressed_tokens_are_refused(verifier: Toke
     with pytest.raises(InvalidToken) as refused:
         await verifier.verify(token)
     assert words in refused.value.description
+
+
+NOT_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 400]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", NOT_FINITE, ids=["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "10**400"])
+async def test_time_claims_must_be_finite_numbers(verifier: TokenVerifier, claim: str, value: str) -> None:
+    # json.loads reads NaN and Infinity, and 1e400 as inf: an infinite exp was cached forever
+    token = sign_raw(raw_claims(**{claim: value}))
+    with pytest.raises(InvalidToken, match=f"claim '{claim}' must be a finite number"):
+        await verifier.verify(token)
+    assert not verifier._cache
+
+
+async def test_finite_time_claims_written_as_floats_are_accepted(verifier: TokenVerifier) -> None:
+    now = time.time()
+    token = sign_raw(raw_claims(exp=repr(now + 300.5), nbf=repr(now - 1.5), iat=repr(now - 1.5)))
+    assert (await verifier.verify(token)).expires_at == now + 300.5
+
+
+SCOPE_SEPARATORS_REFUSED = ["\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x00", "\x7f", "\x85",
+                            "\xa0", "\u1680", "\u2000", "\u2028", "\u2029", "\u202f", "\u3000"]
+
+
+@pytest.mark.parametrize("separator", SCOPE_SEPARATORS_REFUSED, ids=[repr(separator) for separator in SCOPE_SEPARATORS_REFUSED])
+@pytest.mark.parametrize("claim", ["scope", "scp"])
+@pytest.mark.parametrize("where", ["between", "leading", "trailing"])
+async def test_a_scope_string_is_split_on_spaces_only(verifier: TokenVerifier, claim: str, separator: str, where: str) -> None:
+    value = {"between": f"a{separator}b", "leading": f"{separator}a b", "trailing": f"a b{separator}"}[where]
+    with pytest.raises(InvalidToken) as refused:
+        await verifier.verify(mint(**{"scope": None, claim: value}))
+    assert f"claim '{claim}' is not a valid scope string" in refused.value.description
+
+
+@pytest.mark.parametrize("value", [" a b", "a b ", "a  b", "  a   b  "])
+async def test_extra_spaces_in_a_scope_string_are_ignored(verifier: TokenVerifier, value: str) -> None:
+    assert (await verifier.verify(mint(value))).scopes == {"a", "b"}
+
+
+@pytest.mark.parametrize("items", [["a\tb"], ["a", "b c"], ["a", ""], ["a\xa0"]])
+async def test_each_item_of_a_scope_list_is_one_scope(verifier: TokenVerifier, items: list[str]) -> None:
+    with pytest.raises(InvalidToken, match="claim 'scope' holds .*, which is not a valid scope"):
+        await verifier.verify(mint(items))
 
 
 def _b64(data: dict) -> str:
