@@ -148,7 +148,8 @@ class KeySet:
 
 class KeyStore:
     """Static keys plus, when `jwks_url` is set, a remote JWKS that is fetched at start, again when
-    older than `max_age`, and again on an unknown kid at most once per `refetch_interval`. A failed
+    older than `max_age`, and again on an unknown kid at most once per `refetch_interval`. A fetch
+    gets `fetch_timeout` seconds in all (connect, headers and body) and 1 MiB of body; a failed
     fetch keeps the last good keys. `generation` changes whenever the usable keys change."""
 
     def __init__(
@@ -192,11 +193,15 @@ class KeyStore:
         return self.keys.candidates(kid, algorithm)
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Fetch the remote JWKS, unless one was tried less than `refetch_interval` ago."""
+        """Fetch the remote JWKS, unless one was tried less than `refetch_interval` ago or one is
+        under way (this call then waits for that one's outcome)."""
         attempted = self._attempted_at
+        in_flight = self._lock.locked()
         async with self._lock:
-            if self._attempted_at != attempted:
-                return  # another task fetched while this one waited
+            if in_flight or self._attempted_at != attempted:
+                # another task fetched while this one waited: its answer is as fresh as a new one,
+                # and a caller waits for one fetch's bound, not for two
+                return
             if not force and time.monotonic() - self._attempted_at < self.refetch_interval:
                 return
             self._attempted_at = time.monotonic()
@@ -217,17 +222,40 @@ class KeyStore:
 
     async def _fetch(self) -> list[VerificationKey]:
         assert self.jwks_url is not None
-        async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False) as client:
-            response = await client.get(self.jwks_url, headers={"accept": "application/json"})
-            if response.status_code != 200:
-                raise ValueError(f"status {response.status_code}")
-            if len(response.content) > _MAX_JWKS_BYTES:
-                raise ValueError("document larger than 1 MiB")
-            try:
-                document = json.loads(response.content)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not JSON ({exc})") from None
+        try:
+            # httpx's timeout bounds each read, not the whole: a JWKS drip-fed a byte at a time
+            # would hold this fetch, and the refresh lock with it, forever
+            async with asyncio.timeout(self._fetch_timeout):
+                body = await self._download(self.jwks_url)
+        except TimeoutError:
+            raise ValueError(f"no complete answer within {self._fetch_timeout:g} s") from None
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON ({exc})") from None
         keys, skipped = keys_from_jwks(document, f"jwks_url {self.jwks_url}")
         for warning in skipped:
             logger.warning("%s", warning)
         return keys
+
+    async def _download(self, url: str) -> bytearray:
+        """The body of a 200 answer, read as it arrives and given up as soon as it outgrows
+        `_MAX_JWKS_BYTES`, so an endless or huge answer costs no more memory than the bound."""
+        # identity only: a compressed answer could grow past the bound inside one decoded chunk
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
+        async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False) as client:
+            async with client.stream("GET", url, headers=headers) as response:
+                if response.status_code != 200:
+                    raise ValueError(f"status {response.status_code}")
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding != "identity":
+                    raise ValueError(f"answer is {encoding[:20]!r}-encoded, although only identity was accepted")
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > _MAX_JWKS_BYTES:
+                    raise ValueError(f"document larger than 1 MiB (Content-Length {declared})")
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > _MAX_JWKS_BYTES:
+                        raise ValueError("document larger than 1 MiB")
+        return body
