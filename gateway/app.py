@@ -52,7 +52,7 @@ class Gateway:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
-        runtime = self.runtime  # read once: a reload swaps it, this request keeps its own
+        runtime = self.runtime  # read once: `swap` replaces it, and this request keeps its own
         method = scope["method"]
         path = raw_path(scope)
         query = scope.get("query_string", b"")

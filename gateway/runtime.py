@@ -1,6 +1,6 @@
-"""What a request uses that a reload replaces, as one object: the config, its key store, the
-authenticator and the forwarder. The app reads it once per request, so a swap never changes
-the config under a request in flight."""
+"""What a request uses, as one object a reload can replace whole (`Gateway.swap`): the config,
+its key store, the authenticator and the forwarder. The app reads it once per request, so a swap
+never changes the config under a request in flight."""
 
 from __future__ import annotations
 

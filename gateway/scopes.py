@@ -1,8 +1,8 @@
 """Effective scopes and route requirements: what a route asks for and whether a token meets it.
 
 Effective scopes are their own step (DESIGN.md): the token's granted scopes expanded by the
-API's catalog. Later steps (aliases, suffix rules, live grants) extend `ScopeCatalog.effective`
-without touching the decision.
+implications of the API's catalog, in `ScopeCatalog.effective`, apart from the decision that
+checks them against a requirement.
 """
 
 from __future__ import annotations
