@@ -35,8 +35,11 @@ name: adyen-management
 upstream: http://127.0.0.1:{upstream_port}/v3
 prefix: /adyen/management
 scopes:
+  psp.webhook:read:
   psp.webhook:write:
     implies: [psp.webhook:read]
+  psp.onlinepayment:write:
+  psp.accountsettings:write:
 routes:
   GET /merchants/{{merchantId}}/webhooks: psp.webhook:read
   POST /merchants/{{merchantId}}/webhooks: psp.webhook:write

@@ -69,7 +69,7 @@ class Gateway:
                 verified = authenticator.recall(authorization, query)
                 if verified is None:
                     verified = await authenticator.authenticate(authorization, query)
-                grant = authorize(match, verified)
+                grant = authorize(match, verified, runtime.config.tokens.grant_type_claim)
                 identity = identity_headers(grant)
             exchange = match.route.exchange
             if exchange is None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.loading import ConfigError, load_config
 from gateway.settings import Config
 from gateway.authentication import Authenticator
-from gateway.decision import authorize, is_public, route
+from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route
 from gateway.errors import Refusal, render
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
@@ -82,12 +84,10 @@ def _explain(args: argparse.Namespace) -> int:
         target = f"{compiled.api.upstream.origin.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
         if not is_public(match):
             token = _explain_token(args, config, lines)
-            effective = compiled.api.catalog.effective(token.scopes)
-            lines.append(f"effective: {' '.join(sorted(effective)) or '(none)'}")
-            implied = sorted(effective - token.scopes)
-            if implied:
-                lines.append(f"implied:   {' '.join(implied)} (from the scopes catalog of {compiled.api.name})")
-            authorize(match, token)
+            evaluation = evaluate(match, token, config.tokens.grant_type_claim)
+            _explain_steps(lines, match, token, evaluation)
+            if evaluation.refusal is not None:
+                raise evaluation.refusal
         lines.append(f"decision:  forward to {target}")
         print("\n".join(lines))
         return 0
@@ -101,14 +101,50 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
 
 
+def _explain_steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation) -> None:
+    """Each step of the effective scopes and the decision, as `evaluate` took it."""
+    route = match.route
+    catalog = route.api.catalog
+    if route.requirement.bound:
+        lines.append(f"bound:     {evaluation.requirement.describe()} (the path's parameters in the requirement)")
+    assessment = evaluation.assessment
+    if catalog.entries:
+        for reading in assessment.readings:
+            ignored = " (ignored)" if reading.scope is None and not reading.problem and not catalog.refuse_unknown else ""
+            lines.append(f"scope:     {reading.describe()}{ignored}")
+    if assessment.refusal is not None:
+        lines.append(f"rules:     broken: {assessment.refusal}")
+        return
+    if catalog.entries:
+        lines.append("rules:     none broken")
+    if evaluation.grant_type is not None:
+        lines.append(f"grant:     {evaluation.grant_type} (claim {evaluation.grant_type and 'or subject'})")
+    if route.user is not None:
+        lines.append(f"user:      the route acts on user {match.params[route.user]!r} (parameter {route.user}); the token's subject is {token.subject!r}")
+    for scope in evaluation.stepped_up:
+        lines.append(f"step-up:   {scope} counts: the token's authentication is recent and strong enough")
+    for scope, step_up in evaluation.pending_step_up:
+        age = f" within {step_up.max_age:g} s" if step_up.max_age is not None else ""
+        lines.append(f"step-up:   {scope} is pending: it counts only after an authentication with acr {' or '.join(step_up.acr)}{age}")
+    if evaluation.refusal is not None and not evaluation.effective and evaluation.grant is None and route.user is not None and evaluation.grant_type != "client_credentials":
+        return
+    lines.append(f"effective: {' '.join(sorted(evaluation.effective)) or '(none)'}")
+    counted = assessment.counted | frozenset(evaluation.stepped_up)
+    implied = sorted(evaluation.effective - counted)
+    if implied:
+        lines.append(f"implied:   {' '.join(implied)} (from the scopes catalog of {route.api.name})")
+
+
 def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -> VerifiedToken:
     if args.scopes is not None:
         scopes = frozenset(args.scopes.split())
         for scope in scopes:
             if not SCOPE_TOKEN.fullmatch(scope):
                 raise SystemExit(f"--scopes: {scope!r} is not a valid scope")
+        claims = _claims(args.claims)
         lines.append(f"token:     scopes {' '.join(sorted(scopes)) or '(none)'} (from --scopes; signature and claims not checked)")
-        return VerifiedToken(scopes=scopes, subject=None, client=None, expires_at=float("inf"))
+        subject, client = claims.get("sub"), claims.get("client_id", claims.get("azp"))
+        return VerifiedToken(scopes, subject, client, float("inf"), json.dumps(claims).encode())
     header = [f"Bearer {args.token}".encode("latin-1")] if args.token is not None else []
     tokens = config.tokens
     keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
@@ -117,6 +153,18 @@ def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -
     lines.append(f"token:     valid; sub={verified.subject} client={verified.client}; scopes {' '.join(sorted(verified.scopes)) or '(none)'}"
                  + (f" (from claim {claim!r})" if claim else ""))
     return verified
+
+
+def _claims(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        claims = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--claims: not JSON ({exc})") from None
+    if not isinstance(claims, dict):
+        raise SystemExit("--claims: a JSON object of claims, e.g. '{\"sub\": \"u1\", \"acr\": \"sms\"}'")
+    return claims
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -162,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = explain.add_mutually_exclusive_group()
     who.add_argument("--scopes", metavar='"A B"', help="space-separated scopes the caller holds")
     who.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
+    explain.add_argument("--claims", metavar="JSON", help='with --scopes: other claims of the caller, e.g. \'{"sub": "u1", "acr": "sms", "auth_time": 1700000000}\'')
     explain.set_defaults(run=_explain)
 
     demo = commands.add_parser(

@@ -1,19 +1,25 @@
 """The decision: pure functions of (compiled tables, request line, verified token).
 
 `route()` canonicalises the path and finds the route (400 / 404); `authorize()` works out the
-caller's effective scopes and checks the route's requirement (403). Neither touches sockets, so
-the CLI's `explain` and the tests call exactly what the gateway runs.
+caller's effective scopes with the API's catalog and decides (403 invalid_scope, 404, 401
+step-up, 403 forbidden); `evaluate()` is the same decision, step by step. None touches sockets,
+so the CLI's `explain` and the tests call exactly what the gateway runs.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.routing import Tables
-from gateway.errors import Forbidden, NotFound
+from gateway.catalog import CLIENT_CREDENTIALS, Assessment, StepUp
+from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
 from gateway.paths import CanonicalPath, canonicalise
 from gateway.tables import Route
-from gateway.scopes import Access
+from gateway.scopes import Access, Requirement
 from gateway.tokens import VerifiedToken
 
 
@@ -56,21 +62,140 @@ def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"
     return RouteMatch(matched, path, target)
 
 
-def authorize(match: RouteMatch, token: VerifiedToken) -> Grant:
-    """Check a verified token against the matched route's requirement.
+def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty") -> Grant:
+    """Work out the caller's effective scopes for the matched route and decide.
 
-    :raises Forbidden: the token's effective scopes do not meet the requirement.
+    :param grant_type_claim: the claim naming the token's grant type (`tokens.grant_type_claim`).
+    :raises InvalidScope: the token's scopes break a rule of the API's catalog (403).
+    :raises NotFound: a user token on another user's resource, or a refusal the route hides (404).
+    :raises InsufficientUserAuthentication: only a step-up scope would meet the requirement (401).
+    :raises Forbidden: the requirement is not met (403).
     """
-    effective = match.route.api.catalog.effective(token.scopes)
-    requirement = match.route.requirement
-    if not requirement.met_by(effective):
-        held = " ".join(sorted(effective)) or "no scopes"
-        raise Forbidden(
-            f"{match.route.method} {match.route.template} requires {requirement.describe()}; the token grants {held}",
-            scope=requirement.first_alternative(),
-            required=[sorted(alternative) for alternative in requirement.alternatives],
-        )
-    return Grant(token.subject, token.client, effective)
+    route = match.route
+    assessment = route.api.catalog.assess(token.scopes)
+    # the usual request: no rule, claim or path parameter in play, and the requirement met
+    if assessment.simple and route.user is None and not route.requirement.bound and route.requirement.met_by(assessment.effective):
+        return Grant(token.subject, token.client, assessment.effective)
+    evaluation = evaluate(match, token, grant_type_claim)
+    if evaluation.refusal is not None:
+        try:
+            raise evaluation.refusal
+        finally:
+            del evaluation  # else the refusal's traceback holds this frame, which holds the refusal: a cycle
+    assert evaluation.grant is not None
+    return evaluation.grant
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """Every step of one decision, in DESIGN.md's order: what `explain` shows, and what
+    `authorize` decides with when its shortcut does not apply."""
+
+    assessment: Assessment
+    requirement: Requirement  # bound to the path's parameters
+    grant_type: str | None = None  # worked out when a scope or the route depends on it
+    stepped_up: tuple[str, ...] = ()  # step-up scopes that count: the authentication is recent and strong enough
+    pending_step_up: tuple[tuple[str, StepUp], ...] = ()  # step-up scopes that do not count yet
+    effective: frozenset[str] = frozenset()
+    grant: Grant | None = None
+    refusal: Refusal | None = None
+
+
+def evaluate(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty", now: float | None = None) -> Evaluation:
+    """The decision for `match` and `token`, step by step; never raises a refusal, records it."""
+    route = match.route
+    catalog = route.api.catalog
+    assessment = catalog.assess(token.scopes)
+    requirement = route.requirement.bind(match.params) if route.requirement.bound else route.requirement
+    evaluation = Evaluation(assessment, requirement)
+    if assessment.refusal is not None:
+        evaluation.refusal = InvalidScope(assessment.refusal)
+        return evaluation
+    if assessment.grant_typed or route.user is not None:
+        evaluation.grant_type = grant_type = token.grant_type(grant_type_claim)
+        for scope, allowed in assessment.grant_typed:
+            if grant_type not in allowed:
+                evaluation.refusal = InvalidScope(f"{scope} is only for tokens of the {' or '.join(sorted(allowed))} grant; this token's grant is {grant_type}")
+                return evaluation
+    counted = assessment.counted
+    acting_for: str | None = None
+    if route.user is not None:
+        user = match.params[route.user]
+        if evaluation.grant_type != CLIENT_CREDENTIALS:
+            if token.subject != user:
+                # another user's resource: answered as if it did not exist
+                evaluation.refusal = NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+                return evaluation
+        else:
+            # a client-credentials token acts on a user only through that user's offline grants
+            # to the client (the grant store); its own scopes do not count here
+            acting_for = user
+            counted = frozenset()
+    claims = token.claims if assessment.step_up else {}
+    now = time.time() if now is None else now
+    evaluation.stepped_up = tuple(scope for scope, step_up in assessment.step_up if acting_for is None and _authenticated_enough(claims, step_up, now))
+    evaluation.pending_step_up = tuple((scope, step_up) for scope, step_up in assessment.step_up if scope not in evaluation.stepped_up and acting_for is None)
+    effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted is not assessment.counted else assessment.effective
+    evaluation.effective = effective
+    if requirement.met_by(effective):
+        evaluation.grant = Grant(token.subject, token.client, effective)
+        return evaluation
+    evaluation.refusal = _refusal(match, requirement, evaluation, acting_for)
+    return evaluation
+
+
+def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation, acting_for: str | None) -> Refusal:
+    """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then forbidden (404 if hidden)."""
+    route = match.route
+    catalog = route.api.catalog
+    if evaluation.pending_step_up:
+        pending = frozenset(scope for scope, _ in evaluation.pending_step_up)
+        stepped = catalog.with_implications(evaluation.effective | pending)
+        for alternative in requirement.alternatives:
+            if alternative <= stepped:
+                needed = [step_up for scope, step_up in evaluation.pending_step_up if catalog.with_implications(frozenset({scope})) & alternative]
+                acr_values = _acr_values(needed)
+                ages = [step_up.max_age for step_up in needed if step_up.max_age is not None]
+                names = " and ".join(scope for scope, step_up in evaluation.pending_step_up if step_up in needed)
+                return InsufficientUserAuthentication(
+                    f"{route.method} {route.template} needs {names}, which counts only after a recent authentication"
+                    f" with acr {' or '.join(acr_values)}" + (f" within {min(ages):g} seconds" if ages else "")
+                    + ": authenticate again and retry with the new token",
+                    acr_values=" ".join(acr_values), max_age=min(ages) if ages else None,
+                )
+    missing = [sorted(alternative - evaluation.effective) for alternative in requirement.alternatives]
+    shown = " and ".join(missing[0]) if len(missing) == 1 else "one of: " + "; ".join(" and ".join(scopes) for scopes in missing)
+    held = " ".join(sorted(evaluation.effective)) or "no scopes"
+    description = f"{route.method} {route.template} requires {requirement.describe()}; the token grants {held} (missing {shown})"
+    if acting_for is not None:
+        description += f"; a client-credentials token acts on user {acting_for} only through that user's offline grants to this client, and none is active"
+    if route.hide:
+        return NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+    return Forbidden(description, scope=requirement.first_alternative(), required=[sorted(alternative) for alternative in requirement.alternatives])
+
+
+def _acr_values(needed: list[StepUp]) -> list[str]:
+    """The acr values that satisfy every needed step-up, in the first one's order of preference
+    (all of them, when no single value satisfies every one)."""
+    first = list(needed[0].acr)
+    common = [value for value in first if all(value in step_up.acr for step_up in needed[1:])]
+    return common or list(dict.fromkeys(value for step_up in needed for value in step_up.acr))
+
+
+def _authenticated_enough(claims: Mapping[str, Any], step_up: StepUp, now: float) -> bool:
+    """RFC 9470: the token's `acr` (or an `amr` entry) is an accepted value, and `auth_time`
+    is at most `max_age` seconds old."""
+    acr = claims.get("acr")
+    amr = claims.get("amr")
+    methods = amr if isinstance(amr, list) else []
+    if not (isinstance(acr, str) and acr in step_up.acr) and not any(isinstance(method, str) and method in step_up.acr for method in methods):
+        return False
+    if step_up.max_age is None:
+        return True
+    auth_time = claims.get("auth_time")
+    if isinstance(auth_time, bool) or not isinstance(auth_time, (int, float)) or not math.isfinite(auth_time):
+        return False
+    return now - auth_time <= step_up.max_age
 
 
 def is_public(match: RouteMatch) -> bool:

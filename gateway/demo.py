@@ -32,6 +32,10 @@ scopes:
   psp.webhook:write:
     description: View, create, edit and delete webhook configurations
     implies: [psp.webhook:read]
+  psp.accountsettings:write:
+    description: Modify merchant account settings
+  psp.onlinepayment:write:
+    description: Process online payments
 routes:
   GET /merchants/{{merchantId}}/webhooks: psp.webhook:read
   GET /merchants/{{merchantId}}/webhooks/{{webhookId}}: psp.webhook:read

@@ -12,6 +12,8 @@
     ├── Unauthorized       401 unauthorized     (no bearer credentials on a protected route)
     ├── InvalidToken       401 invalid_token    (signature, alg, kid, exp, nbf, iss, aud, malformed)
     ├── Forbidden          403 forbidden        (valid token, requirement not met)
+    ├── InvalidScope       403 invalid_scope    (the token's scopes break a rule of the API's catalog)
+    ├── InsufficientUserAuthentication  401 insufficient_user_authentication  (a step-up scope needs a fresher login)
     ├── BadGateway         502 bad_gateway      (upstream refused, reset or answered garbage)
     └── GatewayTimeout     504 gateway_timeout  (upstream too slow)
 
@@ -142,6 +144,37 @@ class Forbidden(Refusal):
 
     def challenge_params(self) -> list[tuple[str, str]]:
         return [*super().challenge_params(), ("scope", self.scope)]
+
+
+class InvalidScope(Refusal):
+    """The token's scopes break a rule of the API's catalog: an exclusive group, a dependency, a
+    grant type, a suffix not offered, an unknown scope where those are refused."""
+
+    status = 403
+    error = "invalid_scope"
+    bearer_error = "invalid_scope"
+    challenge = True
+
+
+class InsufficientUserAuthentication(Refusal):
+    """The requirement is met only with a step-up scope, which counts only after a fresher or
+    stronger user authentication (RFC 9470 3)."""
+
+    status = 401
+    error = "insufficient_user_authentication"
+    bearer_error = "insufficient_user_authentication"
+    challenge = True
+
+    def __init__(self, description: str, *, acr_values: str, max_age: float | None, **extra: object) -> None:
+        super().__init__(description, **extra)
+        self.acr_values = acr_values
+        self.max_age = max_age
+
+    def challenge_params(self) -> list[tuple[str, str]]:
+        params = [*super().challenge_params(), ("acr_values", self.acr_values)]
+        if self.max_age is not None:
+            params.append(("max_age", f"{self.max_age:g}"))
+        return params
 
 
 class BadGateway(Refusal):

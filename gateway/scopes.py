@@ -1,19 +1,16 @@
-"""Effective scopes and route requirements: what a route asks for and whether a token meets it.
-
-Effective scopes are their own step (DESIGN.md): the token's granted scopes expanded by the
-implications of the API's catalog, in `ScopeCatalog.effective`, apart from the decision that
-checks them against a requirement.
-"""
+"""Route requirements: what a route asks of a caller, and whether a set of effective scopes
+(worked out by `gateway.catalog`) meets it."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 # RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Access(Enum):
@@ -28,6 +25,8 @@ class Requirement:
 
     access: Access
     alternatives: tuple[frozenset[str], ...] = ()
+    # some scope names a path parameter (`id:{bankId}`): `bind` before checking
+    bound: bool = False
 
     def met_by(self, effective: frozenset[str]) -> bool:
         if self.access is not Access.SCOPES:
@@ -36,6 +35,16 @@ class Requirement:
             if alternative <= effective:
                 return True
         return False
+
+    def bind(self, params: Mapping[str, str]) -> Requirement:
+        """This requirement with each `{param}` replaced by the path parameter's value."""
+        if not self.bound:
+            return self
+        alternatives = tuple(
+            frozenset(_PARAMETER.sub(lambda match: params[match.group(1)], scope) for scope in alternative)
+            for alternative in self.alternatives
+        )
+        return Requirement(self.access, alternatives)
 
     def first_alternative(self) -> str:
         """The scopes of the first alternative, space-separated: the `scope` of a 403 challenge."""
@@ -48,77 +57,3 @@ class Requirement:
         if len(options) == 1:
             return options[0]
         return "one of: " + "; ".join(options)
-
-
-# distinct granted scope sets whose effective scopes a catalog remembers
-_EFFECTIVE_MAX = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ScopeCatalog:
-    """The scopes an API declares: descriptions and the closure of `implies`."""
-
-    descriptions: Mapping[str, str] = field(default_factory=dict)
-    # scope -> every scope it implies, directly or through others (never itself)
-    implied: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # granted -> effective: callers share a few scope sets, and today the answer depends on
-    # nothing else (a source of grants that changes at run time would have to be in the key)
-    _effective: dict[frozenset[str], frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
-
-    def effective(self, granted: frozenset[str]) -> frozenset[str]:
-        """The scopes a token holds for this API once implications are applied."""
-        if not self.implied:
-            return granted
-        found = self._effective.get(granted)
-        if found is None:
-            extra = [self.implied[scope] for scope in granted if scope in self.implied]
-            found = granted.union(*extra) if extra else granted
-            if len(self._effective) >= _EFFECTIVE_MAX:
-                self._effective.clear()
-            self._effective[granted] = found
-        return found
-
-
-def implication_closure(direct: Mapping[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
-    """Expand direct `implies` lists into their transitive closure (the caller rejects cycles)."""
-    closure: dict[str, frozenset[str]] = {}
-
-    def expand(scope: str, seen: frozenset[str]) -> frozenset[str]:
-        if scope in closure:
-            return closure[scope]
-        result: set[str] = set()
-        for implied in direct.get(scope, ()):
-            if implied in seen:
-                continue
-            result.add(implied)
-            result |= expand(implied, seen | {implied})
-        closure[scope] = frozenset(result - {scope})
-        return closure[scope]
-
-    for scope in direct:
-        expand(scope, frozenset({scope}))
-    return {scope: implied for scope, implied in closure.items() if implied}
-
-
-def find_cycle(direct: Mapping[str, tuple[str, ...]]) -> list[str] | None:
-    """One implication cycle as a path `[a, b, ..., a]`, or None."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(scope: str, path: list[str]) -> list[str] | None:
-        state[scope] = 1
-        for implied in direct.get(scope, ()):
-            if state.get(implied) == 1:
-                return [*path[path.index(implied):], implied] if implied in path else [scope, implied]
-            if implied not in state:
-                found = visit(implied, [*path, implied])
-                if found:
-                    return found
-        state[scope] = 2
-        return None
-
-    for scope in direct:
-        if scope not in state:
-            found = visit(scope, [scope])
-            if found:
-                return found
-    return None

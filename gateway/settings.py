@@ -28,6 +28,7 @@ class TokenSettings:
     jwks_refetch_interval: float = 30.0
     jwks_max_age: float = 600.0
     cache_size: int = 10_000
+    grant_type_claim: str = "gty"  # the claim naming the token's grant type (Auth0's; see DESIGN.md)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.scopes import Requirement, ScopeCatalog
+from gateway.catalog import Catalog
+from gateway.scopes import Requirement
 from gateway.types import Origin
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class Api:
     name: str
     upstream: Upstream
     prefix: tuple[str, ...]
-    catalog: ScopeCatalog
+    catalog: Catalog
     source: str  # the table's file
 
 
@@ -50,6 +51,9 @@ class Route:
     # (name, index into the full path's segments) for each `{name}`
     params: tuple[tuple[str, int], ...]
     source: str  # file:line
+    # the path parameter naming the user the route acts on (`user:`); None: no user
+    user: str | None = None
+    hide: bool = False  # refused callers get 404, as if the route did not exist
     # what the route does between the decision and the forwarder (GraphQL, response fields); None: nothing
     exchange: Exchange | None = None
 

@@ -28,6 +28,7 @@ import jwt
 from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore
+from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.scopes import SCOPE_TOKEN
 
 # pyjwt's signature algorithms, by JOSE name; the config's allow-list says which may be used
@@ -38,6 +39,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_SP_SEPARATOR = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
 # base64url, with the trailing '=' some issuers add
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+_CLIENT_CREDENTIALS_NAMES = frozenset({CLIENT_CREDENTIALS, "client-credentials"})
 # distinct JWT header segments kept decoded (an issuer's tokens share one)
 _KNOWN_HEADERS_MAX = 256
 
@@ -56,6 +58,17 @@ class VerifiedToken:
     @property
     def claims(self) -> dict[str, Any]:
         return json.loads(self.payload)  # type: ignore[no-any-return]
+
+    def grant_type(self, claim: str) -> str:
+        """The grant the token was issued by (DESIGN.md, "Scope catalogs"): the `claim`'s value,
+        with `client-credentials` read as `client_credentials`; without it, client credentials
+        when the token has no subject or its subject is its client, else authorization code."""
+        value = self.claims.get(claim)
+        if isinstance(value, str) and value:
+            return CLIENT_CREDENTIALS if value in _CLIENT_CREDENTIALS_NAMES else value
+        if self.subject is None or self.subject == self.client:
+            return CLIENT_CREDENTIALS
+        return "authorization_code"
 
 
 @functools.lru_cache(maxsize=1024)  # one frozenset per distinct scope set: users share a few

@@ -73,8 +73,14 @@ name: payments
 upstream: {upstream}
 prefix: /api
 scopes:
+  psp.webhook:read:
   psp.webhook:write:
     implies: [psp.webhook:read]
+  psp.admin:
+  psp.accountsettings:write:
+  psp.onlinepayment:write:
+  psp:paybylink:write:
+  psp.onlinepayment.tokenization:write:
 routes:
   GET /merchants/{merchantId}/webhooks: psp.webhook:read
   POST /merchants/{merchantId}/webhooks: psp.webhook:write

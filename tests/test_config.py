@@ -34,7 +34,7 @@ BROKEN_TABLES = [
     (GOOD_HEAD + "routes:\n  GET /a: [public, s]\n", 5, "stands alone"),
     (GOOD_HEAD + "routes:\n  GET /a: 'a\"b'\n", 5, "not a valid scope"),
     (GOOD_HEAD + "routes:\n  GET /a: null\n", 5, "scope must be a string"),
-    (GOOD_HEAD + "scopes:\n  s:\n    implies: [ghost]\nroutes:\n  GET /a: s\n", 6, "'ghost' names nothing"),
+    (GOOD_HEAD + "scopes:\n  s:\n    implies: [ghost]\nroutes:\n  GET /a: s\n", 6, "'ghost' is not in this table's scopes catalog"),
     (GOOD_HEAD + "scopes:\n  s:\n    implies: []\nroutes:\n  GET /a: s\n", 6, "non-empty list"),
     (GOOD_HEAD + "scopes:\n  s:\n    implies: [t]\n  t:\n    implies: [s]\nroutes:\n  GET /a: s\n", 6, "implication cycle s -> t -> s"),
     (GOOD_HEAD + "scopes:\n  s:\n    implies: [s]\nroutes:\n  GET /a: s\n", 6, "implication cycle s -> s"),
@@ -174,8 +174,16 @@ name: adyen-management
 upstream: http://management.internal:8080/v3
 prefix: /adyen
 scopes:
+  psp.webhook:read:
   psp.webhook:write:
     implies: [psp.webhook:read]
+  psp.accountsettings:write:
+  psp.admin:
+  psp:paybylink:write:
+  psp.onlinepayment.tokenization:write:
+  a:
+  b:
+  c:
 routes:
   GET /merchants/{merchantId}/webhooks: psp.webhook:read
   POST /merchants/{merchantId}/webhooks: psp.webhook:write

@@ -60,7 +60,7 @@ def test_a_refusal_names_the_requirement_and_what_the_token_had(tables: Tables) 
         authorize(route(tables, "GET", b"/api/merchants/M1"), token("psp.webhook:read"))
     assert refused.value.description == (
         "GET /merchants/{merchantId} requires one of: psp.accountsettings:write; psp.onlinepayment:write; "
-        "the token grants psp.webhook:read"
+        "the token grants psp.webhook:read (missing one of: psp.accountsettings:write; psp.onlinepayment:write)"
     )
     assert refused.value.scope == "psp.accountsettings:write"
     assert refused.value.extra["required"] == [["psp.accountsettings:write"], ["psp.onlinepayment:write"]]
@@ -92,7 +92,7 @@ def test_effective_scopes_are_worked_out_once_per_scope_set_and_api(tmp_path: Pa
     payments = authorize(route(tables, "GET", b"/api/merchants/M1/webhooks"), token("psp.webhook:write"))
     assert payments.scopes == {"psp.webhook:write", "psp.webhook:read"}
     # the ledger's catalog implies nothing: what payments worked out must not leak into it
-    with pytest.raises(Forbidden, match="the token grants psp.webhook:write$"):
+    with pytest.raises(Forbidden, match=r"the token grants psp.webhook:write \(missing psp.webhook:read\)$"):
         authorize(route(tables, "GET", b"/ledger/entries"), token("psp.webhook:write"))
     # another caller with the same scopes: the same answer, not worked out again
     other = VerifiedToken(scopes=frozenset({"psp.webhook:write"}), subject="v", client="d", expires_at=float("inf"))

@@ -297,7 +297,7 @@ def test_refusals_are_answered_on_a_real_socket_with_their_challenge(gateway: Li
     assert response.status == 404
     response = raw_exchange(gateway.port, request_bytes("POST", "/api/merchants/M1/webhooks", [("authorization", f"Bearer {mint('psp.webhook:read')}")], b"{}"))
     assert response.status == 403
-    assert response.header(b"www-authenticate") == b'Bearer realm="payments", error="insufficient_scope", error_description="POST /merchants/{merchantId}/webhooks requires psp.webhook:write; the token grants psp.webhook:read", scope="psp.webhook:write"'
+    assert response.header(b"www-authenticate") == b'Bearer realm="payments", error="insufficient_scope", error_description="POST /merchants/{merchantId}/webhooks requires psp.webhook:write; the token grants psp.webhook:read (missing psp.webhook:write)", scope="psp.webhook:write"'
     assert upstream.received == []
 
 

@@ -20,7 +20,7 @@ from gateway.settings import DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CL
 _GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits"}
 _TOKEN_KEYS = {
     "issuer", "audience", "algorithms", "jwks_url", "jwks_file", "public_keys", "hmac_secret_file",
-    "leeway", "scope_claims", "jwks_refetch_interval", "jwks_max_age", "cache_size",
+    "leeway", "scope_claims", "jwks_refetch_interval", "jwks_max_age", "cache_size", "grant_type_claim",
 }
 _KEY_SOURCES = ("jwks_url", "jwks_file", "public_keys", "hmac_secret_file")
 _PROXY_KEYS = {
@@ -148,6 +148,9 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path) -> TokenSettings:
     if (node := value("cache_size")) is not None:
         with reader.reporting():
             settings["cache_size"] = reader.integer(node, "tokens.cache_size")
+    if (node := value("grant_type_claim")) is not None:
+        with reader.reporting():
+            settings["grant_type_claim"] = reader.string(node, "tokens.grant_type_claim")
     if (node := value("scope_claims")) is not None:
         with reader.reporting():
             settings["scope_claims"] = tuple(reader.strings(node, "tokens.scope_claims"))
