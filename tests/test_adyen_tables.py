@@ -30,8 +30,12 @@ def matched(tables: Tables, request: str):
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory: pytest.TempPathFactory) -> Tables:
-    config = tmp_path_factory.mktemp("adyen") / "gateway.yaml"
-    config.write_text(f"routes: {ROOT / 'routes'}\ntokens:\n  jwks_file: {ROOT / 'tests' / 'keys' / 'jwks.json'}\n")
+    folder = tmp_path_factory.mktemp("adyen")
+    (folder / "routes").mkdir()
+    for table in ROOT.glob("routes/adyen-*.yaml"):
+        (folder / "routes" / table.name).write_text(table.read_text())
+    config = folder / "gateway.yaml"
+    config.write_text(f"routes: routes/\ntokens:\n  jwks_file: {ROOT / 'tests' / 'keys' / 'jwks.json'}\n")
     return load_config(config).tables
 
 
@@ -40,7 +44,7 @@ def test_the_worked_tables_pass_gateway_check(tmp_path: Path) -> None:
     config.write_text(f"routes: {ROOT / 'routes'}\ntokens:\n  jwks_file: {ROOT / 'tests' / 'keys' / 'jwks.json'}\n")
     result = run("check", "--config", str(config))
     assert result.returncode == 0, result.stdout
-    assert "adyen-checkout: 26" in result.stdout and "adyen-management: 9" in result.stdout
+    assert "adyen-checkout: 26" in result.stdout and "adyen-management: 9" in result.stdout and "banqup: 30" in result.stdout
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["request"] for case in CASES])

@@ -1,0 +1,85 @@
+"""A provider's worked table from routes/, served by the real ASGI app with its upstream mocked
+by respx: each scenario case says what a caller sends and what must come back, and whether (and
+with which identity headers) the request reached the upstream."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import respx
+
+from gateway.app import Gateway
+from gateway.loading import load_config
+from tests.support import AUDIENCE, ISSUER, KEYS, mint
+
+ROOT = Path(__file__).parent.parent
+
+
+@dataclass
+class Case:
+    """One request of a scenario: `expect` is 'forward' or 'STATUS error'."""
+
+    request: str
+    scopes: str | None
+    expect: str
+    claims: dict[str, Any] = field(default_factory=dict)
+    forwarded_scopes: str | None = None  # X-Auth-Scopes the upstream must get, when forwarded
+
+
+@dataclass
+class Answer:
+    status: int
+    error: str | None
+    challenge: str | None
+    forwarded: list[httpx.Request]
+
+
+class Provider:
+    """The gateway with one table of routes/ in front of a respx-mocked upstream."""
+
+    def __init__(self, table: str, folder: Path) -> None:
+        (folder / "routes").mkdir()
+        (folder / "routes" / table).write_text((ROOT / "routes" / table).read_text())
+        config = folder / "gateway.yaml"
+        config.write_text(
+            f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
+            "proxy:\n  client: httpx\n"
+        )
+        loaded = load_config(config)
+        self.upstream_host = loaded.tables.apis[0].upstream.origin.host
+        self.app = Gateway(loaded)
+
+    async def ask(self, case: Case) -> Answer:
+        method, path = case.request.split(" ", 1)
+        headers = {}
+        if case.scopes is not None:
+            headers["authorization"] = f"Bearer {mint(case.scopes, lifetime=600, **case.claims)}"
+        with respx.mock(assert_all_called=False) as router:
+            upstream = router.route(host=self.upstream_host).mock(return_value=httpx.Response(200, json={"upstream": True}))
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+                response = await client.request(method, path, headers=headers)
+            forwarded = [call.request for call in upstream.calls]
+        error = response.json().get("error") if response.headers.get("content-type") == "application/json" and not forwarded else None
+        return Answer(response.status_code, error, response.headers.get("www-authenticate"), forwarded)
+
+    async def check(self, case: Case) -> Answer:
+        answer = await self.ask(case)
+        if case.expect == "forward":
+            assert answer.status == 200 and len(answer.forwarded) == 1, (case, answer)
+            if case.forwarded_scopes is not None:
+                assert answer.forwarded[0].headers["x-auth-scopes"] == case.forwarded_scopes, (case, answer.forwarded[0].headers)
+        else:
+            status, _, error = case.expect.partition(" ")
+            assert (answer.status, answer.error) == (int(status), error), (case, answer)
+            assert answer.forwarded == [], case
+        return answer
+
+
+def fresh(acr: str, age: float = 10) -> dict[str, Any]:
+    """Claims of a token from a login `age` seconds ago with `acr`."""
+    return {"acr": acr, "auth_time": int(time.time() - age)}
