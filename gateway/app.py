@@ -58,8 +58,8 @@ class Gateway:
         query = scope.get("query_string", b"")
         realm = "gateway"
         try:
-            authorization = head.check(scope, path, query, runtime.config.limits)
-            match = route(runtime.config.tables, method, path, query)
+            authorization = head.check(scope, path, query, runtime.limits)
+            match = route(runtime.tables, method, path, query)
             api = match.route.api
             realm = api.name
             identity: Sequence[tuple[bytes, bytes]] = ()
@@ -69,7 +69,7 @@ class Gateway:
                 verified = authenticator.recall(authorization, query)
                 if verified is None:
                     verified = await authenticator.authenticate(authorization, query)
-                grant = authorize(match, verified, runtime.config.tokens.grant_type_claim)
+                grant = authorize(match, verified, runtime.grant_type_claim)
                 identity = identity_headers(grant)
             exchange = match.route.exchange
             if exchange is None:

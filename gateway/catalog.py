@@ -16,7 +16,7 @@ authentication) is left to the decision, for the few tokens that hold such scope
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 SUFFIXES = ("offline", "optional")
@@ -194,7 +194,7 @@ class Catalog:
             return Assessment(readings, None, granted, (), (), granted, True)
         readings = tuple(self.read(raw) for raw in sorted(granted))
         known = [reading for reading in readings if reading.scope is not None]
-        refusal = self._broken_rule(readings, known)
+        refusal = next(self.broken_rules(readings), None)
         counted: set[str] = set()
         step_up: list[tuple[str, StepUp]] = []
         grant_typed: list[tuple[str, frozenset[str]]] = []
@@ -212,25 +212,26 @@ class Catalog:
         simple = refusal is None and not step_up and not grant_typed
         return Assessment(readings, refusal, counted_set, tuple(step_up), tuple(grant_typed), self.with_implications(counted_set), simple)
 
-    def _broken_rule(self, readings: tuple[Reading, ...], known: list[Reading]) -> str | None:
-        """Step 2, for what the scope strings alone decide: the first rule broken, in words."""
+    def broken_rules(self, readings: Iterable[Reading]) -> Iterator[str]:
+        """Step 2, for what the scope strings alone decide: each rule broken, in words."""
+        readings = tuple(readings)
         for reading in readings:
             if reading.problem:
-                return f"{reading.raw}: {reading.problem}"
+                yield f"{reading.raw}: {reading.problem}"
         if self.refuse_unknown:
-            unknown = [reading.raw for reading in readings if reading.scope is None]
+            unknown = [reading.raw for reading in readings if reading.scope is None and not reading.problem]
             if unknown:
-                return f"unknown scopes are refused by this API: {' '.join(unknown)}"
+                yield f"unknown scopes are refused by this API: {' '.join(unknown)}"
+        known = [reading for reading in readings if reading.scope is not None]
         for group in self.exclusive:
             members = [reading.scope for reading in known if reading.entry in group]
             if len(members) > 1:
-                return f"at most one of {', '.join(group)} may be held at once; the token holds {' and '.join(members)}"  # type: ignore[arg-type]
+                yield f"at most one of {', '.join(group)} may be held at once; the token holds {' and '.join(members)}"  # type: ignore[arg-type]
         held = {reading.scope for reading in known}
         for reading in known:
             requires = self.entries[reading.entry].requires  # type: ignore[index]
             if requires and not held.intersection(requires):
-                return f"{reading.scope} is held only with one of {', '.join(requires)}, and the token holds none"
-        return None
+                yield f"{reading.scope} is held only with one of {', '.join(requires)}, and the token holds none"
 
     def with_implications(self, scopes: frozenset[str]) -> frozenset[str]:
         """Step 5: `scopes` and every scope they imply (an instance implies what its entry does)."""

@@ -22,6 +22,7 @@ from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
 from gateway.server import SERVERS
 from gateway.tokens import VerifiedToken
+from gateway.validation import STAGES, validate_scopes
 
 _DESCRIPTION = """\
 A reverse proxy that enforces OAuth scopes per route. It verifies each request's bearer token,
@@ -167,6 +168,25 @@ def _claims(text: str | None) -> dict[str, Any]:
     return claims
 
 
+def _scopes_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        check = validate_scopes(config, args.api, args.scopes, client=args.client, grant_type=args.grant_type, stage=args.stage)
+    except KeyError as exc:
+        print(exc.args[0])
+        return 2
+    for problem in check.problems:
+        print(f"invalid_scope: {problem}")
+    if check.ignored:
+        print(f"ignored: {' '.join(check.ignored)} (not in the catalog of {args.api}, which ignores unknown scopes)")
+    if check.valid:
+        print(f"valid: {' '.join(check.scopes) or '(no scopes)'}")
+        return 0
+    return 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -212,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
     explain.add_argument("--claims", metavar="JSON", help='with --scopes: other claims of the caller, e.g. \'{"sub": "u1", "acr": "sms", "auth_time": 1700000000}\'')
     explain.set_defaults(run=_explain)
+
+    scopes = commands.add_parser("scopes", help="check scope requests against a table's catalog", description="Scope catalogs, for authorization servers.")
+    scope_commands = scopes.add_subparsers(dest="scopes_command", required=True, metavar="COMMAND")
+    validate = scope_commands.add_parser(
+        "validate", help="would this scope request be refused with invalid_scope?",
+        description="Apply an API's catalog rules (suffixes, exclusive groups, requires, grant types, unknown scopes, step-up "
+        "scopes only at refresh) to a scope request, as an authorization server would before issuing a token. "
+        "Exit 0 if valid, 1 with one 'invalid_scope: reason' line per rule broken, 2 if the config does not load or the API is unknown.",
+    )
+    with_config(validate)
+    validate.add_argument("--api", required=True, metavar="NAME", help="the route table's name")
+    validate.add_argument("--client", metavar="C", help="the requesting client")
+    validate.add_argument("--grant-type", default="authorization_code", metavar="T", help="the grant the token is for (default: authorization_code)")
+    validate.add_argument("--stage", default="token", choices=STAGES, help="authorize, token (default) or refresh")
+    validate.add_argument("scopes", metavar='"SCOPE LIST"', help="space-separated scopes, as in a token request")
+    validate.set_defaults(run=_scopes_validate)
 
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",

@@ -74,7 +74,7 @@ def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "
     route = match.route
     assessment = route.api.catalog.assess(token.scopes)
     # the usual request: no rule, claim or path parameter in play, and the requirement met
-    if assessment.simple and route.user is None and not route.requirement.bound and route.requirement.met_by(assessment.effective):
+    if assessment.simple and route.plain and route.requirement.met_by(assessment.effective):
         return Grant(token.subject, token.client, assessment.effective)
     evaluation = evaluate(match, token, grant_type_claim)
     if evaluation.refusal is not None:

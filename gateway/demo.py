@@ -46,6 +46,35 @@ routes:
   GET /merchants/{{merchantId}}: [psp.accountsettings:write, psp.onlinepayment:write]
 """
 
+# the scope rules of DESIGN.md on one table: Banqup's scope IDs, Moneyhub's exclusive groups,
+# Paysera's SMS-confirmed extended scope, and a route on the caller's own user
+_BANK_TABLE = """\
+name: bank
+upstream: http://127.0.0.1:{upstream_port}/v1
+prefix: /bank
+scopes:
+  entity_read:
+    description: View entity-related data
+    aliases: [3f95524e-70aa-4663-8548-763583e08909]
+  transactions:read:all:
+    description: All transactions
+  transactions:read:in:
+    description: All incoming transactions
+  balance:
+    description: Get balance of user's wallet
+  convert_currency:
+    description: Make currency conversions (extended scope, confirmed by SMS)
+    step_up: {{acr: [sms], max_age: 300}}
+rules:
+  exclusive:
+    - [transactions:read:all, transactions:read:in]
+routes:
+  GET /entities: entity_read
+  GET /transactions: [transactions:read:all, transactions:read:in]
+  POST /currency-conversions: convert_currency
+  GET /users/{{userId}}/balance: {{scopes: balance, user: userId}}
+"""
+
 _GATEWAY = """\
 routes: routes/
 tokens:
@@ -92,6 +121,7 @@ def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
     (folder / "routes").mkdir()
     (folder / "keys" / "jwks.json").write_text(json.dumps({"keys": [jwk]}, indent=2))
     (folder / "routes" / "adyen-management.yaml").write_text(_TABLE.format(upstream_port=upstream_port))
+    (folder / "routes" / "bank.yaml").write_text(_BANK_TABLE.format(upstream_port=upstream_port))
     (folder / "gateway.yaml").write_text(_GATEWAY)
     now = int(time.time())
 
@@ -100,7 +130,11 @@ def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
                   "scope": scope, "iat": now, "exp": now + 12 * 3600}
         return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": _KID})
 
-    return {"read": mint("psp.webhook:read", "reader@demo"), "write": mint("psp.webhook:write", "writer@demo")}
+    return {
+        "read": mint("psp.webhook:read", "reader@demo"), "write": mint("psp.webhook:write", "writer@demo"),
+        "bank": mint("3f95524e-70aa-4663-8548-763583e08909 balance convert_currency transactions:read:in", "ana@demo"),
+        "both": mint("transactions:read:all transactions:read:in", "ana@demo"),
+    }
 
 
 def _instructions(base: str, tokens: dict[str, str], folder: Path) -> str:
@@ -130,8 +164,27 @@ No token (401) and a path trick (400):
   curl -i {webhooks}
   curl -i --path-as-is {read} {base}/adyen/management/merchants/M123/webhooks/%2e%2e/secrets
 
-Explain a decision:
+Scope rules, on the /bank table ({folder}/routes/bank.yaml); paste these too:
+  BANK={tokens["bank"]}
+  BOTH={tokens["both"]}
+
+An alias accepted (200: the token carries Banqup's scope ID 3f95524e-..., the upstream gets entity_read):
+  curl -i -H "Authorization: Bearer $BANK" {base}/bank/entities
+
+A rule broken (403 invalid_scope: transactions:read:all and :in are mutually exclusive):
+  curl -i -H "Authorization: Bearer $BOTH" {base}/bank/transactions
+
+A step-up needed (401 insufficient_user_authentication, acr_values="sms": convert_currency counts
+only after an SMS-confirmed login at most 300 s old):
+  curl -i -X POST -H "Authorization: Bearer $BANK" {base}/bank/currency-conversions
+
+Another user's resource (404, as if it did not exist), then the caller's own (200):
+  curl -i -H "Authorization: Bearer $BANK" {base}/bank/users/bob@demo/balance
+  curl -i -H "Authorization: Bearer $BANK" {base}/bank/users/ana@demo/balance
+
+Explain a decision, step by step:
   gateway explain --config {folder}/gateway.yaml POST /adyen/management/merchants/M123/webhooks --scopes psp.webhook:read
+  gateway explain --config {folder}/gateway.yaml POST /bank/currency-conversions --scopes convert_currency --claims '{{"sub": "ana@demo", "acr": "sms"}}'
 
 Ctrl-C stops both servers.
 """

@@ -9,7 +9,6 @@ answers are the same under both.
 
 from __future__ import annotations
 
-import functools
 import re
 
 from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, InvalidRequest, UriTooLong, VersionNotSupported
@@ -24,10 +23,19 @@ _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9
 _WATCHED = frozenset({b"authorization", b"host", b"transfer-encoding"})
 
 
-@functools.lru_cache(maxsize=256)  # a gateway sees a few Host values, and a regex costs more than a lookup
+# Host values seen valid: a gateway sees a few, and a regex costs more than a set lookup
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 256
+
+
 def _valid_host(value: bytes) -> bool:
+    if value in _VALID_HOSTS:
+        return True
     match = _HOST.fullmatch(value)
-    return match is not None and (match.group(1) is None or int(match.group(1)) <= 65535)
+    valid = match is not None and (match.group(1) is None or int(match.group(1)) <= 65535)
+    if valid and len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+        _VALID_HOSTS.add(value)
+    return valid
 
 
 def check(scope: Scope, path: bytes, query: bytes, limits: LimitSettings) -> list[bytes]:
@@ -49,6 +57,7 @@ def check(scope: Scope, path: bytes, query: bytes, limits: LimitSettings) -> lis
         length = len(path) + (len(query) + 1 if query else 0)
         if length > limits.max_uri:
             raise UriTooLong(f"the request target is {length} bytes long; at most {limits.max_uri} are accepted")
+    # one pass, as cheap as the list of Authorization values alone it replaces
     authorization: list[bytes] = []
     host: bytes | None = None
     coded = False

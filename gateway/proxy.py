@@ -108,7 +108,8 @@ def _upstream_request_headers(
     for name, value in headers:
         name = name.lower()
         if name not in _HANDLED and not (listed and name in listed):
-            if b"_" not in name or _pass_underscored(name, settings.underscore_headers):
+            # 0x5F is '_': bytes membership of an int is a byte test, of b"_" a failed int conversion first
+            if 0x5F not in name or _pass_underscored(name, settings.underscore_headers):
                 outgoing.append((name, value))
             continue
         if listed is None and name == b"connection" and _named_by_connection([value]):

@@ -10,7 +10,8 @@ from gateway.authentication import Authenticator
 from gateway.keys import KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
-from gateway.settings import Config, ProxySettings
+from gateway.routing import Tables
+from gateway.settings import Config, LimitSettings, ProxySettings
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 
@@ -31,6 +32,10 @@ class Runtime:
     authenticator: Authenticator
     upstream: UpstreamClient
     forwarder: Forwarder
+    # what every request reads of the config, one attribute away
+    tables: Tables
+    limits: LimitSettings
+    grant_type_claim: str
 
     @classmethod
     def build(cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> Runtime:
@@ -41,7 +46,10 @@ class Runtime:
             refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
         )
         upstream = upstream or upstream_client(config.proxy)
-        return cls(config, keys, Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy))
+        return cls(
+            config, keys, Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy),
+            config.tables, config.limits, tokens.grant_type_claim,
+        )
 
     async def start(self) -> None:
         """Make it ready to serve: the JWKS fetched, the upstream client's CA bundle loaded.

@@ -16,7 +16,7 @@ UPSTREAM_CLIENTS = ("pool", "httpx")
 UNDERSCORE_HEADERS = ("drop", "refuse", "pass")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenSettings:
     issuer: str | None = None
     audience: tuple[str, ...] = ()
@@ -31,7 +31,7 @@ class TokenSettings:
     grant_type_claim: str = "gty"  # the claim naming the token's grant type (Auth0's; see DESIGN.md)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProxySettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
@@ -44,13 +44,13 @@ class ProxySettings:
     underscore_headers: str = "drop"  # request header names with '_': drop (nginx's default), refuse (400) or pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_uri: int = 8192  # bytes of request target (nginx's and Apache's default) -> 414
     max_headers: int = 100  # request header fields (Envoy's default) -> 431
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     tables: Tables

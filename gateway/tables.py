@@ -56,6 +56,8 @@ class Route:
     hide: bool = False  # refused callers get 404, as if the route did not exist
     # what the route does between the decision and the forwarder (GraphQL, response fields); None: nothing
     exchange: Exchange | None = None
+    # neither a user binding nor a path parameter in the requirement: the decision's shortcut applies
+    plain: bool = True
 
     def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
         return {name: segments[index] for name, index in self.params}

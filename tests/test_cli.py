@@ -191,6 +191,107 @@ def test_the_demo_serves_an_allowed_a_forbidden_and_a_not_found_call() -> None:
         assert echoed.status_code == 200 and echoed.json()["headers"]["x-auth-scopes"] == "psp.webhook:read"
         assert httpx.post(webhooks, headers=auth, json={}).status_code == 403
         assert httpx.get(f"http://127.0.0.1:{port}/adyen/management/merchants/M123/apiCredentials", headers=auth).status_code == 404
+        # the scope rules' answers, one printed curl each
+        tokens = dict(re.findall(r"(BANK|BOTH)=(\S+)", output))
+        bank, both = ({"Authorization": f"Bearer {tokens[name]}"} for name in ("BANK", "BOTH"))
+        base = f"http://127.0.0.1:{port}/bank"
+        alias = httpx.get(f"{base}/entities", headers=bank)
+        assert alias.status_code == 200 and "entity_read" in alias.json()["headers"]["x-auth-scopes"].split()
+        assert httpx.get(f"{base}/transactions", headers=both).json()["error"] == "invalid_scope"
+        step_up = httpx.post(f"{base}/currency-conversions", headers=bank)
+        assert step_up.status_code == 401 and 'acr_values="sms"' in step_up.headers["www-authenticate"]
+        assert httpx.get(f"{base}/users/bob@demo/balance", headers=bank).status_code == 404
+        assert httpx.get(f"{base}/users/ana@demo/balance", headers=bank).status_code == 200
+        for path in ("/bank/entities", "/bank/transactions", "/bank/currency-conversions", "/bank/users/bob@demo/balance"):
+            assert any(path in command for command in commands), path
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=10)
+
+
+RULES_TABLE = """\
+name: bank
+upstream: http://bank.test
+prefix: /bank
+scopes:
+  entity_read:
+    aliases: [3f95524e-70aa-4663-8548-763583e08909]
+  email:
+    suffixes: [optional]
+  convert_currency:
+    step_up: {acr: [sms], max_age: 300}
+  transactions:read:all:
+  transactions:read:in:
+  transactions:write:
+    requires: [transactions:read:all, transactions:read:in]
+  user:create:
+    grant_types: [client_credentials]
+  id:{bank_id}:
+  id:all:
+rules:
+  exclusive:
+    - ["id:{bank_id}", id:all]
+    - [transactions:read:all, transactions:read:in]
+routes:
+  GET /entities: entity_read
+  POST /convert: convert_currency
+  GET /users/{userId}: {scopes: email, user: userId}
+"""
+
+
+def test_explain_shows_each_step_of_the_effective_scopes(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, table=RULES_TABLE))
+    result = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "3f95524e-70aa-4663-8548-763583e08909 email_optional openid")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "scope:     3f95524e-70aa-4663-8548-763583e08909 -> entity_read (alias)" in result.stdout
+    assert "scope:     email_optional -> email, its optional form" in result.stdout
+    assert "scope:     openid: not in the catalog (ignored)" in result.stdout
+    assert "rules:     none broken" in result.stdout
+    assert "effective: email entity_read" in result.stdout
+
+    refused = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "id:B1 id:all")
+    assert refused.returncode == 1
+    assert "rules:     broken: at most one of id:{bank_id}, id:all may be held at once; the token holds id:B1 and id:all" in refused.stdout
+    assert 'decision:  403 invalid_scope' in refused.stdout and 'error="invalid_scope"' in refused.stdout
+
+    step_up = run("explain", "--config", config, "POST", "/bank/convert", "--scopes", "convert_currency", "--claims", '{"sub": "u1", "acr": "pwd"}')
+    assert step_up.returncode == 1
+    assert "step-up:   convert_currency is pending: it counts only after an authentication with acr sms within 300 s" in step_up.stdout
+    assert 'acr_values="sms", max_age="300"' in step_up.stdout
+
+    other_user = run("explain", "--config", config, "GET", "/bank/users/u2", "--scopes", "email", "--claims", '{"sub": "u1", "client_id": "c1"}')
+    assert other_user.returncode == 1
+    assert "user:      the route acts on user 'u2' (parameter userId); the token's subject is 'u1'" in other_user.stdout
+    assert "decision:  404 not_found" in other_user.stdout
+
+
+@pytest.mark.parametrize(("args", "code", "lines"), [
+    (["transactions:write transactions:read:in"], 0, ["valid: transactions:read:in transactions:write"]),
+    (["3f95524e-70aa-4663-8548-763583e08909 email_optional"], 0, ["valid: email entity_read"]),
+    (["transactions:write"], 1, ["invalid_scope: transactions:write is held only with one of transactions:read:all, transactions:read:in, and the token holds none"]),
+    (["id:B1 id:all openid"], 1, ["invalid_scope: at most one of id:{bank_id}, id:all may be held at once; the token holds id:B1 and id:all",
+                                   "ignored: openid (not in the catalog of bank, which ignores unknown scopes)"]),
+    (["email_offline"], 1, ["invalid_scope: email_offline: email does not offer the offline suffix (offered: _optional)"]),
+    (["user:create"], 1, ["invalid_scope: user:create is only for the client_credentials grant, not authorization_code"]),
+    (["--grant-type", "client-credentials", "user:create"], 0, ["valid: user:create"]),
+    (["convert_currency"], 1, ["invalid_scope: convert_currency is a step-up scope: it is granted only when a token is refreshed after the user confirms it, not at token"]),
+    (["--stage", "refresh", "convert_currency"], 0, ["valid: convert_currency"]),
+])
+def test_scopes_validate_applies_the_catalog_for_an_authorization_server(tmp_path: Path, args: list[str], code: int, lines: list[str]) -> None:
+    result = run("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "bank", *args)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stdout.splitlines() == lines
+
+
+def test_scopes_validate_names_an_unknown_api(tmp_path: Path) -> None:
+    result = run("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "other", "a")
+    assert result.returncode == 2 and "no route table is named 'other' (tables: bank)" in result.stdout
+
+
+def test_the_package_exposes_the_same_check(tmp_path: Path) -> None:
+    from gateway import load_config, validate_scopes
+
+    config = load_config(write_config(tmp_path, table=RULES_TABLE))
+    assert validate_scopes(config, "bank", ["transactions:read:in", "transactions:write"]).valid
+    check = validate_scopes(config, "bank", "transactions:read:in transactions:read:all", grant_type="authorization_code")
+    assert not check.valid and "at most one of" in check.problems[0]

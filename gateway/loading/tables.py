@@ -120,6 +120,7 @@ class _TableReader:
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
                 params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
+                plain=user is None and not requirement.bound,
             ))
             for method, template, shape, requirement, user, hide, line in parsed
         ]
