@@ -64,6 +64,7 @@ def workloads(tokens: material.Tokens, distinct: list[str]) -> dict[str, list[tu
         "refused": [(http_scope("GET", path, None), b"", 401), (http_scope("POST", path, tokens.read, len(body)), body, 403),
                     (http_scope("GET", material.UNKNOWN_PATH, tokens.read), b"", 404)],
         "first_seen": [(http_scope("GET", path, token), b"", 200) for token in distinct],
+        "rules": [(http_scope("GET", material.RULES_PATH, tokens.rules), b"", 200)],
     }
 
 
@@ -134,7 +135,7 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
 def instructions(work: Path, concurrency: int) -> None:
     """Per workload, instructions per request: two runs under callgrind, differenced."""
     print(f"{'workload':<12}{'instructions/request':>22}")
-    for workload in ("get", "post", "refused", "first_seen"):
+    for workload in ("get", "post", "refused", "first_seen", "rules"):
         totals = []
         for count in COUNTED:
             command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.child:
         work, workload, count = Path(settings.child[0]), settings.child[1], int(settings.child[2])
         saved = json.loads((work / "tokens.json").read_text())
-        tokens = material.Tokens(read=saved["read"], write=saved["write"])
+        tokens = material.Tokens(read=saved["read"], write=saved["write"], rules=saved["rules"])
         distinct = (work / "distinct.txt").read_text().split()
         uvloop.run(counted_run(work / "gateway" / "gateway.yaml", tokens, distinct, workload, count, settings.concurrency))
         return 0
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)  # nginx workers run as nobody
     keys = material.make_keys()
     tokens = material.make_tokens(keys)
-    (work / "tokens.json").write_text(json.dumps({"read": tokens.read, "write": tokens.write}))
+    (work / "tokens.json").write_text(json.dumps({"read": tokens.read, "write": tokens.write, "rules": tokens.rules}))
     distinct_file = work / "distinct.txt"
     material.mint_distinct_tokens(keys.private_pem, WARM + max(FIRST_SEEN_REQUESTS * FIRST_SEEN_REPEATS, COUNTED[1]), distinct_file)
     distinct = distinct_file.read_text().split()

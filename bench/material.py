@@ -51,6 +51,30 @@ routes:
 """
 MANAGEMENT_ROUTE_COUNT = 7
 
+# A Moneyhub-style table with its rules in play on every request: an exclusive group, a scope
+# that requires another, a parameterised scope bound to the path, and a route on the caller's user
+RULES_ROUTES = """\
+name: bank
+upstream: http://127.0.0.1:{upstream_port}/v3
+prefix: /bank
+scopes:
+  transactions:read:all:
+  transactions:read:in:
+  transactions:write:
+    requires: [transactions:read:all, transactions:read:in]
+  id:{{bank_id}}:
+  id:all:
+rules:
+  exclusive:
+    - ["id:{{bank_id}}", id:all]
+    - [transactions:read:all, transactions:read:in]
+routes:
+  GET /users/{{userId}}/banks/{{bankId}}/transactions: {{scopes: [[transactions:read:in, "id:{{bankId}}"]], user: userId}}
+"""
+RULES_PATH = "/bank/users/bench-user/banks/B1/transactions"
+BENCH_ROUTE_COUNT = MANAGEMENT_ROUTE_COUNT + 1  # every gateway config has both tables
+RULES_SCOPE = "transactions:read:in transactions:write id:B1"
+
 
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
@@ -95,10 +119,14 @@ def sign(private_key, body: dict, kid: str = KID) -> str:
 class Tokens:
     read: str
     write: str
+    rules: str = ""  # for the rules table: an exclusive group, a dependency, a bank and a user in play
 
 
 def make_tokens(keys: Keys) -> Tokens:
-    return Tokens(read=sign(keys.private_pem, claims(READ_SCOPE)), write=sign(keys.private_pem, claims(WRITE_SCOPE)))
+    return Tokens(
+        read=sign(keys.private_pem, claims(READ_SCOPE)), write=sign(keys.private_pem, claims(WRITE_SCOPE)),
+        rules=sign(keys.private_pem, claims(RULES_SCOPE)),
+    )
 
 
 def refusal_tokens(keys: Keys) -> dict[str, str]:
@@ -156,6 +184,7 @@ def write_gateway_config(directory: Path, keys: Keys, upstream_port: int, genera
     (directory / "keys").mkdir(exist_ok=True)
     (directory / "keys" / "jwks.json").write_text(json.dumps(keys.jwks))
     (directory / "routes" / "adyen-management.yaml").write_text(MANAGEMENT_ROUTES.format(upstream_port=upstream_port))
+    (directory / "routes" / "bank.yaml").write_text(RULES_ROUTES.format(upstream_port=upstream_port))
     if generated_routes:
         lines = [f"  GET /generated/r{i}/items/{{id}}: s{i}" for i in range(generated_routes)]
         table = f"name: generated\nupstream: http://127.0.0.1:{upstream_port}/v3\nprefix: /generated-api\nroutes:\n" + "\n".join(lines) + "\n"

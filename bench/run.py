@@ -393,11 +393,11 @@ def memory_with_uploads(settings: Settings, targets: list[Target], tokens: dict[
 # --- route count ---
 
 def route_scaling(settings: Settings, work: Path, material, keys, upstream_port: int, tokens: dict[str, str], services: list) -> tuple[list[dict], dict]:
-    """gateway-uvicorn-1w with 10, 1,000 and 10,000 routes (the bench table's 7 + generated ones)."""
+    """gateway-uvicorn-1w with 10, 1,000 and 10,000 routes (the bench tables' 8 + generated ones)."""
     gateways, meta = {}, {}
     for count in settings.route_counts:
         config = material.write_gateway_config(work / f"routes-{count}", keys, upstream_port,
-                                               generated_routes=max(0, count - material.MANAGEMENT_ROUTE_COUNT))
+                                               generated_routes=max(0, count - material.BENCH_ROUTE_COUNT))
         print(f"[routes] {gateway_check(config)}", flush=True)
         port = procs.free_port()
         service = procs.Service(f"gateway-{count}-routes", gateway_serve(config, port), port, work / f"routes-{count}.log")
