@@ -29,6 +29,9 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream is paused
 _LOW_WATER = 64 * 1024
 _BODYLESS_METHODS_NEEDING_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+# RFC 9110 9.2.2: a request the upstream may have acted on is sent again only if doing so twice
+# has the effect of doing it once
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _head_too_large() -> UpstreamUnavailable:
@@ -583,7 +586,7 @@ class PooledUpstream:
             except UpstreamUnavailable:
                 _discard(sender)
                 pool.release(connection, False)
-                if reused and attempt == 1 and request.body is None and not connection.received_bytes:
+                if reused and attempt == 1 and request.body is None and request.method in _IDEMPOTENT_METHODS and not connection.received_bytes:
                     continue  # a pooled connection the upstream had closed: once more on a fresh one
                 raise
             except BaseException:

@@ -336,6 +336,33 @@ async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_with
         assert sum(sent.startswith(b"POST") for sent in upstream.requests) == 1
 
 
+@pytest.mark.parametrize(("method", "retried"), [
+    ("GET", True), ("PUT", True), ("DELETE", True), ("POST", False), ("PATCH", False),
+])
+async def test_only_idempotent_requests_are_retried_on_a_pooled_connection_found_dead(client: PooledUpstream, method: str, retried: bool) -> None:
+    # the upstream may have acted on a request before it closed: RFC 9110 9.2.2 allows sending it
+    # again only when twice has the effect of once, whether or not it has a body
+    ref: list[Upstream] = []
+
+    async def one_answer_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader, ref[0])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader, ref[0])  # takes the next request, then closes without answering
+
+    async with serve(one_answer_then_hang_up) as upstream:
+        ref.append(upstream)
+        assert (await exchange(client, request(upstream.port)))[2] == b"ok"  # leaves a kept-alive connection
+        if retried:
+            assert (await exchange(client, request(upstream.port, method=method)))[2] == b"ok"
+        else:
+            with pytest.raises(UpstreamUnavailable):
+                await exchange(client, request(upstream.port, method=method))
+        sent_again = [sent.split(b" ", 1)[0] for sent in upstream.requests[1:]]  # after the first GET
+        assert sent_again == [method.encode()] * (2 if retried else 1)
+        assert upstream.connections == (2 if retried else 1)
+
+
 @pytest.mark.parametrize(("response", "problem"), [
     (b"SPDY/9 banana\r\n\r\n", "malformed response"),
     (b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 2\r\n\r\nok", "malformed response"),
