@@ -441,6 +441,11 @@ class _PooledResponse:
     def finished(self) -> bool:
         return self._connection.complete and not self._connection.chunks
 
+    @property
+    def request_sent(self) -> bool:
+        # without a sender the body went with the head, up to its declared length
+        return self._sender is None or self._sender.done()
+
     def body(self) -> _PooledResponse:
         # an iterator object, not an async generator: a generator left unfinished (the
         # forwarder stops at the last chunk) costs the loop a finalizer task per request

@@ -8,6 +8,7 @@ when the peer is a configured trusted proxy. Upstream failures become 502/504 he
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -211,6 +212,60 @@ class _Replay:
         return body
 
 
+class _DisconnectWatch:
+    """Cancels the task that streams a response once its client has gone away.
+
+    uvicorn's and granian's `send` return quietly once the peer is gone, and an upstream between
+    events sends nothing to forward: `receive` saying `http.disconnect` is the one sign. Started
+    only once the upstream client reads no more of the request body, so that no one else is
+    reading `receive`.
+    """
+
+    __slots__ = ("gone", "task")
+
+    def __init__(self, receive: Receive, streaming: asyncio.Task[object]) -> None:
+        self.gone = False
+        self.task = asyncio.ensure_future(self._watch(receive, streaming))
+
+    async def _watch(self, receive: Receive, streaming: asyncio.Task[object]) -> None:
+        message = await receive()
+        if message["type"] != "http.disconnect":
+            # the one message a request sent whole may have left: the empty end of its body (the
+            # pool stops at the declared length, and granian ends a body with an empty message),
+            # or the request itself when it had none; after it, receive() waits for the disconnect
+            message = await receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+            streaming.cancel()
+
+
+async def _stream_rest(chunks: AsyncIterator[bytes], response: UpstreamResponse, receive: Receive, send: Send) -> None:
+    """Send the chunks after a response's first one, and its end; or stop at once, quietly,
+    when the client goes away (the caller closes the response unread: never pooled)."""
+    streaming = asyncio.current_task()
+    assert streaming is not None
+    # while the upstream client still reads `receive` for the request body (an upstream that
+    # answered before the body's end), a second reader would take its messages: no watch then
+    watch = _DisconnectWatch(receive, streaming) if response.request_sent else None
+    last = b""
+    try:
+        async for chunk in chunks:
+            if response.finished:
+                last = chunk
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except asyncio.CancelledError:
+        # the watch's cancellation and nobody else's (a server shutting down): the client is gone
+        if watch is not None and watch.gone and streaming.uncancel() == 0:
+            return
+        raise
+    finally:
+        if watch is not None:
+            # before the last send: once the response is complete, `receive` says http.disconnect
+            watch.task.cancel()
+    await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
 class Forwarder:
     def __init__(self, client: UpstreamClient, settings: ProxySettings) -> None:
         self.client = client
@@ -220,7 +275,8 @@ class Forwarder:
         self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]],
         forwarding: Forwarding | None = None,
     ) -> None:
-        """Send the request to `api`'s upstream and stream the answer back.
+        """Send the request to `api`'s upstream and stream the answer back. A client that goes
+        away while the answer streams ends the exchange at once, quietly.
 
         :param forwarding: what the route's exchange decided (a body to send instead of the
             client's, a rewrite of the answer); None for the usual unchanged exchange.
@@ -251,13 +307,19 @@ class Forwarder:
                 "status": response.status,
                 "headers": downstream_response_headers(response.headers),
             })
-            async for chunk in response.body():
+            chunks = response.body()
+            async for chunk in chunks:
                 if response.finished:
                     # the last chunk ends the response: one send instead of two
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                break
+            else:  # no body at all
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            # more than one chunk (a stream, maybe endless): from here the client may go away
+            await _stream_rest(chunks, response, receive, send)
         finally:
             await response.aclose()
 

@@ -46,6 +46,9 @@ class UpstreamResponse(Protocol):
     headers: Headers  # names lowercased
     # True once the body is known to be over, so the last chunk can be sent as the last
     finished: bool
+    # True once no more of the request body will be read from the client (all of it sent, or
+    # the sending given up): from then on nothing but the proxy reads its `receive`
+    request_sent: bool
 
     def body(self) -> AsyncIterator[bytes]: ...
 
@@ -84,6 +87,7 @@ def _translate_httpx_errors() -> Iterator[None]:
 class _HttpxResponse:
     __slots__ = ("status", "headers", "_response")
     finished = False  # httpx does not say whether more is coming
+    request_sent = True  # httpcore sends the whole request before it reads the answer
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response

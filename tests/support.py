@@ -195,6 +195,88 @@ class RecordingUpstream:
         self._server.server_close()
 
 
+class _EndlessAnswer(asyncio.Protocol):
+    """One connection to an `EndlessUpstream`: answers its first request and counts itself open."""
+
+    def __init__(self, upstream: EndlessUpstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.sent = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.upstream.open.add(self)
+        self.upstream.accepted += 1
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in self.head:
+            return  # answered: one exchange per connection, and a request body is not read
+        self.head += data
+        if b"\r\n\r\n" not in self.head:
+            return
+        assert self.transport is not None
+        if self.head.split(b" ", 2)[1].endswith(b"/status"):
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+            return
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + self._event())
+        if self.upstream.interval is not None:
+            self.timer = asyncio.get_running_loop().call_later(self.upstream.interval, self._next)
+
+    def _event(self) -> bytes:
+        self.sent += 1
+        event = b"data: %d\n\n" % self.sent
+        return b"%x\r\n%s\r\n" % (len(event), event)
+
+    def _next(self) -> None:
+        assert self.transport is not None and self.upstream.interval is not None
+        self.transport.write(self._event())
+        self.timer = asyncio.get_running_loop().call_later(self.upstream.interval, self._next)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.upstream.open.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class EndlessUpstream:
+    """A loopback upstream, in its own thread and event loop, that answers every request with an
+    event stream that never ends: an event at once, then one every `interval` seconds (none more
+    when `interval` is None: an upstream silent between events). A target ending in `/status` is
+    answered in one piece instead. `open` holds the connections open to it now."""
+
+    def __init__(self, interval: float | None = 0.02) -> None:
+        self.interval = interval
+        self.open: set[_EndlessAnswer] = set()
+        self.accepted = 0
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(self._loop.create_server(lambda: _EndlessAnswer(self), "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def open_connections(self) -> int:
+        """How many connections are open to it, read in its own loop."""
+        return asyncio.run_coroutine_threadsafe(self._count(), self._loop).result(5)
+
+    async def _count(self) -> int:
+        return len(self.open)
+
+    def close(self) -> None:
+        def stop() -> None:
+            self._server.close()
+            for connection in list(self.open):
+                if connection.transport is not None:
+                    connection.transport.abort()
+            self._loop.call_soon(self._loop.stop)
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
 class LiveServer:
     """An ASGI app under a real uvicorn on a loopback port, in its own thread and event loop."""
 
@@ -233,6 +315,7 @@ class GatewayProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
+        self.output = b""  # what it wrote, once closed
         self.process = subprocess.Popen(
             [command, "serve", "--config", str(config_path), "--port", str(self.port), "--server", server, "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -250,14 +333,17 @@ class GatewayProcess:
                 time.sleep(0.05)
 
     def close(self) -> None:
+        """Stop the gateway (once: later calls do nothing); what it wrote is kept in `output`."""
         import signal
 
+        if self.process.returncode is not None:
+            return
         self.process.send_signal(signal.SIGINT)
         try:
-            self.process.communicate(timeout=10)
+            self.output = self.process.communicate(timeout=10)[0]
         except Exception:
             self.process.kill()
-            self.process.communicate()
+            self.output = self.process.communicate()[0]
 
 
 def start_gateway(config_path: Path, server: str = "uvicorn") -> LiveServer | GatewayProcess:

@@ -1,6 +1,10 @@
 """The real gateway under uvicorn on loopback, fed exact bytes, in front of loopback upstreams."""
 
+from __future__ import annotations
+
+import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -8,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import GatewayProcess, LiveServer, RecordingUpstream, Received, answer, mint, raw_exchange, request_bytes, start_gateway, write_config
+from tests.support import (
+    EndlessUpstream, GatewayProcess, LiveServer, RecordingUpstream, Received, answer, mint, raw_exchange, request_bytes, start_gateway, write_config,
+)
 
 # (server, upstream client): the forwarding table runs on both clients, the path-safety and
 # header-hygiene tests under both servers
@@ -352,3 +358,108 @@ def test_expect_100_continue_is_answered_and_not_forwarded(gateway: LiveServer, 
     assert reply.startswith(b"HTTP/1.1 200") or b"HTTP/1.1 200" in reply
     [sent] = upstream.received
     assert sent.body == body and sent.header(b"expect") == []
+
+
+EVENTS_TABLE = """\
+name: events
+upstream: {upstream}
+prefix: /api
+routes:
+  GET /events: public
+  POST /events: public
+  GET /status: public
+"""
+
+
+async def _first_event_then_leave(port: int, request: bytes) -> None:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        await asyncio.wait_for(reader.readuntil(b"data: 1\n\n"), 5)
+    finally:
+        writer.close()
+
+
+def abandon_streams(port: int, clients: int, batch: int = 200, body: bytes | None = None) -> None:
+    """`clients` clients, `batch` at a time, each asking for a stream (GET, or POST when there is
+    a body), reading its head and first event through the gateway, then going away; all gone
+    when this returns."""
+    if body is None:
+        request = b"GET /api/events HTTP/1.1\r\nhost: gateway.test\r\n\r\n"
+    else:
+        request = b"POST /api/events HTTP/1.1\r\nhost: gateway.test\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def run() -> None:
+        deadline = time.monotonic() + 60
+        for done in range(0, clients, batch):
+            assert time.monotonic() < deadline, f"only {done} of {clients} clients served in 60 s"
+            await asyncio.gather(*(_first_event_then_leave(port, request) for _ in range(min(batch, clients - done))))
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def errors_logged() -> Iterator[list[logging.LogRecord]]:
+    """Errors logged in this process, uvicorn's included (its loggers do not propagate to the root
+    logger, so caplog misses them)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def assert_quiet(gateway: LiveServer | GatewayProcess, records: list[logging.LogRecord]) -> None:
+    """No traceback and no error logged ('Exception in ASGI application', a task's exception never
+    retrieved...). Warnings are let be: asyncio warns of writes to a client whose connection was
+    lost in the same turn of the loop, before uvicorn hears of it."""
+    if isinstance(gateway, GatewayProcess):
+        gateway.close()
+        assert b"Traceback" not in gateway.output and b"[ERROR]" not in gateway.output, gateway.output.decode(errors="replace")
+    assert [record.getMessage() for record in records] == []
+
+
+def test_streams_their_clients_left_free_their_upstream_connections(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str, server_kind: str) -> None:
+    # servers' send() returns quietly once the client is gone: without a watch on receive(), each
+    # abandoned stream was read on for ever, and 256 of them used up the pool
+    upstream = EndlessUpstream(interval=0.02)
+    try:
+        config = write_config(tmp_path, upstream=upstream.url, table=EVENTS_TABLE, proxy=proxy(client_kind, max_connections=256, connect_timeout=2))
+        gateway = live_gateway(config, server_kind)
+        with errors_logged() as records:
+            abandon_streams(gateway.port, clients=2000)
+            time.sleep(1)
+            assert upstream.open_connections() == 0
+            assert upstream.accepted == 2000  # one connection each: a stream's is never reused
+            response = raw_exchange(gateway.port, request_bytes("GET", "/api/status"))
+            assert (response.status, response.body) == (200, b"ok")
+            assert_quiet(gateway, records)
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("body", [None, b'{"topics": ["a"]}'], ids=["GET", "POST"])
+def test_a_client_leaving_a_silent_stream_closes_its_upstream_connection_at_once(tmp_path: Path, live_gateway: Callable[..., LiveServer], client_kind: str, server_kind: str, body: bytes | None) -> None:
+    # an upstream between events sends nothing the gateway could fail to deliver: only receive()
+    # tells that the client went away, long before the read timeout
+    upstream = EndlessUpstream(interval=None)
+    try:
+        config = write_config(tmp_path, upstream=upstream.url, table=EVENTS_TABLE, proxy=proxy(client_kind, read_timeout=30))
+        gateway = live_gateway(config, server_kind)
+        with errors_logged() as records:
+            abandon_streams(gateway.port, clients=10, body=body)
+            deadline = time.monotonic() + 1
+            while upstream.open_connections() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert upstream.open_connections() == 0
+            assert upstream.accepted == 10
+            assert_quiet(gateway, records)
+    finally:
+        upstream.close()
