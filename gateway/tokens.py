@@ -63,7 +63,8 @@ class VerifiedToken:
         """The grant the token was issued by (DESIGN.md, "Scope catalogs"): the `claim`'s value,
         with `client-credentials` read as `client_credentials`; without it, client credentials
         when the token has no subject or its subject is its client, else authorization code."""
-        value = self.claims.get(claim)
+        # the claims are parsed only when the payload may hold the claim: most tokens lack it
+        value = self.claims.get(claim) if self.payload.find(b'"%s"' % claim.encode()) >= 0 else None
         if isinstance(value, str) and value:
             return CLIENT_CREDENTIALS if value in _CLIENT_CREDENTIALS_NAMES else value
         if self.subject is None or self.subject == self.client:
