@@ -194,3 +194,24 @@ async def test_an_answer_longer_than_the_rewrite_limit_is_a_502_never_a_truncate
     finally:
         await app.runtime.aclose()
         upstream.close()
+
+
+def test_the_decision_modules_import_no_loader_and_no_yaml() -> None:
+    # DESIGN.md: the decision is a function of frozen values; loaders and pyyaml stay at the edge
+    program = (
+        "import sys\n"
+        "import gateway.head, gateway.paths, gateway.routing, gateway.credentials, gateway.tokens, gateway.catalog, "
+        "gateway.scopes, gateway.decision, gateway.authentication, gateway.settings, gateway.tables\n"
+        "print(sorted(name for name in sys.modules if name == 'yaml' or name.startswith('gateway.loading') or name in "
+        "('gateway.proxy', 'gateway.pool', 'gateway.app', 'gateway.cli')))\n"
+    )
+    # `import gateway.x` runs gateway/__init__.py first, which exports the app: load the modules
+    # without it, as a decision API would
+    finished = subprocess.run(
+        [sys.executable, "-c", "import importlib.util, sys, types\n"
+         "package = types.ModuleType('gateway'); package.__path__ = [str(__import__('pathlib').Path(importlib.util.find_spec('gateway').origin).parent)]\n"
+         "sys.modules['gateway'] = package\n" + program],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "[]"
