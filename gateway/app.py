@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway import head
-from gateway.decision import authorize, is_public, route
-from gateway.errors import FramingInvalidRequest, Refusal, render
+from gateway.decision import RouteMatch, authorize, is_public, route, view_needed
+from gateway.errors import FramingInvalidRequest, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import ClientDisconnected, read_body
+from gateway.grants.live import LiveGrants
+from gateway.grants.store import GrantView, StoreUnavailable
 from gateway.identity import identity_headers
 from gateway.keys import KeyStore
 from gateway.runtime import Runtime
 from gateway.settings import Config
+from gateway.tokens import VerifiedToken
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient
 
@@ -69,7 +73,10 @@ class Gateway:
                 verified = authenticator.recall(authorization, query)
                 if verified is None:
                     verified = await authenticator.authenticate(authorization, query)
-                grant = authorize(match, verified, runtime.grant_type_claim)
+                view = None
+                if match.route.live and runtime.grants is not None:
+                    view = await _grant_view(runtime.grants, match, verified, runtime.grant_type_claim)
+                grant = authorize(match, verified, runtime.grant_type_claim, view)
                 identity = identity_headers(grant)
             exchange = match.route.exchange
             if exchange is None:
@@ -110,6 +117,26 @@ class Gateway:
                 await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _grant_view(grants: LiveGrants, match: RouteMatch, token: VerifiedToken, grant_type_claim: str) -> GrantView | None:
+    """The grant-store view the decision needs, from memory or the store.
+
+    :raises TemporarilyUnavailable: the store cannot be read (503, never a decision on a guess).
+    """
+    caller = view_needed(match, token, grant_type_claim)
+    if caller is None:
+        return None
+    api = match.route.api.name
+    view = grants.cached(api, *caller)
+    if view is not None:
+        return view
+    try:
+        return await grants.view(api, *caller)
+    except StoreUnavailable as exc:
+        logger.warning("grant store unavailable for %s: %s", api, exc)
+        retry = max(1, math.ceil(grants.refresh))
+        raise TemporarilyUnavailable(f"the grants this request needs cannot be read right now; retry in {retry} s", retry_after=retry) from None
 
 
 async def _answer(send: Send, refusal: Refusal, realm: str) -> None:

@@ -113,6 +113,8 @@ class Assessment:
     counted: frozenset[str]  # canonical scopes that count now, before implications
     step_up: tuple[tuple[str, StepUp], ...]  # scopes that count only with a step-up
     grant_typed: tuple[tuple[str, frozenset[str]], ...]  # scopes allowed only to some grant types
+    # scopes that count only through the grant store: the reading, and the grants its entry needs
+    live: tuple[tuple[Reading, frozenset[str]], ...]
     effective: frozenset[str]  # `counted` with its implications
     # nothing depends on the token's other claims: `effective` is the whole answer
     simple: bool
@@ -138,6 +140,11 @@ class Catalog:
             _Pattern(name, *parts) for name in self.entries if (parts := split_parameterised(name)) is not None
         )
         self.implied = implication_closure({name: entry.implies for name, entry in self.entries.items() if entry.implies})
+        # some scope counts only through the grant store: requests of this API may need a view
+        self.live = bool(grants) or any(
+            entry.grants or "offline" in entry.suffixes or (entry.condition is not None and "optional" in entry.suffixes)
+            for entry in self.entries.values()
+        )
         self._assessed: dict[frozenset[str], Assessment] = {}
 
     @property
@@ -191,26 +198,31 @@ class Catalog:
     def _assess(self, granted: frozenset[str]) -> Assessment:
         if not self.entries:
             readings = tuple(Reading(raw, raw, None) for raw in sorted(granted))
-            return Assessment(readings, None, granted, (), (), granted, True)
+            return Assessment(readings, None, granted, (), (), (), granted, True)
         readings = tuple(self.read(raw) for raw in sorted(granted))
         known = [reading for reading in readings if reading.scope is not None]
         refusal = next(self.broken_rules(readings), None)
         counted: set[str] = set()
         step_up: list[tuple[str, StepUp]] = []
         grant_typed: list[tuple[str, frozenset[str]]] = []
+        live: list[tuple[Reading, frozenset[str]]] = []
         for reading in known:
             entry = self.entries[reading.entry]  # type: ignore[index]
             if entry.grant_types is not None:
                 grant_typed.append((reading.scope, entry.grant_types))  # type: ignore[arg-type]
-            if "offline" in reading.form or (entry.condition is not None and "optional" in reading.form):
-                continue  # counts only through the grant store's user grant or met condition
+            grants = self.grants if entry.grants is None else entry.grants
+            if grants or "offline" in reading.form or (entry.condition is not None and "optional" in reading.form):
+                live.append((reading, grants))  # counts only through the grant store (step 3)
+                continue
             if entry.step_up is not None:
                 step_up.append((reading.scope, entry.step_up))  # type: ignore[arg-type]
                 continue
             counted.add(reading.scope)  # type: ignore[arg-type]
         counted_set = frozenset(counted)
-        simple = refusal is None and not step_up and not grant_typed
-        return Assessment(readings, refusal, counted_set, tuple(step_up), tuple(grant_typed), self.with_implications(counted_set), simple)
+        simple = refusal is None and not step_up and not grant_typed and not live
+        return Assessment(
+            readings, refusal, counted_set, tuple(step_up), tuple(grant_typed), tuple(live), self.with_implications(counted_set), simple,
+        )
 
     def broken_rules(self, readings: Iterable[Reading]) -> Iterator[str]:
         """Step 2, for what the scope strings alone decide: each rule broken, in words."""

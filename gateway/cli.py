@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
+from datetime import datetime, timezone
 import importlib.util
 import logging
 import sys
@@ -18,6 +20,9 @@ from gateway.settings import Config
 from gateway.authentication import Authenticator
 from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route
 from gateway.errors import Refusal, render
+from gateway.grants.live import open_store
+from gateway.grants.store import GrantStore, StoreUnavailable
+from gateway.validation import grant_scope_problem
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
 from gateway.server import SERVERS
@@ -187,6 +192,92 @@ def _scopes_validate(args: argparse.Namespace) -> int:
     return 1
 
 
+def _grants(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if config.grants.store is None:
+        print(f"{args.config}: no grants.store is configured (e.g. grants: {{store: sqlite:///grants.db}})")
+        return 2
+    apis = {api.name: api for api in config.tables.apis}
+    if getattr(args, "api", None) is not None and args.api not in apis:
+        print(f"no route table is named {args.api!r} (tables: {', '.join(apis)})")
+        return 2
+    if getattr(args, "scope", None) is not None:
+        problem = grant_scope_problem(apis[args.api].catalog, args.scope)
+        if problem:
+            print(problem)
+            return 2
+    try:
+        return asyncio.run(_grants_command(args, open_store(config.grants.store, config.grants.base)))
+    except StoreUnavailable as exc:
+        print(f"the grant store cannot be used: {exc}")
+        return 3
+
+
+async def _grants_command(args: argparse.Namespace, store: GrantStore) -> int:
+    try:
+        if args.grants_command == "add":
+            await store.put_grant(args.api, args.client, args.subject, args.scope, _expiry(args))
+            print(f"granted: {_grant_name(args)}")
+        elif args.grants_command == "revoke":
+            if not await store.revoke_grant(args.api, args.client, args.subject, args.scope):
+                print(f"no such grant: {_grant_name(args)}")
+                return 1
+            print(f"revoked: {_grant_name(args)}")
+        elif args.grants_command in ("fulfil", "unfulfil"):
+            met = args.grants_command == "fulfil"
+            if not await store.set_condition(args.api, args.subject, args.scope, met) and not met:
+                print(f"no such condition met: {args.scope} by {args.subject} on {args.api}")
+                return 1
+            print(f"{'fulfilled' if met else 'unfulfilled'}: {args.scope} by {args.subject} on {args.api}")
+        else:
+            grants, conditions = await store.list(args.api, args.client, args.subject)
+            if args.json:
+                print(json.dumps({
+                    "grants": [{"api": g.api, "client": g.client, "subject": g.subject, "scope": g.scope, "expires_at": _rfc3339(g.expires_at)} for g in grants],
+                    "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions],
+                }, indent=2))
+            else:
+                now = time.time()
+                for g in grants:
+                    expiry = "no expiry" if g.expires_at is None else ("expired " if g.expires_at <= now else "expires ") + str(_rfc3339(g.expires_at))
+                    who = f"user {g.subject} via client {g.client}" if g.subject else f"client {g.client}"
+                    print(f"grant      {g.api}  {who}  {g.scope}  ({expiry})")
+                for c in conditions:
+                    print(f"condition  {c.api}  user {c.subject}  {c.scope}  (met)")
+        return 0
+    finally:
+        await store.aclose()
+
+
+def _expiry(args: argparse.Namespace) -> float | None:
+    if args.ttl is not None:
+        return time.time() + args.ttl
+    if args.expires is not None:
+        return args.expires
+    return None
+
+
+def _rfc3339_argument(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time, e.g. 2026-12-31T23:59:59Z") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: end it with Z or +HH:MM")
+    return moment.timestamp()
+
+
+def _rfc3339(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _grant_name(args: argparse.Namespace) -> str:
+    who = f"user {args.subject} via client {args.client}" if args.subject else f"client {args.client}"
+    return f"{args.scope} to {who} on {args.api}"
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -248,6 +339,37 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--stage", default="token", choices=STAGES, help="authorize, token (default) or refresh")
     validate.add_argument("scopes", metavar='"SCOPE LIST"', help="space-separated scopes, as in a token request")
     validate.set_defaults(run=_scopes_validate)
+
+    grants = commands.add_parser("grants", help="change or list live grants in the configured store", description=(
+        "Client grants, user grants and met conditions in the grant store gateway.yaml names (grants.store), "
+        "whether or not a gateway is running: every serving process sees a change within grants.refresh seconds."))
+    grant_commands = grants.add_subparsers(dest="grants_command", required=True, metavar="COMMAND")
+    for name, text in (("add", "add a grant, or replace its expiry"), ("revoke", "revoke a grant (exit 1 if there is none)")):
+        sub = grant_commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}: a client grant without --subject, a user grant with it.")
+        with_config(sub)
+        sub.add_argument("--api", required=True, metavar="A", help="the route table's name")
+        sub.add_argument("--client", required=True, metavar="C", help="the OAuth client id")
+        sub.add_argument("--subject", metavar="S", help="the user (a user grant); without it, a client grant")
+        sub.add_argument("scope", metavar="SCOPE", help="the scope granted (X_offline for a user's offline consent to X)")
+        if name == "add":
+            expiry = sub.add_mutually_exclusive_group()
+            expiry.add_argument("--expires", type=_rfc3339_argument, metavar="RFC3339", help="when it expires, e.g. 2026-12-31T23:59:59Z")
+            expiry.add_argument("--ttl", type=float, metavar="SECONDS", help="how long from now it lasts")
+        sub.set_defaults(run=_grants)
+    for name, text in (("fulfil", "record a scope's condition as met by a user"), ("unfulfil", "record it as not met (exit 1 if it was not)")):
+        sub = grant_commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}: an _optional form of the scope counts once it is met.")
+        with_config(sub)
+        sub.add_argument("--api", required=True, metavar="A", help="the route table's name")
+        sub.add_argument("--subject", required=True, metavar="S", help="the user")
+        sub.add_argument("scope", metavar="SCOPE", help="the scope whose condition it is")
+        sub.set_defaults(run=_grants, client=None)
+    listing = grant_commands.add_parser("list", help="list grants (expired ones too) and met conditions", description="Grants not revoked and conditions met, filtered by every option given.")
+    with_config(listing)
+    listing.add_argument("--api", metavar="A")
+    listing.add_argument("--client", metavar="C")
+    listing.add_argument("--subject", metavar="S")
+    listing.add_argument("--json", action="store_true", help="as the admin API's GET /grants answers")
+    listing.set_defaults(run=_grants, scope=None)
 
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",

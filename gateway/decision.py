@@ -12,10 +12,12 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from gateway.routing import Tables
-from gateway.catalog import CLIENT_CREDENTIALS, Assessment, StepUp
+from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
+from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
 from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
 from gateway.paths import CanonicalPath, canonicalise
 from gateway.tables import Route
@@ -62,12 +64,14 @@ def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"
     return RouteMatch(matched, path, target)
 
 
-def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty") -> Grant:
+def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty", view: GrantView | None = None) -> Grant:
     """Work out the caller's effective scopes for the matched route and decide.
 
     :param grant_type_claim: the claim naming the token's grant type (`tokens.grant_type_claim`).
+    :param view: what the grant store holds for the caller `view_needed` names (None: nothing).
     :raises InvalidScope: the token's scopes break a rule of the API's catalog (403).
-    :raises NotFound: a user token on another user's resource, or a refusal the route hides (404).
+    :raises NotFound: a user token on another user's resource, an optional scope whose condition
+        is not met yet, or a refusal the route hides (404).
     :raises InsufficientUserAuthentication: only a step-up scope would meet the requirement (401).
     :raises Forbidden: the requirement is not met (403).
     """
@@ -76,7 +80,7 @@ def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "
     # the usual request: no rule, claim or path parameter in play, and the requirement met
     if assessment.simple and route.plain and route.requirement.met_by(assessment.effective):
         return Grant(token.subject, token.client, assessment.effective)
-    evaluation = evaluate(match, token, grant_type_claim)
+    evaluation = evaluate(match, token, grant_type_claim, view)
     if evaluation.refusal is not None:
         try:
             raise evaluation.refusal
@@ -91,23 +95,43 @@ class Evaluation:
     """Every step of one decision, in DESIGN.md's order: what `explain` shows, and what
     `authorize` decides with when its shortcut does not apply."""
 
+    catalog: Catalog
     assessment: Assessment
     requirement: Requirement  # bound to the path's parameters
     grant_type: str | None = None  # worked out when a scope or the route depends on it
     stepped_up: tuple[str, ...] = ()  # step-up scopes that count: the authentication is recent and strong enough
     pending_step_up: tuple[tuple[str, StepUp], ...] = ()  # step-up scopes that do not count yet
+    live_counted: frozenset[str] = frozenset()  # scopes that count through the grant store
+    pending_optional: frozenset[str] = frozenset()  # optional forms whose condition is not met yet
+    live_missing: tuple[str, ...] = ()  # each grant missing, expired or revoked, in words
     effective: frozenset[str] = frozenset()
     grant: Grant | None = None
     refusal: Refusal | None = None
 
 
-def evaluate(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty", now: float | None = None) -> Evaluation:
+def view_needed(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty") -> tuple[str | None, str | None] | None:
+    """The (client, subject) whose grant-store view the decision needs, or None.
+
+    A client-credentials token on a `user:` route acts through the grants of the user its path
+    names; any other token needs its own view when one of its scopes counts only through the store.
+    """
+    route = match.route
+    if route.user is not None and token.grant_type(grant_type_claim) == CLIENT_CREDENTIALS:
+        return token.client, match.params[route.user]
+    if route.api.catalog.assess(token.scopes).live:
+        return token.client, token.subject
+    return None
+
+
+def evaluate(
+    match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty", view: GrantView | None = None, now: float | None = None,
+) -> Evaluation:
     """The decision for `match` and `token`, step by step; never raises a refusal, records it."""
     route = match.route
     catalog = route.api.catalog
     assessment = catalog.assess(token.scopes)
     requirement = route.requirement.bind(match.params) if route.requirement.bound else route.requirement
-    evaluation = Evaluation(assessment, requirement)
+    evaluation = Evaluation(catalog, assessment, requirement)
     if assessment.refusal is not None:
         evaluation.refusal = InvalidScope(assessment.refusal)
         return evaluation
@@ -131,11 +155,21 @@ def evaluate(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "g
             # to the client (the grant store); its own scopes do not count here
             acting_for = user
             counted = frozenset()
-    claims = token.claims if assessment.step_up else {}
     now = time.time() if now is None else now
+    view = EMPTY_VIEW if view is None else view
+    if acting_for is not None:
+        counted = frozenset(
+            scope.removesuffix("_offline") for scope, state in view.user_grants.items()
+            if scope.endswith("_offline") and scope.removesuffix("_offline") in catalog.entries and state.active(now)
+        )
+        evaluation.live_counted = counted
+    elif assessment.live:
+        _live_step(evaluation, view, token.client, token.subject, now)
+        counted = counted | evaluation.live_counted
+    claims = token.claims if assessment.step_up else {}
     evaluation.stepped_up = tuple(scope for scope, step_up in assessment.step_up if acting_for is None and _authenticated_enough(claims, step_up, now))
     evaluation.pending_step_up = tuple((scope, step_up) for scope, step_up in assessment.step_up if scope not in evaluation.stepped_up and acting_for is None)
-    effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted is not assessment.counted else assessment.effective
+    effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
     if requirement.met_by(effective):
         evaluation.grant = Grant(token.subject, token.client, effective)
@@ -144,8 +178,54 @@ def evaluate(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "g
     return evaluation
 
 
+def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subject: str | None, now: float) -> None:
+    """Step 3: which of the token's live scopes count, which wait for a condition, and why the
+    others do not (DESIGN.md: active means present, not revoked, and not past `expires_at`)."""
+    counted: set[str] = set()
+    pending: set[str] = set()
+    missing: list[str] = []
+    for reading, grants in evaluation.assessment.live:
+        scope = reading.scope
+        assert scope is not None
+        needed = []
+        if "client" in grants:
+            needed.append((view.client_grants.get(scope), f"the client grant of {scope} to client {client}"))
+        if "user" in grants:
+            needed.append((view.user_grants.get(scope), f"the user grant of {scope} by {subject} to client {client}"))
+        if "offline" in reading.form:
+            needed.append((view.user_grants.get(f"{scope}_offline"), f"the offline grant {scope}_offline by {subject} to client {client}"))
+        problems = [_grant_problem(state, what, now) for state, what in needed]
+        problems = [problem for problem in problems if problem is not None]
+        missing.extend(problems)
+        if problems:
+            continue
+        condition = evaluation.catalog.entries[reading.entry].condition if reading.entry is not None else None
+        if "optional" in reading.form and condition is not None and scope not in view.conditions:
+            pending.add(scope)
+            continue
+        counted.add(scope)
+    evaluation.live_counted = frozenset(counted)
+    evaluation.pending_optional = frozenset(pending)
+    evaluation.live_missing = tuple(missing)
+
+
+def _grant_problem(state: GrantState | None, what: str, now: float) -> str | None:
+    if state is None:
+        return f"{what} does not exist"
+    if state.revoked_at is not None:
+        return f"{what} was revoked at {_when(state.revoked_at)}"
+    if state.expires_at is not None and now >= state.expires_at:
+        return f"{what} expired at {_when(state.expires_at)}"
+    return None
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
 def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation, acting_for: str | None) -> Refusal:
-    """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then forbidden (404 if hidden)."""
+    """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then an optional scope
+    whose condition is not met (404), then forbidden (404 if hidden)."""
     route = match.route
     catalog = route.api.catalog
     if evaluation.pending_step_up:
@@ -163,12 +243,21 @@ def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation
                     + ": authenticate again and retry with the new token",
                     acr_values=" ".join(acr_values), max_age=min(ages) if ages else None,
                 )
+    if evaluation.pending_optional:
+        fulfilled = catalog.with_implications(evaluation.effective | evaluation.pending_optional)
+        if any(alternative <= fulfilled for alternative in requirement.alternatives):
+            return NotFound(
+                f"{' and '.join(sorted(evaluation.pending_optional))}: the user has not met the scope's condition yet",
+                pending=sorted(evaluation.pending_optional),
+            )
     missing = [sorted(alternative - evaluation.effective) for alternative in requirement.alternatives]
     shown = " and ".join(missing[0]) if len(missing) == 1 else "one of: " + "; ".join(" and ".join(scopes) for scopes in missing)
     held = " ".join(sorted(evaluation.effective)) or "no scopes"
     description = f"{route.method} {route.template} requires {requirement.describe()}; the token grants {held} (missing {shown})"
     if acting_for is not None:
-        description += f"; a client-credentials token acts on user {acting_for} only through that user's offline grants to this client, and none is active"
+        description += f"; a client-credentials token acts on user {acting_for} only through that user's active offline grants to this client"
+    if evaluation.live_missing:
+        description += "; " + "; ".join(evaluation.live_missing)
     if route.hide:
         return NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
     return Forbidden(description, scope=requirement.first_alternative(), required=[sorted(alternative) for alternative in requirement.alternatives])

@@ -14,6 +14,7 @@
     ├── Forbidden          403 forbidden        (valid token, requirement not met)
     ├── InvalidScope       403 invalid_scope    (the token's scopes break a rule of the API's catalog)
     ├── InsufficientUserAuthentication  401 insufficient_user_authentication  (a step-up scope needs a fresher login)
+    ├── TemporarilyUnavailable  503 temporarily_unavailable  (the grant store cannot be read; Retry-After)
     ├── BadGateway         502 bad_gateway      (upstream refused, reset or answered garbage)
     └── GatewayTimeout     504 gateway_timeout  (upstream too slow)
 
@@ -177,6 +178,17 @@ class InsufficientUserAuthentication(Refusal):
         return params
 
 
+class TemporarilyUnavailable(Refusal):
+    """The request needs live grants and the grant store cannot be read: never decided on a guess."""
+
+    status = 503
+    error = "temporarily_unavailable"
+
+    def __init__(self, description: str, *, retry_after: int, **extra: object) -> None:
+        super().__init__(description, **extra)
+        self.retry_after = retry_after
+
+
 class BadGateway(Refusal):
     """The upstream could not be reached, reset the connection or answered something unusable."""
 
@@ -218,4 +230,6 @@ def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, byte
         headers.append((b"www-authenticate", www_authenticate(refusal, realm)))
     if refusal.close:
         headers.append((b"connection", b"close"))
+    if isinstance(refusal, TemporarilyUnavailable):
+        headers.append((b"retry-after", b"%d" % refusal.retry_after))
     return refusal.status, headers, body

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.authentication import Authenticator
+from gateway.grants.live import LiveGrants, open_store
 from gateway.keys import KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
@@ -36,6 +37,7 @@ class Runtime:
     tables: Tables
     limits: LimitSettings
     grant_type_claim: str
+    grants: LiveGrants | None  # the grant store's views; None: no store configured
 
     @classmethod
     def build(cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> Runtime:
@@ -46,19 +48,28 @@ class Runtime:
             refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
         )
         upstream = upstream or upstream_client(config.proxy)
+        grants = None
+        if config.grants.store is not None:
+            grants = LiveGrants(open_store(config.grants.store, config.grants.base), config.grants.refresh)
         return cls(
             config, keys, Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy),
-            config.tables, config.limits, tokens.grant_type_claim,
+            config.tables, config.limits, tokens.grant_type_claim, grants,
         )
 
     async def start(self) -> None:
-        """Make it ready to serve: the JWKS fetched, the upstream client's CA bundle loaded.
+        """Make it ready to serve: the JWKS fetched, the upstream client's CA bundle loaded, the
+        grant store's version read and polled (a store that does not answer is not fatal: the
+        requests that need it get 503 until it does).
 
         :raises Exception: whatever keeps it from serving; the app reports it as a failed start.
         """
         await self.upstream.start()
         await self.keys.start()
+        if self.grants is not None:
+            await self.grants.start()
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
         await self.keys.aclose()
+        if self.grants is not None:
+            await self.grants.aclose()

@@ -51,9 +51,17 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantSettings:
+    store: str | None = None  # sqlite:////abs/path, sqlite:///relative/to/gateway.yaml, redis://...; None: no store
+    refresh: float = 1.0  # seconds a process may serve a stale view
+    base: Path = Path(".")  # the folder a relative sqlite path is taken from (gateway.yaml's)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     tables: Tables
     tokens: TokenSettings = field(default_factory=TokenSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    grants: GrantSettings = field(default_factory=GrantSettings)

@@ -58,6 +58,8 @@ class Route:
     exchange: Exchange | None = None
     # neither a user binding nor a path parameter in the requirement: the decision's shortcut applies
     plain: bool = True
+    # a decision here may need the grant store (its catalog has live scopes, or it acts on a user)
+    live: bool = False
 
     def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
         return {name: segments[index] for name, index in self.params}

@@ -173,7 +173,7 @@ def test_a_forbidden_answer_names_what_is_missing(tables: Tables) -> None:
         authorize(route(tables, "GET", b"/r/banks/B2/connections"), token("id:B1"))
     assert refused.value.description.endswith("(missing one of: id:B2; id:all)")
     assert refused.value.scope == "id:B2"  # type: ignore[attr-defined]
-    with pytest.raises(Refusal, match="acts on user u1 only through that user's offline grants"):
+    with pytest.raises(Refusal, match="acts on user u1 only through that user's active offline grants"):
         authorize(route(tables, "GET", b"/r/users/u1/balance"), token("balance", CLIENT))
 
 

@@ -15,9 +15,11 @@ from gateway.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, VerificationKey
 from gateway.loading.nodes import ConfigError, Invalid, Reader, line_of
 from gateway.loading.tables import load_tables
 from gateway.routing import Tables
-from gateway.settings import DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, Config, LimitSettings, ProxySettings, TokenSettings
+from gateway.grants.live import open_store
+from gateway.settings import DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, Config, GrantSettings, LimitSettings, ProxySettings, TokenSettings
 
-_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits"}
+_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants"}
+_GRANT_KEYS = {"store", "refresh"}
 _TOKEN_KEYS = {
     "issuer", "audience", "algorithms", "jwks_url", "jwks_file", "public_keys", "hmac_secret_file",
     "leeway", "scope_claims", "jwks_refetch_interval", "jwks_max_age", "cache_size", "grant_type_claim",
@@ -51,13 +53,14 @@ def load_config(path: str | Path) -> Config:
     except Invalid as invalid:
         reader.report(invalid.node, invalid.message)
         raise ConfigError(reader.problems) from None
+    grants = _section(reader, entries, "grants", lambda node: _grants(reader, node, path.parent), GrantSettings(base=path.parent))
     tables: Tables | None = None
     if "routes" not in entries:
         reader.report(root, "missing key 'routes' (a route table file, or a folder of *.yaml tables)")
     else:
         with reader.reporting():
             node = entries["routes"][1]
-            tables = load_tables(reader, path.parent / reader.string(node, "routes"), node)
+            tables = load_tables(reader, path.parent / reader.string(node, "routes"), node, live=grants.store is not None)
         reader.file = gateway_file
     tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent), TokenSettings())
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
@@ -72,7 +75,7 @@ def load_config(path: str | Path) -> Config:
         reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys or hmac_secret_file)")
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits)
+    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants)
 
 
 def _section(reader: Reader, entries: Entries, name: str, read: Any, default: Any) -> Any:
@@ -229,6 +232,24 @@ def _networks(reader: Reader, node: yaml.Node, what: str) -> tuple[ipaddress.IPv
             except ValueError:
                 raise Invalid(item, f"{what}: {text!r} is not an IP address or network") from None
     return tuple(networks)
+
+
+def _grants(reader: Reader, node: yaml.Node, base: Path) -> GrantSettings:
+    entries = reader.mapping(node, "grants", _GRANT_KEYS)
+    settings: dict[str, Any] = {"base": base}
+    if "store" in entries:
+        with reader.reporting():
+            store_node = entries["store"][1]
+            url = reader.string(store_node, "grants.store")
+            try:
+                open_store(url, base)  # only parsed: nothing is opened until the gateway starts
+            except ValueError as exc:
+                raise Invalid(store_node, str(exc)) from None
+            settings["store"] = url
+    if "refresh" in entries:
+        with reader.reporting():
+            settings["refresh"] = reader.number(entries["refresh"][1], "grants.refresh", minimum=0.05)
+    return GrantSettings(**settings)
 
 
 def _limits(reader: Reader, node: yaml.Node) -> LimitSettings:

@@ -26,8 +26,10 @@ _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any
 Shape = tuple[str | None, ...]
 
 
-def load_tables(reader: Reader, routes_path: Path, node: yaml.Node) -> Tables | None:
+def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: bool = False) -> Tables | None:
     """Every table of `routes_path` (a file, or a folder of *.yaml), compiled; None if any has a problem.
+
+    :param live: a grant store is configured, so tables may use keys that need live grants.
 
     :raises Invalid: `routes_path` names nothing to load.
     """
@@ -44,7 +46,7 @@ def load_tables(reader: Reader, routes_path: Path, node: yaml.Node) -> Tables | 
     entries: list[tuple[Shape, Route]] = []
     names: dict[str, str] = {}
     for file in files:
-        table = _TableReader(reader, file).read()
+        table = _TableReader(reader, file, live).read()
         if table is None:
             continue
         api, routes, name_line = table
@@ -67,9 +69,10 @@ def load_tables(reader: Reader, routes_path: Path, node: yaml.Node) -> Tables | 
 class _TableReader:
     """One route table file."""
 
-    def __init__(self, reader: Reader, file: Path) -> None:
+    def __init__(self, reader: Reader, file: Path, live: bool) -> None:
         self.reader = reader
         self.file = file
+        self.live = live
         self.catalog: Catalog = Catalog()
         self.has_catalog = False
 
@@ -102,7 +105,7 @@ class _TableReader:
                 prefix = self._prefix(entries["prefix"][1])
         if "scopes" in entries or "rules" in entries:
             self.has_catalog = "scopes" in entries
-            self.catalog = CatalogReader(reader).read(entries.get("scopes"), entries.get("rules"))
+            self.catalog = CatalogReader(reader, self.live).read(entries.get("scopes"), entries.get("rules"))
         parsed: list[tuple[str, str, Shape, Requirement, str | None, bool, int]] = []
         if "routes" in entries:
             table_routes: dict[str, tuple[yaml.Node, yaml.Node]] = {}
@@ -120,7 +123,7 @@ class _TableReader:
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
                 params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
-                plain=user is None and not requirement.bound,
+                plain=user is None and not requirement.bound, live=self.catalog.live or user is not None,
             ))
             for method, template, shape, requirement, user, hide, line in parsed
         ]

@@ -1,0 +1,113 @@
+"""Grant views in memory, kept fresh: what the decision reads of the grant store.
+
+A view per (api, client, subject), fetched from the store on a miss and kept (at most
+`max_views`, least recently used out). Every `refresh` seconds the store's version is read; when
+it moved, every view is dropped, so none is served more than about `refresh` seconds after a
+change in any process. When the store cannot be read, views are dropped too and requests that
+need live state are refused (503) until it answers again: never a decision on a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from urllib.parse import unquote, urlsplit
+from pathlib import Path
+
+from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
+
+logger = logging.getLogger("gateway.grants")
+Key = tuple[str, str | None, str | None]
+
+
+def open_store(url: str, base: Path) -> GrantStore:
+    """The backend a `grants.store` URL names: `sqlite:////abs/path`, `sqlite:///relative/to/base`
+    (as SQLAlchemy writes them) or `redis://...`.
+
+    :raises ValueError: a URL of another scheme or shape.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(f"a sqlite store is sqlite:////absolute/path or sqlite:///relative/path, not {url!r}")
+        from gateway.grants.sqlite import SQLiteStore
+
+        path = Path(unquote(parts.path[1:]))
+        return SQLiteStore(path if path.is_absolute() else base / path)
+    if parts.scheme in ("redis", "rediss"):
+        from gateway.grants.redis import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {url!r}")
+
+
+class LiveGrants:
+    """The views of one grant store, for every request of one process."""
+
+    def __init__(self, store: GrantStore, refresh: float, max_views: int = 10_000) -> None:
+        self.store = store
+        self.refresh = refresh
+        self.max_views = max_views
+        self._views: OrderedDict[Key, GrantView] = OrderedDict()
+        self._version: object = None
+        self.error: str | None = "not started"  # why the store cannot be read now; None when it can
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read the store's version once (an unreachable store is reported, not fatal: requests
+        that need it get 503 until it answers) and keep polling it."""
+        await self._check()
+        self._poller = asyncio.ensure_future(self._poll())
+
+    def cached(self, api: str, client: str | None, subject: str | None) -> GrantView | None:
+        """The view in memory, if any: no await on the usual request."""
+        key = (api, client, subject)
+        view = self._views.get(key)
+        if view is not None:
+            self._views.move_to_end(key)
+        return view
+
+    async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
+        """The caller's view, from memory or the store.
+
+        :raises StoreUnavailable: the store cannot be read.
+        """
+        view = self.cached(api, client, subject)
+        if view is not None:
+            return view
+        if self.error is not None:
+            raise StoreUnavailable(self.error)
+        version = self._version
+        view = await self.store.view(api, client, subject)
+        if version == self._version:  # not kept if a change was seen while it was read
+            self._views[(api, client, subject)] = view
+            if len(self._views) > self.max_views:
+                self._views.popitem(last=False)
+        return view
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh)
+            await self._check()
+
+    async def _check(self) -> None:
+        try:
+            version = await self.store.version()
+        except StoreUnavailable as exc:
+            if self.error is None:
+                logger.error("grant store unreadable: %s; requests that need live grants are refused until it answers", exc)
+            self.error = str(exc)
+            self._views.clear()
+            return
+        if self.error is not None and self.error != "not started":
+            logger.warning("grant store readable again")
+        self.error = None
+        if version != self._version:
+            self._version = version
+            self._views.clear()
+
+    async def aclose(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        await self.store.aclose()

@@ -1,0 +1,325 @@
+"""Live grants (DESIGN.md, "Live grants" and step 3 of "Effective scopes and the decision") on a
+real SQLite file: the store itself, the views kept fresh, the decision through the ASGI app, the
+`gateway grants` command, and a store that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from gateway.app import Gateway
+from gateway.grants.live import LiveGrants, open_store
+from gateway.grants.sqlite import SQLiteStore
+from gateway.grants.store import GrantState, StoreUnavailable
+from gateway.loading import ConfigError, load_config
+from tests.support import AUDIENCE, ISSUER, KEYS, mint
+from tests.test_cli import run
+
+pytestmark = pytest.mark.anyio
+
+TABLE = """\
+name: wallet
+upstream: http://wallet.test
+prefix: /w
+scopes:
+  balance:
+    description: Get balance of user's wallet
+    suffixes: [offline]
+  phone:
+    description: Get user's confirmed phone number
+    suffixes: [offline, optional]
+    condition: User must add and validate phone number
+  email:
+    suffixes: [optional]
+  accounts_details:read:
+    grants: [client]
+  make_deposit:
+    grants: [client, user]
+routes:
+  GET /balance: balance
+  GET /phone: phone
+  GET /email: email
+  GET /accounts/details: accounts_details:read
+  POST /deposits: make_deposit
+  GET /users/{userId}/balance: {scopes: balance, user: userId}
+  GET /status: public
+"""
+USER = {"sub": "ana", "client_id": "app"}
+CLIENT = {"sub": "app", "client_id": "app"}
+
+
+def write(folder: Path, store: str = "sqlite:///grants.db", refresh: float = 0.1) -> Path:
+    (folder / "routes").mkdir(exist_ok=True)
+    (folder / "routes" / "wallet.yaml").write_text(TABLE)
+    config = folder / "gateway.yaml"
+    config.write_text(
+        f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
+        f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {refresh}\n"
+    )
+    return config
+
+
+class Wallet:
+    """The gateway with the wallet table and a SQLite store, in front of a respx-mocked upstream."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.app = Gateway(load_config(config))
+
+    async def ask(self, request: str, scopes: str | None, claims: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], bool]:
+        method, path = request.split(" ", 1)
+        headers = {} if scopes is None else {"authorization": f"Bearer {mint(scopes, lifetime=600, **(claims or USER))}"}
+        with respx.mock(assert_all_called=False) as router:
+            upstream = router.route(host="wallet.test").mock(return_value=httpx.Response(200, json={}))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://gateway.test") as client:
+                response = await client.request(method, path, headers=headers)
+        body = response.json() if not upstream.called else {}
+        return response.status_code, body | {"retry-after": response.headers.get("retry-after")}, upstream.called
+
+    async def fresh(self) -> None:
+        await asyncio.sleep(self.app.runtime.config.grants.refresh * 3)  # past a poll: every process sees a change
+
+
+@pytest.fixture
+async def wallet(tmp_path: Path) -> AsyncIterator[Wallet]:
+    gateway = Wallet(write(tmp_path))
+    await gateway.app.runtime.start()
+    yield gateway
+    await gateway.app.runtime.aclose()
+
+
+def grants(config: Path, *args: str) -> str:
+    done = run("grants", *args, "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+async def test_the_sqlite_store_round_trip(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "grants.db")
+    try:
+        await store.put_grant("wallet", "app", None, "accounts_details:read", None)
+        await store.put_grant("wallet", "app", "ana", "balance_offline", 2_000_000_000.0)
+        await store.put_grant("wallet", "other", "ana", "balance_offline", None)
+        await store.set_condition("wallet", "ana", "phone", True)
+        view = await store.view("wallet", "app", "ana")
+        assert view.client_grants == {"accounts_details:read": GrantState(None, None)}
+        assert view.user_grants == {"balance_offline": GrantState(2_000_000_000.0, None)}
+        assert view.conditions == {"phone"}
+        assert await store.revoke_grant("wallet", "app", "ana", "balance_offline")
+        assert not await store.revoke_grant("wallet", "app", "ana", "balance_offline")  # already revoked
+        assert not await store.revoke_grant("wallet", "app", "bob", "balance_offline")  # never granted
+        revoked = (await store.view("wallet", "app", "ana")).user_grants["balance_offline"]
+        assert revoked.revoked_at is not None and not revoked.active(time.time())
+        await store.put_grant("wallet", "app", "ana", "balance_offline", None)  # granted again: the revocation is gone
+        assert (await store.view("wallet", "app", "ana")).user_grants["balance_offline"].active(time.time())
+        listed, conditions = await store.list("wallet", subject="ana")
+        assert [(g.client, g.scope) for g in listed] == [("app", "balance_offline"), ("other", "balance_offline")]
+        assert [(c.subject, c.scope) for c in conditions] == [("ana", "phone")]
+        assert not await store.set_condition("wallet", "bob", "phone", False)
+        assert await store.set_condition("wallet", "ana", "phone", False)
+    finally:
+        await store.aclose()
+
+
+async def test_two_processes_see_each_others_writes_and_lose_none(tmp_path: Path) -> None:
+    first, second = SQLiteStore(tmp_path / "grants.db"), SQLiteStore(tmp_path / "grants.db")
+    try:
+        before = await second.version()
+        await first.put_grant("wallet", "app", None, "s", None)
+        assert await second.version() != before  # PRAGMA data_version moves for the other connection
+        assert "s" in (await second.view("wallet", "app", None)).client_grants
+        await asyncio.gather(*(store.put_grant("wallet", f"c{n}", None, "s", None) for n in range(100) for store in (first, second)))
+        listed, _ = await first.list("wallet")
+        assert len(listed) == 101
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_views_are_refreshed_within_the_refresh_interval(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "grants.db")
+    writer = SQLiteStore(tmp_path / "grants.db")
+    live = LiveGrants(store, refresh=0.1)
+    await live.start()
+    try:
+        assert (await live.view("wallet", "app", None)).client_grants == {}
+        assert live.cached("wallet", "app", None) is not None  # kept in memory
+        await writer.put_grant("wallet", "app", None, "s", None)
+        await asyncio.sleep(0.3)
+        assert live.cached("wallet", "app", None) is None  # dropped when the version moved
+        assert "s" in (await live.view("wallet", "app", None)).client_grants
+    finally:
+        await live.aclose()
+        await writer.aclose()
+
+
+async def test_an_unreadable_store_refuses_and_recovers_by_itself(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    live = LiveGrants(SQLiteStore(folder / "grants.db"), refresh=0.1)
+    await live.start()
+    try:
+        with pytest.raises(StoreUnavailable, match="unable to open database file"):
+            await live.view("wallet", "app", None)
+        folder.mkdir()
+        await asyncio.sleep(0.3)
+        assert (await live.view("wallet", "app", None)).client_grants == {}
+    finally:
+        await live.aclose()
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    assert open_store("sqlite:///grants.db", tmp_path).path == tmp_path / "grants.db"  # type: ignore[attr-defined]
+    assert open_store(f"sqlite:///{tmp_path}/x.db", Path("/elsewhere")).path == tmp_path / "x.db"  # type: ignore[attr-defined]
+    for bad in ("sqlite://grants.db", "postgres://db/grants", "grants.db"):
+        with pytest.raises(ValueError):
+            open_store(bad, tmp_path)
+
+
+def test_a_table_that_needs_live_state_needs_a_store(tmp_path: Path) -> None:
+    config = write(tmp_path)
+    config.write_text(config.read_text().split("grants:")[0])
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert all("needs live grants: configure grants.store" in problem.message for problem in error.value.problems)
+    assert len(error.value.problems) == 5  # the offline forms of balance and phone, phone's condition, two grants
+    write(tmp_path, store="mysql://db")
+    with pytest.raises(ConfigError, match="grants.store must be a sqlite:/// or redis:// URL"):
+        load_config(config)
+
+
+# --- the decision through the app ------------------------------------------------------------
+
+async def test_client_grants_count_while_active(wallet: Wallet) -> None:
+    status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
+    assert (status, body["error"], forwarded) == (403, "forbidden", False)
+    assert "the client grant of accounts_details:read to client app does not exist" in body["error_description"]
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
+    grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")
+    await wallet.fresh()
+    status, body, _ = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
+    assert status == 403 and "was revoked at" in body["error_description"]
+
+
+async def test_an_expiry_takes_effect_at_its_second(wallet: Wallet) -> None:
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", "--ttl", "1.5")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
+    await asyncio.sleep(1.6)  # no write, no refresh: the view's expiry is checked at decision time
+    status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
+    assert (status, forwarded) == (403, False) and "expired at" in body["error_description"]
+
+
+async def test_client_and_user_grants_both_needed(wallet: Wallet) -> None:
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "make_deposit")
+    await wallet.fresh()
+    status, body, _ = await wallet.ask("POST /w/deposits", "make_deposit")
+    assert status == 403 and "the user grant of make_deposit by ana to client app does not exist" in body["error_description"]
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "make_deposit", "--expires", "2099-01-01T00:00:00Z")
+    await wallet.fresh()
+    assert (await wallet.ask("POST /w/deposits", "make_deposit"))[2]
+    assert (await wallet.ask("POST /w/deposits", "make_deposit", {"sub": "bob", "client_id": "app"}))[0] == 403
+
+
+async def test_offline_forms_count_through_the_users_offline_grant(wallet: Wallet) -> None:
+    status, body, _ = await wallet.ask("GET /w/balance", "balance_offline")
+    assert status == 403 and "the offline grant balance_offline by ana to client app does not exist" in body["error_description"]
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/balance", "balance_offline"))[2]
+    # the plain scope needs no grant
+    assert (await wallet.ask("GET /w/balance", "balance"))[2]
+    # revoking the offline grant is how the user revokes offline access: forbidden
+    grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/balance", "balance_offline"))[0] == 403
+
+
+async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_grants(wallet: Wallet) -> None:
+    assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[2]
+    assert (await wallet.ask("GET /w/users/bob/balance", "", CLIENT))[0] == 403  # bob granted nothing
+    # another client holds no grant of ana's
+    assert (await wallet.ask("GET /w/users/ana/balance", "", {"sub": "other", "client_id": "other"}))[0] == 403
+
+
+async def test_optional_forms_are_not_found_until_their_condition_is_met(wallet: Wallet) -> None:
+    status, body, forwarded = await wallet.ask("GET /w/phone", "phone_optional")
+    assert (status, body["error"], forwarded) == (404, "not_found", False)
+    assert "phone: the user has not met the scope's condition yet" == body["error_description"]
+    grants(wallet.config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/phone", "phone_optional"))[2]
+    # without a condition, an optional form counts at once
+    assert (await wallet.ask("GET /w/email", "email_optional"))[2]
+    # offline and optional together: the offline grant and the condition
+    assert (await wallet.ask("GET /w/phone", "phone_offline_optional"))[0] == 403
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "phone_offline")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/phone", "phone_offline_optional"))[2]
+    grants(wallet.config, "unfulfil", "--api", "wallet", "--subject", "ana", "phone")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/phone", "phone_offline_optional"))[0] == 404
+
+
+async def test_a_store_that_cannot_be_read_answers_503_and_other_routes_still_serve(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gateway = Wallet(write(tmp_path, store=f"sqlite:///{gone}/grants.db"))
+    await gateway.app.runtime.start()
+    try:
+        status, body, forwarded = await gateway.ask("GET /w/accounts/details", "accounts_details:read")
+        assert (status, body["error"], body["retry-after"], forwarded) == (503, "temporarily_unavailable", "1", False)
+        assert (await gateway.ask("GET /w/balance", "balance"))[2]  # no live state needed
+        assert (await gateway.ask("GET /w/status", None))[2]
+        gone.mkdir()
+        await gateway.fresh()
+        assert (await gateway.ask("GET /w/accounts/details", "accounts_details:read"))[0] == 403  # read again: no grant
+    finally:
+        await gateway.app.runtime.aclose()
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def test_grants_list_and_its_json(tmp_path: Path) -> None:
+    config = write(tmp_path)
+    grants(config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", "--expires", "2099-01-01T00:00:00Z")
+    grants(config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
+    listed = json.loads(grants(config, "list", "--json"))
+    assert listed == {
+        "grants": [
+            {"api": "wallet", "client": "app", "subject": None, "scope": "accounts_details:read", "expires_at": "2099-01-01T00:00:00Z"},
+            {"api": "wallet", "client": "app", "subject": "ana", "scope": "balance_offline", "expires_at": None},
+        ],
+        "conditions": [{"api": "wallet", "subject": "ana", "scope": "phone"}],
+    }
+    text = grants(config, "list", "--subject", "ana")
+    assert "user ana via client app  balance_offline  (no expiry)" in text and "condition  wallet  user ana  phone  (met)" in text
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["add", "--api", "nope", "--client", "app", "balance"], 2, "no route table is named 'nope'"),
+    (["add", "--api", "wallet", "--client", "app", "balance_optional"], 2, "neither a scope of this API's catalog nor the _offline form"),
+    (["add", "--api", "wallet", "--client", "app", "email_offline"], 2, "neither a scope"),
+    (["add", "--api", "wallet", "--client", "app", "balance", "--expires", "tomorrow"], 2, "is not an RFC 3339 time"),
+    (["add", "--api", "wallet", "--client", "app", "balance", "--expires", "2099-01-01T00:00:00"], 2, "has no time zone"),
+    (["revoke", "--api", "wallet", "--client", "app", "balance"], 1, "no such grant: balance to client app on wallet"),
+    (["unfulfil", "--api", "wallet", "--subject", "ana", "phone"], 1, "no such condition met"),
+])
+def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str) -> None:
+    done = run("grants", *args, "--config", str(write(tmp_path)))
+    assert done.returncode == code, done.stdout + done.stderr
+    assert words in done.stdout + done.stderr
