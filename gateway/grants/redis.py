@@ -1,0 +1,235 @@
+"""The grant store in Redis, shared by a fleet of gateway replicas (`grants.store: redis://...`).
+
+Key layout. Every component written {like_this} is percent-encoded (`quote(..., safe="")`), so a
+':' or '/' in an API name, client id or subject never makes two keys collide, and no key holds a
+glob character that a SCAN pattern would read as one:
+
+    gateway:client:{api}:{client}             hash: scope -> {"expires_at": float|null, "revoked_at": float|null}
+    gateway:user:{api}:{client}:{subject}     hash: the same, for the user grants of one subject
+    gateway:condition:{api}:{subject}         set: the scopes whose condition the subject has met
+    gateway:version                           counter, incremented by every write
+    gateway:epoch                             random token, set by the first write into an empty Redis
+    channel gateway:changes                   every write publishes the key it changed
+
+Scopes are hash fields and set members, stored as they are. Expiries are timestamps that the reader
+checks (`GrantState.active`), never Redis TTLs: a grant's row must outlive its expiry so that a
+refusal can say when it expired. Revoking keeps the row too, with `revoked_at` set.
+
+Each write, its version increment and its publication go in one MULTI/EXEC, so no reader sees a
+changed store with an old version. `version()` is (epoch, counter): a Redis that restarts empty (or
+is flushed) counts from 0 again, and the epoch keeps an old counter value from meaning "unchanged".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import redis.asyncio
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, WatchError
+
+from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+
+PREFIX = "gateway:"
+VERSION_KEY = PREFIX + "version"
+EPOCH_KEY = PREFIX + "epoch"
+CHANNEL = PREFIX + "changes"
+# A dead or hung Redis fails a call within about a second; the view cache keeps serving its last views.
+TIMEOUT = 1.0
+
+
+def _key(kind: str, *parts: str) -> str:
+    return PREFIX + kind + "".join(":" + quote(part, safe="") for part in parts)
+
+
+def _pattern(kind: str, *parts: str | None) -> str:
+    """A SCAN pattern for keys of `kind`, a None part matching any value of that component."""
+    return PREFIX + kind + "".join(":" + ("*" if part is None else quote(part, safe="")) for part in parts)
+
+
+def _parts(key: str) -> tuple[str, list[str]]:
+    kind, *parts = key[len(PREFIX):].split(":")
+    return kind, [unquote(part) for part in parts]
+
+
+def _encode(state: GrantState) -> str:
+    return json.dumps({"expires_at": state.expires_at, "revoked_at": state.revoked_at})
+
+
+def _decode(key: str, scope: str, raw: str) -> GrantState:
+    try:
+        fields = json.loads(raw)
+        return GrantState(expires_at=_timestamp(fields["expires_at"]), revoked_at=_timestamp(fields["revoked_at"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreUnavailable(f"unreadable grant {scope!r} in {key}: {raw!r}") from exc
+
+
+def _timestamp(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a timestamp: {value!r}")
+    return float(value)
+
+
+def _states(key: str, fields: dict[str, str]) -> dict[str, GrantState]:
+    return {scope: _decode(key, scope, raw) for scope, raw in fields.items()}
+
+
+def _redacted(url: str) -> str:
+    """`url` without its password or query (where a password may also be given), for messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class RedisStore:
+    """A `GrantStore` in one Redis (or a Redis endpoint in front of a replicated set), for a fleet."""
+
+    def __init__(self, url: str) -> None:
+        self.url = _redacted(url)  # for messages: no password
+        # No retries: a failure reaches the caller at once; the pool reconnects on the next call.
+        self._client = redis.asyncio.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"grant store {self.url}: {exc}") from exc
+
+    @staticmethod
+    def _grant_key(api: str, client: str, subject: str | None) -> str:
+        return _key("client", api, client) if subject is None else _key("user", api, client, subject)
+
+    @staticmethod
+    def _changed(pipe: Pipeline, key: str) -> None:
+        """Queue, after a write to `key` in a MULTI, what every write does: the version, the epoch
+        (kept if there is one) and the publication."""
+        pipe.incr(VERSION_KEY)
+        pipe.set(EPOCH_KEY, secrets.token_hex(8), nx=True)
+        pipe.publish(CHANNEL, key)
+
+    async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
+        """The caller's client grants, user grants and met conditions, read in one round trip and
+        from one snapshot (MULTI/EXEC)."""
+        if client is None:
+            return EMPTY_VIEW
+        client_key = _key("client", api, client)
+        user_key = None if subject is None else _key("user", api, client, subject)
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(client_key)
+                if user_key is not None and subject is not None:
+                    pipe.hgetall(user_key)
+                    pipe.smembers(_key("condition", api, subject))
+                replies = await pipe.execute()
+        if user_key is None:
+            return GrantView(client_grants=_states(client_key, replies[0]))
+        return GrantView(client_grants=_states(client_key, replies[0]), user_grants=_states(user_key, replies[1]),
+                         conditions=frozenset(replies[2]))
+
+    async def version(self) -> tuple[str | None, int]:
+        """(epoch, number of writes since the epoch began): changes with every write from any replica."""
+        with self._errors():
+            counter, epoch = await self._client.mget(VERSION_KEY, EPOCH_KEY)
+        return epoch, int(counter or 0)
+
+    async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
+        """Add a grant, or replace its expiry and clear its revocation."""
+        key = self._grant_key(api, client, subject)
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, scope, _encode(GrantState(expires_at=expires_at)))
+                self._changed(pipe, key)
+                await pipe.execute()
+
+    async def revoke_grant(self, api: str, client: str, subject: str | None, scope: str) -> bool:
+        """Mark a grant revoked, keeping its expiry; False when there is no such grant or it is revoked
+        already. An expired grant is revoked (True): the row then tells both."""
+        key = self._grant_key(api, client, subject)
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                # Read, check, write under WATCH: a concurrent write to this hash makes EXEC fail, and
+                # the check runs again on what that write left.
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hget(key, scope)
+                        if raw is None:
+                            return False
+                        state = _decode(key, scope, raw)
+                        if state.revoked_at is not None:
+                            return False
+                        pipe.multi()
+                        pipe.hset(key, scope, _encode(GrantState(expires_at=state.expires_at, revoked_at=time.time())))
+                        self._changed(pipe, key)
+                        await pipe.execute()
+                        return True
+                    except WatchError:
+                        continue
+
+    async def set_condition(self, api: str, subject: str, scope: str, met: bool) -> bool:
+        """Record that `subject` has met the condition of `scope` (`met`), or no longer has; False
+        when unfulfilling one that was not met."""
+        key = _key("condition", api, subject)
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                if met:
+                    pipe.sadd(key, scope)
+                else:
+                    pipe.srem(key, scope)
+                self._changed(pipe, key)
+                changed, *_ = await pipe.execute()
+        return met or changed == 1
+
+    async def list(self, api: str | None = None, client: str | None = None, subject: str | None = None) -> tuple[list[GrantRecord], list[ConditionRecord]]:
+        """The grants not revoked (expired ones included) and the met conditions, matching every
+        filter given, sorted. A `subject` leaves out client grants; `client` does not filter the
+        conditions, which belong to a subject whatever client it comes through.
+
+        Not a snapshot: keys are found with SCAN (never KEYS, which would block Redis), then read in
+        one round trip."""
+        patterns = [_pattern("user", api, client, subject), _pattern("condition", api, subject)]
+        if subject is None:
+            patterns.append(_pattern("client", api, client))
+        with self._errors():
+            # A set: SCAN may return a key more than once.
+            keys = list({key for pattern in patterns async for key in self._client.scan_iter(match=pattern, count=1000)})
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    if key.startswith(PREFIX + "condition:"):
+                        pipe.smembers(key)
+                    else:
+                        pipe.hgetall(key)
+                replies = await pipe.execute()
+        grants: list[GrantRecord] = []
+        conditions: list[ConditionRecord] = []
+        for key, reply in zip(keys, replies):
+            kind, parts = _parts(key)
+            if kind == "condition":
+                conditions.extend(ConditionRecord(parts[0], parts[1], scope) for scope in reply)
+                continue
+            grant_api, grant_client, *grant_subject = parts
+            for scope, state in _states(key, reply).items():
+                if state.revoked_at is None:
+                    grants.append(GrantRecord(grant_api, grant_client, grant_subject[0] if grant_subject else None, scope, state.expires_at))
+        grants.sort(key=lambda g: (g.api, g.client, g.subject is not None, g.subject or "", g.scope))
+        conditions.sort(key=lambda c: (c.api, c.subject, c.scope))
+        return grants, conditions
+
+    async def aclose(self) -> None:
+        """Close the client and its connections."""
+        with self._errors():
+            await self._client.aclose()

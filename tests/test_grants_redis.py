@@ -1,0 +1,433 @@
+"""The Redis grant store against a real redis-server on a loopback port, as a fleet shares it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.asyncio.connection import AbstractConnection
+
+from gateway.grants.redis import RedisStore
+from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+
+if shutil.which("redis-server") is None:
+    pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
+
+pytestmark = pytest.mark.anyio
+AWKWARD = ["a:b", "a/b", "a%3Ab", "a b", "a*", "a?[x]\\"]  # separators, encodings, glob characters
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server subprocess, without persistence, that can be stopped, frozen and started again
+    on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    started = RedisServer()
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def db(server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client on an emptied Redis, to look at what the store wrote."""
+    client = redis.Redis(port=server.port, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def store(server: RedisServer, db: redis.Redis) -> AsyncIterator[RedisStore]:
+    opened = RedisStore(server.url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+async def other(server: RedisServer, db: redis.Redis) -> AsyncIterator[RedisStore]:
+    """A second store on the same Redis: another replica of the fleet."""
+    opened = RedisStore(server.url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of the test's own, to kill or freeze."""
+    started = RedisServer()
+    started.start()
+    yield started
+    started.stop()  # SIGKILL: frozen or not
+
+
+async def counter(store: RedisStore) -> int:
+    return (await store.version())[1]
+
+
+async def test_every_method_round_trips(store: RedisStore, db: redis.Redis) -> None:
+    later = time.time() + 3600
+    assert await store.version() == (None, 0)
+    await store.put_grant("api", "app", None, "read", None)
+    await store.put_grant("api", "app", "alice", "write", later)
+    assert await store.set_condition("api", "alice", "payout", True) is True
+
+    assert await store.view("api", "app", "alice") == GrantView(
+        client_grants={"read": GrantState()}, user_grants={"write": GrantState(expires_at=later)}, conditions=frozenset({"payout"}))
+    assert await store.view("api", "app", None) == GrantView(client_grants={"read": GrantState()})
+    assert await store.view("api", None, "alice") == EMPTY_VIEW
+    assert await store.view("other", "app", "alice") == GrantView()
+    assert await store.list() == ([GrantRecord("api", "app", None, "read", None), GrantRecord("api", "app", "alice", "write", later)],
+                                  [ConditionRecord("api", "alice", "payout")])
+
+    before = time.time()
+    assert await store.revoke_grant("api", "app", "alice", "write") is True
+    revoked = (await store.view("api", "app", "alice")).user_grants["write"]
+    assert revoked.expires_at == later and revoked.revoked_at is not None and before <= revoked.revoked_at <= time.time()
+    assert await store.set_condition("api", "alice", "payout", False) is True
+    assert await store.list() == ([GrantRecord("api", "app", None, "read", None)], [])
+
+    epoch, writes = await store.version()
+    assert epoch is not None and writes == 5
+    # Expiries are read by the gateway, never left to Redis to delete.
+    assert all(db.ttl(key) == -1 for key in db.keys("*"))
+
+
+async def test_the_documented_key_layout_and_publications(store: RedisStore, db: redis.Redis) -> None:
+    pubsub = db.pubsub()
+    pubsub.subscribe("gateway:changes")
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    await store.put_grant("api/v1", "app:1", None, "read", 1.5)
+    await store.put_grant("api/v1", "app:1", "alice smith", "write", None)
+    await store.set_condition("api/v1", "alice smith", "kyc", True)
+    await store.revoke_grant("api/v1", "app:1", None, "read")
+
+    assert set(db.keys("*")) == {"gateway:client:api%2Fv1:app%3A1", "gateway:user:api%2Fv1:app%3A1:alice%20smith",
+                                 "gateway:condition:api%2Fv1:alice%20smith", "gateway:version", "gateway:epoch"}
+    assert json.loads(db.hget("gateway:user:api%2Fv1:app%3A1:alice%20smith", "write")) == {"expires_at": None, "revoked_at": None}
+    client_grant = json.loads(db.hget("gateway:client:api%2Fv1:app%3A1", "read"))
+    assert client_grant["expires_at"] == 1.5 and isinstance(client_grant["revoked_at"], float)
+    assert db.smembers("gateway:condition:api%2Fv1:alice%20smith") == {"kyc"}
+    assert db.get("gateway:version") == "4"
+    published = [pubsub.get_message(timeout=1) for _ in range(4)]
+    assert [message["data"] for message in published] == ["gateway:client:api%2Fv1:app%3A1", "gateway:user:api%2Fv1:app%3A1:alice%20smith",
+                                                          "gateway:condition:api%2Fv1:alice%20smith", "gateway:client:api%2Fv1:app%3A1"]
+    pubsub.close()
+
+
+async def test_names_with_separators_encodings_and_glob_characters(store: RedisStore) -> None:
+    for name in AWKWARD:
+        await store.put_grant(name, name, None, name, None)
+        await store.put_grant(name, name, name, name, None)
+        await store.set_condition(name, name, name, True)
+    for name in AWKWARD:
+        assert await store.view(name, name, name) == GrantView({name: GrantState()}, {name: GrantState()}, frozenset({name}))
+        assert await store.list(api=name) == ([GrantRecord(name, name, None, name, None), GrantRecord(name, name, name, name, None)],
+                                              [ConditionRecord(name, name, name)])
+    # Joined without encoding, client "x:y" with subject "z" and client "x" with subject "y:z" would be one key.
+    await store.put_grant("api", "x:y", "z", "one", None)
+    await store.put_grant("api", "x", "y:z", "two", None)
+    assert (await store.view("api", "x:y", "z")).user_grants.keys() == {"one"}
+    assert (await store.view("api", "x", "y:z")).user_grants.keys() == {"two"}
+    assert [(g.client, g.subject, g.scope) for g in (await store.list(api="api"))[0]] == [("x", "y:z", "two"), ("x:y", "z", "one")]
+
+
+async def test_a_write_through_one_replica_is_seen_by_another(store: RedisStore, other: RedisStore) -> None:
+    seen = await other.version()
+    await store.put_grant("api", "app", "alice", "write", None)
+    assert await other.version() != seen
+    assert await other.version() == await store.version()
+    assert (await other.view("api", "app", "alice")).user_grants == {"write": GrantState()}
+
+    seen = await store.version()
+    assert await other.revoke_grant("api", "app", "alice", "write") is True
+    assert await store.version() != seen
+    assert (await store.view("api", "app", "alice")).user_grants["write"].revoked_at is not None
+
+
+async def test_every_write_changes_the_version(store: RedisStore) -> None:
+    writes: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.put_grant("api", "app", None, "read", None),
+        lambda: store.put_grant("api", "app", None, "read", 10.0),  # the same grant again
+        lambda: store.put_grant("api", "app", "alice", "write", None),
+        lambda: store.revoke_grant("api", "app", None, "read"),
+        lambda: store.set_condition("api", "alice", "kyc", True),
+        lambda: store.set_condition("api", "alice", "kyc", False),
+    ]
+    seen = [await store.version()]
+    for write in writes:
+        await write()
+        seen.append(await store.version())
+    assert len(set(seen)) == len(seen)
+    # A revocation that finds nothing to revoke writes nothing.
+    assert await store.revoke_grant("api", "app", None, "read") is False
+    assert await store.revoke_grant("api", "app", None, "absent") is False
+    assert await store.version() == seen[-1]
+
+
+async def test_no_reader_sees_a_write_under_an_older_version(server: RedisServer, store: RedisStore, other: RedisStore) -> None:
+    """Every write adds one grant and counts one version. Any snapshot of Redis must hold exactly
+    as many grants as the version counts, and a view read between two versions as many as one
+    between them: neither would hold if a write and its count landed apart."""
+    writes = 300
+    done = False
+    snapshots: list[tuple[str | None, int]] = []
+    views: list[tuple[int, int, int]] = []
+
+    async def write() -> None:
+        nonlocal done
+        for n in range(writes):
+            await store.put_grant("api", "app", None, f"scope-{n}", None)
+        done = True
+
+    async def snapshot(raw: redis.asyncio.Redis) -> None:
+        while not done:
+            async with raw.pipeline(transaction=True) as pipe:
+                pipe.get("gateway:version")
+                pipe.hlen("gateway:client:api:app")
+                version, grants = await pipe.execute()
+            snapshots.append((version, grants))
+
+    async def read() -> None:
+        while not done:
+            before = await counter(other)
+            grants = len((await other.view("api", "app", None)).client_grants)
+            views.append((before, grants, await counter(other)))
+
+    raw = redis.asyncio.Redis(port=server.port, decode_responses=True)
+    try:
+        await asyncio.gather(write(), read(), *(snapshot(raw) for _ in range(3)))
+    finally:
+        await raw.aclose()
+    assert len(snapshots) > 100 and all(int(version or 0) == grants for version, grants in snapshots)
+    assert len(views) > 10 and all(before <= grants <= after for before, grants, after in views)
+    assert await counter(store) == writes
+
+
+async def test_revocation_and_expiry(store: RedisStore) -> None:
+    past, later = time.time() - 60, time.time() + 60
+    assert await store.revoke_grant("api", "app", None, "absent") is False
+
+    await store.put_grant("api", "app", None, "expired", past)
+    state = (await store.view("api", "app", None)).client_grants["expired"]
+    assert state == GrantState(expires_at=past) and not state.active(time.time())
+    assert (await store.list())[0] == [GrantRecord("api", "app", None, "expired", past)]  # expired, still listed
+    assert await store.revoke_grant("api", "app", None, "expired") is True  # an expired grant can be revoked
+    assert await store.revoke_grant("api", "app", None, "expired") is False  # but only once
+    state = (await store.view("api", "app", None)).client_grants["expired"]
+    assert state.expires_at == past and state.revoked_at is not None
+    assert (await store.list())[0] == []
+
+    # Adding again clears the revocation and replaces the expiry.
+    await store.put_grant("api", "app", None, "expired", later)
+    assert (await store.view("api", "app", None)).client_grants["expired"] == GrantState(expires_at=later)
+    await store.put_grant("api", "app", None, "expired", None)
+    assert (await store.view("api", "app", None)).client_grants["expired"] == GrantState()
+
+    # A client grant and a user grant of the same scope are separate rows.
+    await store.put_grant("api", "app", "alice", "expired", None)
+    assert await store.revoke_grant("api", "app", "alice", "expired") is True
+    view = await store.view("api", "app", "alice")
+    assert view.client_grants["expired"].active(time.time()) and not view.user_grants["expired"].active(time.time())
+
+
+async def test_conditions(store: RedisStore) -> None:
+    assert await store.set_condition("api", "alice", "kyc", False) is False  # not met: nothing to unfulfil
+    assert await store.set_condition("api", "alice", "kyc", True) is True
+    assert await store.set_condition("api", "alice", "kyc", True) is True  # met again: still met
+    assert (await store.view("api", "app", "alice")).conditions == {"kyc"}
+    assert (await store.view("api", "app", "bob")).conditions == frozenset()
+    assert await store.set_condition("api", "alice", "kyc", False) is True
+    assert await store.set_condition("api", "alice", "kyc", False) is False
+    assert (await store.view("api", "app", "alice")).conditions == frozenset()
+
+
+async def test_list_filters_and_order(store: RedisStore) -> None:
+    for api in ("payments", "accounts"):
+        for client in ("web", "mobile"):
+            await store.put_grant(api, client, None, "read", None)
+            for subject in ("bob", "alice"):
+                await store.put_grant(api, client, subject, "write", 5.0)
+        await store.set_condition(api, "alice", "kyc", True)
+    await store.put_grant("payments", "web", None, "revoked", None)
+    await store.revoke_grant("payments", "web", None, "revoked")
+
+    def rows(listed: tuple[list[GrantRecord], list[ConditionRecord]]) -> tuple[list[tuple], list[tuple]]:
+        grants, conditions = listed
+        return [(g.api, g.client, g.subject, g.scope) for g in grants], [(c.api, c.subject, c.scope) for c in conditions]
+
+    everything = rows(await store.list())
+    assert everything[0][:4] == [("accounts", "mobile", None, "read"), ("accounts", "mobile", "alice", "write"),
+                                 ("accounts", "mobile", "bob", "write"), ("accounts", "web", None, "read")]
+    assert len(everything[0]) == 12 and everything[1] == [("accounts", "alice", "kyc"), ("payments", "alice", "kyc")]
+    assert rows(await store.list(api="payments")) == (
+        [("payments", "mobile", None, "read"), ("payments", "mobile", "alice", "write"), ("payments", "mobile", "bob", "write"),
+         ("payments", "web", None, "read"), ("payments", "web", "alice", "write"), ("payments", "web", "bob", "write")],
+        [("payments", "alice", "kyc")])
+    assert rows(await store.list(client="web"))[0] == [row for row in everything[0] if row[1] == "web"]
+    # Conditions belong to a subject whatever its client: a client filter keeps them.
+    assert rows(await store.list(client="web"))[1] == everything[1]
+    # A subject filter keeps that subject's user grants only.
+    assert rows(await store.list(subject="bob")) == ([("accounts", "mobile", "bob", "write"), ("accounts", "web", "bob", "write"),
+                                                      ("payments", "mobile", "bob", "write"), ("payments", "web", "bob", "write")], [])
+    assert rows(await store.list(api="accounts", client="web", subject="alice")) == (
+        [("accounts", "web", "alice", "write")], [("accounts", "alice", "kyc")])
+    assert await store.list(api="nothing") == ([], [])
+
+
+async def test_concurrent_writers_on_two_replicas_lose_nothing(store: RedisStore, other: RedisStore) -> None:
+    replicas = [store, other]
+    scopes = [f"scope-{n}" for n in range(100)]
+    # Half into one hash, half into one hash per subject.
+    await asyncio.gather(*(replicas[n % 2].put_grant("api", "app", None if n < 50 else f"user-{n}", scope, None)
+                           for n, scope in enumerate(scopes)))
+    assert sorted(g.scope for g in (await store.list())[0]) == sorted(scopes)
+    assert await counter(other) == 100
+
+    # Revocations read, check and write under WATCH: concurrent ones on one hash all land.
+    revoked = await asyncio.gather(*(replicas[n % 2].revoke_grant("api", "app", None if n < 50 else f"user-{n}", scope)
+                                     for n, scope in enumerate(scopes)))
+    assert all(revoked) and (await store.list())[0] == []
+    assert await counter(store) == 200
+
+    # Two replicas revoking the same grant at once: one of them does.
+    await store.put_grant("api", "app", None, "once", None)
+    assert sorted(await asyncio.gather(store.revoke_grant("api", "app", None, "once"), other.revoke_grant("api", "app", None, "once"))) == [False, True]
+
+    met = await asyncio.gather(*(replicas[n % 2].set_condition("api", "alice", scope, True) for n, scope in enumerate(scopes)))
+    assert all(met) and (await store.view("api", "app", "alice")).conditions == set(scopes)
+
+
+async def test_a_view_is_one_round_trip(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.put_grant("api", "app", "alice", "write", None)  # a pooled connection, already set up
+    sent = 0
+    send = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sent
+        sent += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    assert (await store.view("api", "app", "alice")).user_grants == {"write": GrantState()}
+    assert sent == 1
+    await store.view("api", "app", None)
+    assert sent == 2
+
+
+def every_method(store: RedisStore) -> list[Callable[[], Awaitable[object]]]:
+    return [
+        lambda: store.view("api", "app", "alice"),
+        store.version,
+        lambda: store.put_grant("api", "app", None, "read", None),
+        lambda: store.revoke_grant("api", "app", None, "read"),
+        lambda: store.set_condition("api", "alice", "kyc", True),
+        store.list,
+    ]
+
+
+async def assert_unavailable(store: RedisStore, port: int) -> None:
+    for method in every_method(store):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"grant store redis://.*127.0.0.1:{port}/0: "):
+            await method()
+        assert time.monotonic() - started < 2
+
+
+async def assert_available(store: RedisStore) -> None:
+    for method in every_method(store):
+        await method()
+
+
+async def test_no_redis_listening_fails_fast_without_the_password() -> None:
+    port = free_port()
+    store = RedisStore(f"redis://gateway:s3cret@127.0.0.1:{port}/0")
+    try:
+        await assert_unavailable(store, port)
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.version()
+        assert "s3cret" not in str(raised.value) and f"redis://gateway:***@127.0.0.1:{port}/0" in str(raised.value)
+    finally:
+        await store.aclose()
+
+
+async def test_a_dead_redis_fails_fast_and_the_store_recovers_when_it_is_back(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url)
+    try:
+        await store.put_grant("api", "app", None, "read", None)
+        before = await store.version()
+        own_server.stop()
+        await assert_unavailable(store, own_server.port)
+
+        own_server.start()  # the same port, empty: no persistence
+        await store.put_grant("api", "app", None, "read", None)
+        # The counter is back where it was: the epoch tells the two versions apart.
+        after = await store.version()
+        assert after[1] == before[1] and after != before
+        await assert_available(store)
+    finally:
+        await store.aclose()
+
+
+async def test_a_hung_redis_times_out_and_the_store_recovers(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url)
+    try:
+        await store.put_grant("api", "app", None, "read", None)
+        own_server.signal(signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
+        await assert_unavailable(store, own_server.port)
+        own_server.signal(signal.SIGCONT)
+        await assert_available(store)
+        assert "read" in (await store.view("api", "app", None)).client_grants
+    finally:
+        await store.aclose()
