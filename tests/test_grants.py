@@ -254,6 +254,15 @@ async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_g
     assert (await wallet.ask("GET /w/users/bob/balance", "", CLIENT))[0] == 403  # bob granted nothing
     # another client holds no grant of ana's
     assert (await wallet.ask("GET /w/users/ana/balance", "", {"sub": "other", "client_id": "other"}))[0] == 403
+    # an offline grant past its expiry, or revoked, no longer counts
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline", "--ttl", "0.5")
+    await wallet.fresh()
+    await asyncio.sleep(0.5)
+    assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
+    await wallet.fresh()
+    assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
 
 
 async def test_optional_forms_are_not_found_until_their_condition_is_met(wallet: Wallet) -> None:

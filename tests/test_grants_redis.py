@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import json
 import shutil
 import signal
@@ -431,3 +432,31 @@ async def test_a_hung_redis_times_out_and_the_store_recovers(own_server: RedisSe
         assert "read" in (await store.view("api", "app", None)).client_grants
     finally:
         await store.aclose()
+
+
+async def test_two_replicas_see_a_change_within_refresh_and_never_decide_on_a_dead_store(own_server: RedisServer) -> None:
+    from gateway.grants.live import LiveGrants, open_store
+
+    replicas = [LiveGrants(open_store(own_server.url, Path(".")), refresh=0.1) for _ in range(2)]
+    for replica in replicas:
+        await replica.start()
+    try:
+        for replica in replicas:
+            assert (await replica.view("wallet", "app", None)).client_grants == {}  # now in memory
+        await replicas[0].store.put_grant("wallet", "app", None, "s", None)
+        await asyncio.sleep(0.35)
+        for replica in replicas:
+            assert "s" in (await replica.view("wallet", "app", None)).client_grants
+        own_server.stop()
+        await asyncio.sleep(1.5)  # a poll times out after its 1 s: the views held are dropped
+        for replica in replicas:
+            assert replica.cached("wallet", "app", None) is None
+            with pytest.raises(StoreUnavailable):
+                await replica.view("wallet", "app", None)
+        own_server.start()  # empty: no persistence
+        await asyncio.sleep(0.5)
+        for replica in replicas:
+            assert (await replica.view("wallet", "app", None)).client_grants == {}
+    finally:
+        for replica in replicas:
+            await replica.aclose()
