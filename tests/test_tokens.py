@@ -40,6 +40,16 @@ async def test_an_ec_key_from_the_jwks_verifies_es256(verifier: TokenVerifier) -
     assert (await verifier.verify(mint("a", key="ec", algorithm="ES256", kid="ec-1"))).scopes == {"a"}
 
 
+class _FromNow(int):
+    """A claim time given as seconds from when the test mints the token."""
+
+    def __add__(self, seconds: object) -> "_FromNow":
+        return _FromNow(int(self) + int(seconds))  # type: ignore[call-overload]
+
+
+FROM_NOW = _FromNow(0)
+
+
 FORGERIES = [
     ("signed by another key", dict(key="rsa-other"), "signature verification failed"),
     ("kid of an unknown key", dict(kid="nope"), 'no RS256 signing key matches kid "nope"'),
@@ -47,9 +57,10 @@ FORGERIES = [
     ("ES384 with a P-256 kid", dict(key="ec384", algorithm="ES384", kid="ec-1"), 'no ES384 signing key matches kid "ec-1"'),
     ("expired", dict(lifetime=-60), "token expired at"),
     ("expired within leeway", dict(lifetime=-3), None),
-    ("not yet valid", dict(nbf=int(time.time()) + 120), "not valid yet"),
-    ("nbf within leeway", dict(nbf=int(time.time()) + 3), None),
-    ("issued in the future", dict(iat=int(time.time()) + 120), "not valid yet"),
+    # times from now, made when the test runs (a table's own time.time() is the collection's)
+    ("not yet valid", dict(nbf=FROM_NOW + 120), "not valid yet"),
+    ("nbf within leeway", dict(nbf=FROM_NOW + 3), None),
+    ("issued in the future", dict(iat=FROM_NOW + 120), "not valid yet"),
     ("wrong issuer", dict(iss="https://evil.test"), f"issuer is not {ISSUER}"),
     ("wrong audience", dict(aud="other-api"), f"audience is not {AUDIENCE}"),
     ("audience list without ours", dict(aud=["a", "b"]), "audience is not"),
@@ -71,7 +82,8 @@ FORGERIES = [
 
 @pytest.mark.parametrize(("case", "mint_args", "words"), FORGERIES, ids=[case for case, _, _ in FORGERIES])
 async def test_forged_expired_and_misaddressed_tokens_are_refused(verifier: TokenVerifier, case: str, mint_args: dict, words: str | None) -> None:
-    token = mint(**{"scope": "a", **mint_args})
+    now = int(time.time())
+    token = mint(**{"scope": "a", **{name: now + value if isinstance(value, _FromNow) else value for name, value in mint_args.items()}})
     if words is None:
         assert (await verifier.verify(token)).subject is not None
         return
