@@ -12,6 +12,8 @@ import yaml
 from gateway.loading.nodes import Invalid, Problem, Reader, line_of
 from gateway.routing import METHODS, RouteTrie, Tables, parse_template, template_params
 from gateway.catalog import Catalog, is_parameterised, split_parameterised
+from gateway.exchange import Exchange
+from gateway.fields import ResponseFields
 from gateway.loading.catalog import CatalogReader
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
@@ -19,7 +21,7 @@ from gateway.tables import Api, Route, Upstream
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
 # route options DESIGN.md fixes that this version refuses rather than ignores
-_LATER_ROUTE_OPTIONS = {"response_fields", "graphql"}
+_LATER_ROUTE_OPTIONS = {"graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
@@ -106,7 +108,7 @@ class _TableReader:
         if "scopes" in entries or "rules" in entries:
             self.has_catalog = "scopes" in entries
             self.catalog = CatalogReader(reader, self.live).read(entries.get("scopes"), entries.get("rules"))
-        parsed: list[tuple[str, str, Shape, Requirement, str | None, bool, int]] = []
+        parsed: list[tuple[str, str, Shape, Requirement, str | None, bool, Exchange | None, int]] = []
         if "routes" in entries:
             table_routes: dict[str, tuple[yaml.Node, yaml.Node]] = {}
             with reader.reporting():
@@ -114,8 +116,8 @@ class _TableReader:
             for key, (key_node, value_node) in table_routes.items():
                 with reader.reporting():
                     method, template, shape = self._route_key(key, key_node)
-                    requirement, user, hide = self._route_value(key, template, value_node)
-                    parsed.append((method, template, shape, requirement, user, hide, line_of(key_node)))
+                    requirement, user, hide, exchange = self._route_value(key, template, value_node)
+                    parsed.append((method, template, shape, requirement, user, hide, exchange, line_of(key_node)))
         if len(reader.problems) > before or upstream is None:
             return None
         api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file))
@@ -123,9 +125,9 @@ class _TableReader:
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
                 params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
-                plain=user is None and not requirement.bound, live=self.catalog.live or user is not None,
+                exchange=exchange, plain=user is None and not requirement.bound, live=self.catalog.live or user is not None,
             ))
-            for method, template, shape, requirement, user, hide, line in parsed
+            for method, template, shape, requirement, user, hide, exchange, line in parsed
         ]
         return api, routes, line_of(entries["name"][1])
 
@@ -158,10 +160,11 @@ class _TableReader:
             raise Invalid(key_node, f"{key}: {exc}") from None
         return method, template, shape
 
-    def _route_value(self, key: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool]:
-        """The requirement, the `user:` parameter and `hide:` of one route."""
+    def _route_value(self, key: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool, Exchange | None]:
+        """The requirement, the `user:` parameter, `hide:` and the exchange of one route."""
         user: str | None = None
         hide = False
+        exchange: Exchange | None = None
         params = {name for name, _ in template_params(template, 0)}
         if isinstance(value_node, yaml.MappingNode):
             options = self.reader.mapping(value_node, key, _ROUTE_OPTION_KEYS)
@@ -176,8 +179,22 @@ class _TableReader:
                     raise Invalid(node, f"{key}: user: {user!r} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
             if "hide" in options:
                 hide = self.reader.typed(options["hide"][1], f"{key}: hide", lambda v: isinstance(v, bool), "true or false")
+            if "response_fields" in options:
+                exchange = self._response_fields(key, options["response_fields"][1])
             value_node = options["scopes"][1]
-        return self._requirement(key, value_node, params), user, hide
+        return self._requirement(key, value_node, params), user, hide, exchange
+
+    def _response_fields(self, key: str, node: yaml.Node) -> ResponseFields:
+        members = self.reader.mapping(node, f"{key}: response_fields")
+        if not members:
+            raise Invalid(node, f"{key}: response_fields maps top-level members of the JSON answer to requirements")
+        requirements = {}
+        for member, (_, requirement_node) in members.items():
+            requirement = self._requirement(f"{key}: response_fields.{member}", requirement_node, set())
+            if requirement.access is Access.PUBLIC:
+                raise Invalid(requirement_node, f"{key}: response_fields.{member}: a member anyone may see needs no entry")
+            requirements[member] = requirement
+        return ResponseFields(requirements)
 
     def _requirement(self, key: str, node: yaml.Node, params: set[str]) -> Requirement:
         if isinstance(node, yaml.ScalarNode):
