@@ -4,6 +4,7 @@ with which identity headers) the request reached the upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,22 +37,51 @@ class Answer:
     error: str | None
     challenge: str | None
     forwarded: list[httpx.Request]
+    response: httpx.Response
 
 
 class Provider:
-    """The gateway with one table of routes/ in front of a respx-mocked upstream."""
+    """The gateway with one table of routes/ in front of a respx-mocked upstream, and a grant
+    store (a real SQLite file) that `grant` and friends write to. Call `start` before use and
+    `aclose` after."""
+
+    REFRESH = 0.05
 
     def __init__(self, table: str, folder: Path) -> None:
         (folder / "routes").mkdir()
         (folder / "routes" / table).write_text((ROOT / "routes" / table).read_text())
-        config = folder / "gateway.yaml"
-        config.write_text(
+        self.config = folder / "gateway.yaml"
+        self.config.write_text(
             f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
-            "proxy:\n  client: httpx\n"
+            f"proxy:\n  client: httpx\ngrants:\n  store: sqlite:///grants.db\n  refresh: {self.REFRESH}\n"
         )
-        loaded = load_config(config)
+        loaded = load_config(self.config)
+        self.api = loaded.tables.apis[0].name
         self.upstream_host = loaded.tables.apis[0].upstream.origin.host
         self.app = Gateway(loaded)
+        self.response = httpx.Response(200, json={"upstream": True})
+
+    async def start(self) -> None:
+        await self.app.runtime.start()
+
+    async def aclose(self) -> None:
+        await self.app.runtime.aclose()
+
+    async def grant(self, client: str, scope: str, subject: str | None = None, expires_at: float | None = None) -> None:
+        """A client grant (a user grant with `subject`), seen by the gateway once this returns."""
+        assert self.app.runtime.grants is not None
+        await self.app.runtime.grants.store.put_grant(self.api, client, subject, scope, expires_at)
+        await asyncio.sleep(self.REFRESH * 3)
+
+    async def revoke(self, client: str, scope: str, subject: str | None = None) -> None:
+        assert self.app.runtime.grants is not None
+        assert await self.app.runtime.grants.store.revoke_grant(self.api, client, subject, scope)
+        await asyncio.sleep(self.REFRESH * 3)
+
+    async def fulfil(self, subject: str, scope: str, met: bool = True) -> None:
+        assert self.app.runtime.grants is not None
+        await self.app.runtime.grants.store.set_condition(self.api, subject, scope, met)
+        await asyncio.sleep(self.REFRESH * 3)
 
     async def ask(self, case: Case) -> Answer:
         method, path = case.request.split(" ", 1)
@@ -59,13 +89,13 @@ class Provider:
         if case.scopes is not None:
             headers["authorization"] = f"Bearer {mint(case.scopes, lifetime=600, **case.claims)}"
         with respx.mock(assert_all_called=False) as router:
-            upstream = router.route(host=self.upstream_host).mock(return_value=httpx.Response(200, json={"upstream": True}))
+            upstream = router.route(host=self.upstream_host).mock(return_value=self.response)
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
                 response = await client.request(method, path, headers=headers)
             forwarded = [call.request for call in upstream.calls]
         error = response.json().get("error") if response.headers.get("content-type") == "application/json" and not forwarded else None
-        return Answer(response.status_code, error, response.headers.get("www-authenticate"), forwarded)
+        return Answer(response.status_code, error, response.headers.get("www-authenticate"), forwarded, response)
 
     async def check(self, case: Case) -> Answer:
         answer = await self.ask(case)

@@ -3,7 +3,7 @@ sentence, each quoted beside its cases, through the real ASGI app."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -70,9 +70,12 @@ SEED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def banqup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    yield Provider("banqup.yaml", tmp_path_factory.mktemp("banqup"))
+@pytest.fixture
+async def banqup(tmp_path: Path) -> AsyncIterator[Provider]:
+    provider = Provider("banqup.yaml", tmp_path)
+    await provider.start()
+    yield provider
+    await provider.aclose()
 
 
 @pytest.mark.parametrize(("sentence", "cases"), SEED, ids=[sentence[:60] for sentence, _ in SEED])
