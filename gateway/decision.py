@@ -77,9 +77,11 @@ def authorize(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "
     """
     route = match.route
     assessment = route.api.catalog.assess(token.scopes)
-    # the usual request: no rule, claim or path parameter in play, and the requirement met
-    if assessment.simple and route.plain and route.requirement.met_by(assessment.effective):
-        return Grant(token.subject, token.client, assessment.effective)
+    # the usual request: no rule, claim or path parameter in play; nothing more to work out
+    if assessment.simple and route.plain:
+        if route.requirement.met_by(assessment.effective):
+            return Grant(token.subject, token.client, assessment.effective)
+        raise _forbidden(match, route.requirement, assessment.effective)
     evaluation = evaluate(match, token, grant_type_claim, view)
     if evaluation.refusal is not None:
         try:
@@ -250,16 +252,23 @@ def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation
                 f"{' and '.join(sorted(evaluation.pending_optional))}: the user has not met the scope's condition yet",
                 pending=sorted(evaluation.pending_optional),
             )
-    missing = [sorted(alternative - evaluation.effective) for alternative in requirement.alternatives]
-    shown = " and ".join(missing[0]) if len(missing) == 1 else "one of: " + "; ".join(" and ".join(scopes) for scopes in missing)
-    held = " ".join(sorted(evaluation.effective)) or "no scopes"
-    description = f"{route.method} {route.template} requires {requirement.describe()}; the token grants {held} (missing {shown})"
+    reasons = list(evaluation.live_missing)
     if acting_for is not None:
-        description += f"; a client-credentials token acts on user {acting_for} only through that user's active offline grants to this client"
-    if evaluation.live_missing:
-        description += "; " + "; ".join(evaluation.live_missing)
+        reasons.insert(0, f"a client-credentials token acts on user {acting_for} only through that user's active offline grants to this client")
+    return _forbidden(match, requirement, evaluation.effective, reasons)
+
+
+def _forbidden(match: RouteMatch, requirement: Requirement, effective: frozenset[str], reasons: list[str] | None = None) -> Refusal:
+    """403 forbidden naming what is missing (and why, for live grants); 404 where the route hides."""
+    route = match.route
     if route.hide:
         return NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+    missing = [sorted(alternative - effective) for alternative in requirement.alternatives]
+    shown = " and ".join(missing[0]) if len(missing) == 1 else "one of: " + "; ".join(" and ".join(scopes) for scopes in missing)
+    held = " ".join(sorted(effective)) or "no scopes"
+    description = f"{route.method} {route.template} requires {requirement.describe()}; the token grants {held} (missing {shown})"
+    if reasons:
+        description += "; " + "; ".join(reasons)
     return Forbidden(description, scope=requirement.first_alternative(), required=[sorted(alternative) for alternative in requirement.alternatives])
 
 

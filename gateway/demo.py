@@ -65,6 +65,9 @@ scopes:
   convert_currency:
     description: Make currency conversions (extended scope, confirmed by SMS)
     step_up: {{acr: [sms], max_age: 300}}
+  accounts_details:read:
+    description: Read account details such as the full account number (enabled per client)
+    grants: [client]
 rules:
   exclusive:
     - [transactions:read:all, transactions:read:in]
@@ -73,6 +76,7 @@ routes:
   GET /transactions: [transactions:read:all, transactions:read:in]
   POST /currency-conversions: convert_currency
   GET /users/{{userId}}/balance: {{scopes: balance, user: userId}}
+  GET /accounts/details: accounts_details:read
 """
 
 _GATEWAY = """\
@@ -85,6 +89,9 @@ tokens:
 proxy:
   connect_timeout: 5
   read_timeout: 30
+grants:
+  store: sqlite:///grants.db
+  refresh: 1
 """
 
 _ISSUER, _AUDIENCE, _KID = "https://auth.demo.local", "demo-api", "demo-key-1"
@@ -132,7 +139,7 @@ def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
 
     return {
         "read": mint("psp.webhook:read", "reader@demo"), "write": mint("psp.webhook:write", "writer@demo"),
-        "bank": mint("3f95524e-70aa-4663-8548-763583e08909 balance convert_currency transactions:read:in", "ana@demo"),
+        "bank": mint("3f95524e-70aa-4663-8548-763583e08909 balance convert_currency transactions:read:in accounts_details:read", "ana@demo"),
         "both": mint("transactions:read:all transactions:read:in", "ana@demo"),
     }
 
@@ -181,6 +188,11 @@ only after an SMS-confirmed login at most 300 s old):
 Another user's resource (404, as if it did not exist), then the caller's own (200):
   curl -i -H "Authorization: Bearer $BANK" {base}/bank/users/bob@demo/balance
   curl -i -H "Authorization: Bearer $BANK" {base}/bank/users/ana@demo/balance
+
+A live grant (403 until the client grant exists; within a second of adding it, 200):
+  curl -i -H "Authorization: Bearer $BANK" {base}/bank/accounts/details
+  gateway grants add --config {folder}/gateway.yaml --api bank --client demo-client accounts_details:read
+  curl -i -H "Authorization: Bearer $BANK" {base}/bank/accounts/details
 
 Explain a decision, step by step:
   gateway explain --config {folder}/gateway.yaml POST /adyen/management/merchants/M123/webhooks --scopes psp.webhook:read

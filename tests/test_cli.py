@@ -204,6 +204,14 @@ def test_the_demo_serves_an_allowed_a_forbidden_and_a_not_found_call() -> None:
         assert httpx.get(f"{base}/users/ana@demo/balance", headers=bank).status_code == 200
         for path in ("/bank/entities", "/bank/transactions", "/bank/currency-conversions", "/bank/users/bob@demo/balance"):
             assert any(path in command for command in commands), path
+        # the live grant: refused, the printed `gateway grants add`, then forwarded
+        details = f"{base}/accounts/details"
+        refused = httpx.get(details, headers=bank)
+        assert refused.status_code == 403 and "client grant of accounts_details:read" in refused.json()["error_description"]
+        add = next(line.strip() for line in output.splitlines() if line.strip().startswith("gateway grants add"))
+        assert subprocess.run([GATEWAY, *add.split()[1:]], capture_output=True, timeout=60).returncode == 0
+        time.sleep(1.5)
+        assert httpx.get(details, headers=bank).status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=10)
