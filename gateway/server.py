@@ -3,6 +3,7 @@ an option, one process or one per worker. Every way shares the same settings."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 from http import HTTPStatus
@@ -21,6 +22,9 @@ SERVERS = ("uvicorn", "granian")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
+# seconds a connection may take to send a request head (granian's header_read_timeout; nginx's
+# client_header_timeout is 60): past it, the connection is closed
+HEAD_TIMEOUT = 30
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -32,14 +36,42 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     than `MAX_HEAD_BYTES` when it ends, or still open after that many bytes, is answered 431 and
     the connection closed, as granian does. A head llhttp refuses gets the JSON answer of
     DESIGN.md (505 for an unknown version, 501 for a transfer coding, else 400) instead of
-    uvicorn's plain-text 400.
+    uvicorn's plain-text 400. A head, or a new connection's first one, not complete within
+    `head_timeout` seconds closes the connection: uvicorn waits for one for ever, so idle or
+    trickling clients could hold every file descriptor.
     """
+
+    head_timeout: float = HEAD_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = False
         self._head_bytes = 0  # of the reads made while the head was pending before and after
         self._reading = 0  # the size of the read being parsed
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        # a timer only for a head that did not arrive in the read that began it: the usual one does
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -48,6 +80,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_timer is not None:
+            self._stop_head_timer()
         # counted exactly only when the reads could hold that much: the usual head costs nothing
         if self._head_bytes + self._reading > MAX_HEAD_BYTES and _head_size(self.url, self.headers) > MAX_HEAD_BYTES:
             raise _HeadRefused(_head_too_large())
@@ -69,12 +103,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             self._refuse(exc.__context__.refusal if isinstance(exc.__context__, _HeadRefused) else _parser_refusal(str(exc)))
             return
-        # a head pending before this read and still after it: one read may pass the bound unseen
-        # (the one where the head began, of which only part is the head); the next may not
-        if pending and self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(_head_too_large())
+        if self._in_head and not self.transport.is_closing():
+            self._start_head_timer()
+            # a head pending before this read and still after it: one read may pass the bound
+            # unseen (the one where the head began, of which only part is the head); the next may not
+            if pending:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse(_head_too_large())
 
     def _refuse(self, refusal: Refusal) -> None:
         status, headers, body = render(refusal)
@@ -165,7 +201,7 @@ def run(
             # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
             # of 100 MiB grew RSS by 52 MiB with the default and by 9 MiB with this; it is also
             # granian's bound on a request head (431 above it)
-            http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES),
+            http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES, header_read_timeout=HEAD_TIMEOUT * 1000),
         ).serve()
         return
     import uvicorn

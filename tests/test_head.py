@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.head import check
+from gateway.loading import load_config
+from gateway.server import BoundedHttpToolsProtocol
 from gateway.settings import LimitSettings
 from tests.support import GatewayProcess, LiveServer, RecordingUpstream, mint, start_gateway, write_config
 
@@ -212,3 +216,53 @@ def test_the_uri_limit_counts_path_question_mark_and_query() -> None:
     check(scope, b"/abcd", b"abcd", limits)  # 5 + 1 + 4 = 10
     with pytest.raises(Exception, match="11 bytes long"):
         check(scope, b"/abcd", b"abcde", limits)
+
+
+class _QuickHeads(BoundedHttpToolsProtocol):
+    head_timeout = 0.5
+
+
+@pytest.fixture
+def quick(upstream: RecordingUpstream, tmp_path: Path) -> Iterator[LiveServer]:
+    config = write_config(tmp_path, upstream=f"{upstream.url}/v3")
+    server = LiveServer(Gateway(load_config(config)), http=_QuickHeads)
+    yield server
+    server.close()
+
+
+def _closed_within(connection: socket.socket, seconds: float) -> bool:
+    connection.settimeout(seconds)
+    try:
+        while connection.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /api/status HTTP/1.1\r\nhost: a"], ids=["nothing", "half a head"])
+def test_a_head_not_sent_in_time_closes_the_connection(quick: LiveServer, upstream: RecordingUpstream, sent: bytes) -> None:
+    # uvicorn waits for a head for ever: idle or trickling clients could hold every descriptor
+    upstream.received.clear()
+    with socket.create_connection(("127.0.0.1", quick.port)) as connection:
+        connection.sendall(sent)
+        started = time.monotonic()
+        for byte in b"ccccc" if sent else b"":  # a trickle (more of the Host value) buys no more time
+            time.sleep(0.05)
+            connection.sendall(bytes([byte]))
+        assert _closed_within(connection, 2)
+        assert time.monotonic() - started < 1.5
+    assert upstream.received == []
+
+
+def test_requests_on_a_kept_alive_connection_are_not_cut_by_the_head_timeout(quick: LiveServer, upstream: RecordingUpstream) -> None:
+    with socket.create_connection(("127.0.0.1", quick.port), timeout=5) as connection:
+        for _ in range(3):
+            time.sleep(0.3)  # 0.9 s in all: longer than the head timeout, each head on time
+            connection.sendall(b"GET /api/status HTTP/1.1\r\nhost: a\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"ok": true}'):
+                chunk = connection.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
