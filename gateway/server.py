@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import os
+import socket
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -184,11 +187,60 @@ def create_app() -> Gateway | _FailedStart:
     return app
 
 
+def _serve_admin(config_path: str, log_level: str) -> None:
+    """The admin listener's own process: one for the gateway, whatever its server and workers
+    (the grant store is shared, so any process may write it)."""
+    import uvicorn
+
+    from gateway.admin import AdminApp
+    from gateway.grants.live import open_store
+
+    config = load_config(config_path)
+    assert config.admin.listen is not None and config.admin.token_file is not None
+    host, port = config.admin.listen
+    store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
+    token = config.admin.token_file.read_text().strip()
+    uvicorn.run(AdminApp(config, store, token), host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False)
+
+
+def _start_admin(config_path: Path, log_level: str) -> multiprocessing.process.BaseProcess | None:
+    """The admin listener, started and listening; None when the config asks for none.
+
+    :raises SystemExit: it could not start (its port taken, say).
+    """
+    config = load_config(config_path)
+    if config.admin.listen is None:
+        return None
+    process = multiprocessing.get_context("spawn").Process(target=_serve_admin, args=(str(config_path), log_level), name="gateway-admin", daemon=True)
+    process.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(config.admin.listen, timeout=0.2).close()
+            return process
+        except OSError:
+            if not process.is_alive() or time.monotonic() > deadline:
+                process.terminate()
+                raise SystemExit(f"the admin listener could not start on {config.admin.listen[0]}:{config.admin.listen[1]}") from None
+            time.sleep(0.05)
+
+
 def run(
     config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
 ) -> None:
-    """Serve until stopped. The access log (a line per request, written by the server) is off
-    unless asked for, as in Envoy: with it on, one uvicorn worker proxied a third fewer requests."""
+    """Serve until stopped, with the admin listener beside the proxy when the config has one. The
+    access log (a line per request, written by the server) is off unless asked for, as in Envoy:
+    with it on, one uvicorn worker proxied a third fewer requests."""
+    admin = _start_admin(config_path, log_level)
+    try:
+        _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log)
+    finally:
+        if admin is not None:
+            admin.terminate()
+            admin.join(5)
+
+
+def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool) -> None:
     os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
     if server == "granian":
         from granian import Granian

@@ -58,6 +58,12 @@ class GrantSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    listen: tuple[str, int] | None = None  # (host, port) of the admin listener; None: off
+    token_file: Path | None = None  # holds the bearer token every admin path but health needs
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     tables: Tables
@@ -65,3 +71,4 @@ class Config:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     grants: GrantSettings = field(default_factory=GrantSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)

@@ -16,9 +16,13 @@ from gateway.loading.nodes import ConfigError, Invalid, Reader, line_of
 from gateway.loading.tables import load_tables
 from gateway.routing import Tables
 from gateway.grants.live import open_store
-from gateway.settings import DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, Config, GrantSettings, LimitSettings, ProxySettings, TokenSettings
+from gateway.settings import (
+    DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, AdminSettings, Config, GrantSettings, LimitSettings, ProxySettings, TokenSettings,
+)
 
-_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants"}
+_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants", "admin"}
+_ADMIN_KEYS = {"listen", "token_file"}
+_MIN_ADMIN_TOKEN = 16
 _GRANT_KEYS = {"store", "refresh"}
 _TOKEN_KEYS = {
     "issuer", "audience", "algorithms", "jwks_url", "jwks_file", "public_keys", "hmac_secret_file",
@@ -65,6 +69,7 @@ def load_config(path: str | Path) -> Config:
     tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent), TokenSettings())
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
     limits = _section(reader, entries, "limits", lambda node: _limits(reader, node), LimitSettings())
+    admin = _section(reader, entries, "admin", lambda node: _admin(reader, node, path.parent), AdminSettings())
     token_entries = entries.get("tokens")
     named_keys = token_entries is not None and isinstance(token_entries[1], yaml.MappingNode) and any(
         reader.value(key) in _KEY_SOURCES for key, _ in token_entries[1].value
@@ -75,7 +80,7 @@ def load_config(path: str | Path) -> Config:
         reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys or hmac_secret_file)")
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants)
+    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin)
 
 
 def _section(reader: Reader, entries: Entries, name: str, read: Any, default: Any) -> Any:
@@ -250,6 +255,28 @@ def _grants(reader: Reader, node: yaml.Node, base: Path) -> GrantSettings:
         with reader.reporting():
             settings["refresh"] = reader.number(entries["refresh"][1], "grants.refresh", minimum=0.05)
     return GrantSettings(**settings)
+
+
+def _admin(reader: Reader, node: yaml.Node, base: Path) -> AdminSettings:
+    entries = reader.mapping(node, "admin", _ADMIN_KEYS)
+    settings: dict[str, Any] = {}
+    if "listen" in entries:
+        with reader.reporting():
+            listen_node = entries["listen"][1]
+            text = reader.string(listen_node, "admin.listen")
+            host, _, port = text.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise Invalid(listen_node, f"admin.listen must be host:port, e.g. 127.0.0.1:9901, not {text!r}")
+            settings["listen"] = (host.strip("[]"), int(port))
+            if "token_file" not in entries:
+                raise Invalid(entries["listen"][0], "admin.listen needs admin.token_file: every admin path but health needs a bearer token")
+    if "token_file" in entries:
+        with reader.reporting():
+            file, data = _read_file(reader, base, entries["token_file"][1], "admin.token_file")
+            if len(data.strip()) < _MIN_ADMIN_TOKEN:
+                raise Invalid(entries["token_file"][1], f"admin.token_file {file}: the token has {len(data.strip())} bytes; at least {_MIN_ADMIN_TOKEN} are required")
+            settings["token_file"] = file
+    return AdminSettings(**settings)
 
 
 def _limits(reader: Reader, node: yaml.Node) -> LimitSettings:

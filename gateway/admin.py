@@ -1,0 +1,216 @@
+"""The admin listener's ASGI app (DESIGN.md, "Live grants" and "Operating it"): grants and
+conditions over HTTP, and the health of the process. Never served on the proxy's port.
+
+    GET    /healthz                                       200 while the process serves (no token)
+    GET    /readyz                                        200, or 503 while the grant store cannot be read (no token)
+    PUT    /grants/{api}/{client}/{scope}                 a client grant; body {"expires_at": RFC 3339 or null}
+    PUT    /grants/{api}/{client}/users/{subject}/{scope}  a user grant; same body
+    DELETE either                                         204, or 404 when there is no such grant
+    PUT    /conditions/{api}/{subject}/{scope}            200: the condition is met
+    DELETE /conditions/{api}/{subject}/{scope}            204, or 404 when it was not
+    GET    /grants?api=&client=&subject=                  {"grants": [...], "conditions": [...]}
+
+Every other path needs `Authorization: Bearer <admin token>`, compared in constant time. Path
+segments are percent-encoded. Answers and errors are JSON, as everywhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
+from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
+from gateway.settings import Config
+from gateway.types import Receive, Scope, Send
+from gateway.validation import grant_scope_problem
+
+_MAX_BODY = 64 * 1024
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class AdminApp:
+    """The admin listener of one gateway config.
+
+    :param config: the loaded config: its tables say which APIs and scopes exist.
+    :param store: the grant store it names (None: grants.store is not configured).
+    :param token: the admin bearer token (from `admin.token_file`).
+    """
+
+    def __init__(self, config: Config, store: GrantStore | None, token: str) -> None:
+        self.config = config
+        self.store = store
+        self._token = f"Bearer {token}".encode()
+        self._apis = {api.name: api for api in config.tables.apis}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, document = await self._handle(scope, receive)
+        except Refusal as refusal:
+            answer_status, headers, body = render(refusal, "gateway-admin")
+            await send({"type": "http.response.start", "status": answer_status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        body = b"" if document is None else json.dumps(document).encode() + b"\n"
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": status, "headers": headers if body else headers[2:]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.store is not None:
+                    await self.store.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
+        method = scope["method"]
+        raw = (scope.get("raw_path") or scope["path"].encode()).partition(b"?")[0]
+        path = raw.decode("latin-1")
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return 200, {"status": "serving"}
+        if path == "/readyz" and method in ("GET", "HEAD"):
+            return await self._ready()
+        if path not in _OPEN_PATHS:
+            self._authenticate(scope)
+        segments = [unquote(segment) for segment in path.split("/")[1:]]
+        if segments[0] in ("grants", "conditions") and self.store is None:
+            raise InvalidRequest("this gateway has no grant store: configure grants.store in gateway.yaml")
+        if segments[:1] == ["grants"] and len(segments) == 1 and method == "GET":
+            return 200, await self._list(scope.get("query_string", b""))
+        if segments[:1] == ["grants"] and len(segments) in (4, 6) and method in ("PUT", "DELETE"):
+            if len(segments) == 6 and segments[3] != "users":
+                raise NotFound(f"no admin path {path}")
+            api, client = segments[1], segments[2]
+            subject, grant_scope = (segments[4], segments[5]) if len(segments) == 6 else (None, segments[3])
+            self._check_scope(api, grant_scope)
+            if method == "PUT":
+                expires_at = _expiry(await _body(receive))
+                await self._write(self._store.put_grant(api, client, subject, grant_scope, expires_at))
+                return 200, _grant(GrantRecord(api, client, subject, grant_scope, expires_at))
+            if not await self._write(self._store.revoke_grant(api, client, subject, grant_scope)):
+                raise NotFound(f"no such grant: {grant_scope} to {'user ' + subject + ' via ' if subject else ''}client {client} on {api}")
+            return 204, None
+        if segments[:1] == ["conditions"] and len(segments) == 4 and method in ("PUT", "DELETE"):
+            api, subject, condition = segments[1:]
+            self._check_scope(api, condition)
+            met = method == "PUT"
+            if met:
+                await _body(receive)  # any body is read, and ignored
+            changed = await self._write(self._store.set_condition(api, subject, condition, met))
+            if met:
+                return 200, {"api": api, "subject": subject, "scope": condition}
+            if not changed:
+                raise NotFound(f"no such condition met: {condition} by {subject} on {api}")
+            return 204, None
+        raise NotFound(f"no admin path {method} {path}")
+
+    def _authenticate(self, scope: Scope) -> None:
+        presented = [value for name, value in scope["headers"] if name == b"authorization"]
+        # compare_digest: how much of a wrong token matched never shows in the time taken
+        if len(presented) != 1 or not hmac.compare_digest(presented[0], self._token):
+            raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>' (admin.token_file)")
+
+    def _check_scope(self, api: str, scope: str) -> None:
+        found = self._apis.get(api)
+        if found is None:
+            raise InvalidRequest(f"no route table is named {api!r} (tables: {', '.join(self._apis)})")
+        problem = grant_scope_problem(found.catalog, scope)
+        if problem:
+            raise InvalidRequest(problem)
+
+    async def _write(self, operation: Any) -> Any:
+        try:
+            return await operation
+        except StoreUnavailable as exc:
+            raise TemporarilyUnavailable(f"the grant store cannot be written right now: {exc}", retry_after=1) from None
+
+    async def _list(self, query: bytes) -> dict[str, Any]:
+        filters = {name: values[0] for name, values in parse_qs(query.decode("latin-1"), keep_blank_values=False).items()}
+        unknown = set(filters) - {"api", "client", "subject"}
+        if unknown:
+            raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))} (api, client, subject)")
+        if "api" in filters and filters["api"] not in self._apis:
+            raise InvalidRequest(f"no route table is named {filters['api']!r}")
+        try:
+            grants, conditions = await self._store.list(filters.get("api"), filters.get("client"), filters.get("subject"))
+        except StoreUnavailable as exc:
+            raise TemporarilyUnavailable(f"the grant store cannot be read right now: {exc}", retry_after=1) from None
+        return {"grants": [_grant(grant) for grant in grants], "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions]}
+
+    @property
+    def _store(self) -> GrantStore:
+        assert self.store is not None  # checked for every grants and conditions path
+        return self.store
+
+    async def _ready(self) -> tuple[int, Any]:
+        if self.store is None:
+            return 200, {"status": "ready", "config": str(self.config.source), "grant_store": "none configured", "tables": sorted(self._apis)}
+        try:
+            await self.store.version()
+        except StoreUnavailable as exc:
+            return 503, {"status": "not ready", "config": str(self.config.source), "grant_store": f"unreadable: {exc}"}
+        return 200, {"status": "ready", "config": str(self.config.source), "grant_store": "reachable", "tables": sorted(self._apis)}
+
+
+async def _body(receive: Receive) -> Any:
+    """The request's JSON body (None when empty).
+
+    :raises InvalidRequest: larger than 64 KiB, or not JSON.
+    """
+    chunks = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before its body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise InvalidRequest(f"the body is larger than {_MAX_BODY // 1024} KiB")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    raw = b"".join(chunks).strip()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+
+
+def _expiry(body: Any) -> float | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict) or set(body) - {"expires_at"}:
+        raise InvalidRequest('the body is {"expires_at": "<RFC 3339 time>"} or {"expires_at": null}, or none')
+    value = body.get("expires_at")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("expires_at must be an RFC 3339 time such as 2026-12-31T23:59:59Z, or null")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"expires_at {value!r} is not an RFC 3339 time such as 2026-12-31T23:59:59Z") from None
+    if moment.tzinfo is None:
+        raise InvalidRequest(f"expires_at {value!r} has no time zone: end it with Z or +HH:MM")
+    return moment.timestamp()
+
+
+def _grant(record: GrantRecord) -> dict[str, Any]:
+    expires = None if record.expires_at is None else datetime.fromtimestamp(record.expires_at, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"api": record.api, "client": record.client, "subject": record.subject, "scope": record.scope, "expires_at": expires}
