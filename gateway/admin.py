@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
+from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
@@ -168,22 +169,12 @@ class AdminApp:
 async def _body(receive: Receive) -> Any:
     """The request's JSON body (None when empty).
 
-    :raises InvalidRequest: larger than 64 KiB, or not JSON.
+    :raises InvalidRequest: larger than 64 KiB, not JSON, or cut short.
     """
-    chunks = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client went away before its body was complete")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise InvalidRequest(f"the body is larger than {_MAX_BODY // 1024} KiB")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    raw = b"".join(chunks).strip()
+    try:
+        raw = (await read_body(receive, _MAX_BODY)).strip()
+    except ClientDisconnected:
+        raise InvalidRequest("the client went away before its body was complete") from None
     if not raw:
         return None
     try:

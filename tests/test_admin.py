@@ -78,7 +78,7 @@ async def test_grants_and_conditions_over_http(admin: httpx.AsyncClient) -> None
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": 1893456000}', "must be an RFC 3339 time"),
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "soon"}', "is not an RFC 3339 time"),
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "2099-01-01T00:00:00"}', "has no time zone"),
-    ("PUT", "/grants/wallet/app/balance", b"x" * 70_000, "larger than 64 KiB"),
+    ("PUT", "/grants/wallet/app/balance", b"x" * 70_000, "larger than 65536 bytes"),
     ("GET", "/grants?api=nope", None, "no route table is named 'nope'"),
     ("GET", "/grants?owner=x", None, "unknown query parameters: owner"),
 ])
