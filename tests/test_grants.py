@@ -78,7 +78,7 @@ class Wallet:
         method, path = request.split(" ", 1)
         headers = {} if scopes is None else {"authorization": f"Bearer {mint(scopes, lifetime=600, **(claims or USER))}"}
         with respx.mock(assert_all_called=False) as router:
-            upstream = router.route(host="wallet.test").mock(return_value=httpx.Response(200, json={}))
+            upstream = router.route(host__in=["wallet.test", "fluz.test"]).mock(return_value=httpx.Response(200, json={}))
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://gateway.test") as client:
                 response = await client.request(method, path, headers=headers)
         body = response.json() if not upstream.called else {}
@@ -332,3 +332,40 @@ def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str)
     done = run("grants", *args, "--config", str(write(tmp_path)))
     assert done.returncode == code, done.stdout + done.stderr
     assert words in done.stdout + done.stderr
+
+
+FLUZ = """\
+name: fluz
+upstream: http://fluz.test
+prefix: /f
+scopes:
+  LIST_PAYMENT:
+  MAKE_DEPOSIT:
+rules:
+  grants: [client, user]      # an administrator's grant to the application and the user's, both active
+routes:
+  GET /payments: LIST_PAYMENT
+  POST /deposits: MAKE_DEPOSIT
+"""
+
+
+async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_scope(tmp_path: Path) -> None:
+    config = write(tmp_path)
+    (tmp_path / "routes" / "fluz.yaml").write_text(FLUZ)
+    gateway = Wallet(config)
+    await gateway.app.runtime.start()
+    try:
+        refused = await gateway.ask("GET /f/payments", "LIST_PAYMENT")
+        assert refused[0] == 403
+        assert "the client grant of LIST_PAYMENT to client app does not exist" in refused[1]["error_description"]
+        assert "the user grant of LIST_PAYMENT by ana to client app does not exist" in refused[1]["error_description"]
+        grants(config, "add", "--api", "fluz", "--client", "app", "LIST_PAYMENT", "--ttl", "1")
+        grants(config, "add", "--api", "fluz", "--client", "app", "--subject", "ana", "LIST_PAYMENT")
+        await gateway.fresh()
+        assert (await gateway.ask("GET /f/payments", "LIST_PAYMENT"))[2]
+        assert (await gateway.ask("POST /f/deposits", "MAKE_DEPOSIT"))[0] == 403  # granted per scope
+        await asyncio.sleep(1)  # the administrator's grant expires: the user's alone does not count
+        expired = await gateway.ask("GET /f/payments", "LIST_PAYMENT")
+        assert expired[0] == 403 and "the client grant of LIST_PAYMENT to client app expired at" in expired[1]["error_description"]
+    finally:
+        await gateway.app.runtime.aclose()
