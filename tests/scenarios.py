@@ -87,7 +87,8 @@ class Provider:
         method, path = case.request.split(" ", 1)
         headers = {}
         if case.scopes is not None:
-            headers["authorization"] = f"Bearer {mint(case.scopes, lifetime=600, **case.claims)}"
+            claims = {name: value.claim() if isinstance(value, Ago) else value for name, value in case.claims.items()}
+            headers["authorization"] = f"Bearer {mint(case.scopes, lifetime=600, **claims)}"
         with respx.mock(assert_all_called=False) as router:
             upstream = router.route(host=self.upstream_host).mock(return_value=self.response)
             transport = httpx.ASGITransport(app=self.app)
@@ -110,6 +111,111 @@ class Provider:
         return answer
 
 
+@dataclass(frozen=True)
+class Ago:
+    """A claim's time, `seconds` before the token is minted: a seed table is built when the tests
+    are collected, long before (in a whole suite, minutes before) its case runs."""
+
+    seconds: float
+
+    def claim(self) -> int:
+        return int(time.time() - self.seconds)
+
+
 def fresh(acr: str, age: float = 10) -> dict[str, Any]:
-    """Claims of a token from a login `age` seconds ago with `acr`."""
-    return {"acr": acr, "auth_time": int(time.time() - age)}
+    """Claims of a token from a login `age` seconds before it is minted, with `acr`."""
+    return {"acr": acr, "auth_time": Ago(age)}
+
+
+# --- Steps: a scenario that needs live state interleaves these with its cases ------------------------
+# Each is a callable on the provider, so a seed table can hold them beside its cases and `play` runs
+# them in order; being dataclasses, a failing step prints what it was.
+
+
+@dataclass
+class Grant:
+    """The store gets a grant (a user grant with `subject`); `ttl`: it expires that many seconds
+    from when the step runs."""
+
+    scope: str
+    subject: str | None = None
+    client: str = "client-1"
+    ttl: float | None = None
+
+    async def __call__(self, provider: Provider) -> None:
+        await provider.grant(self.client, self.scope, self.subject, None if self.ttl is None else time.time() + self.ttl)
+
+
+@dataclass
+class Revoke:
+    scope: str
+    subject: str | None = None
+    client: str = "client-1"
+
+    async def __call__(self, provider: Provider) -> None:
+        await provider.revoke(self.client, self.scope, self.subject)
+
+
+@dataclass
+class Fulfil:
+    """The store records `subject` met (or, `met=False`, no longer meets) `scope`'s condition."""
+
+    subject: str
+    scope: str
+    met: bool = True
+
+    async def __call__(self, provider: Provider) -> None:
+        await provider.fulfil(self.subject, self.scope, self.met)
+
+
+@dataclass
+class Wait:
+    seconds: float
+
+    async def __call__(self, provider: Provider) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+@dataclass
+class Upstream:
+    """What the mocked upstream answers from now on: a JSON body."""
+
+    json: Any
+
+    async def __call__(self, provider: Provider) -> None:
+        provider.response = httpx.Response(200, json=self.json)
+
+
+@dataclass
+class Says:
+    """A case whose answer must also say more: fragments of its `error_description` and of its
+    WWW-Authenticate, and (forwarded) exactly which top-level JSON members come back."""
+
+    case: Case
+    description: tuple[str, ...] = ()
+    challenge: tuple[str, ...] = ()
+    members: frozenset[str] | None = None
+
+    async def __call__(self, provider: Provider) -> Answer:
+        answer = await provider.check(self.case)
+        if self.description:
+            said = answer.response.json()["error_description"]
+            for fragment in self.description:
+                assert fragment in said, (self.case, fragment, said)
+        for fragment in self.challenge:
+            assert answer.challenge is not None and fragment in answer.challenge, (self.case, fragment, answer.challenge)
+        if self.members is not None:
+            assert set(answer.response.json()) == self.members, (self.case, answer.response.json())
+        return answer
+
+
+Step = Case | Grant | Revoke | Fulfil | Wait | Upstream | Says
+
+
+async def play(provider: Provider, steps: list[Any]) -> None:
+    """Run a scenario's cases and steps in order (a step is any async callable on the provider)."""
+    for step in steps:
+        if isinstance(step, Case):
+            await provider.check(step)
+        else:
+            await step(provider)
