@@ -18,10 +18,10 @@ from typing import Any
 from gateway.loading import ConfigError, load_config
 from gateway.settings import Config
 from gateway.authentication import Authenticator
-from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route
+from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route, view_needed
 from gateway.errors import Refusal, render
 from gateway.grants.live import open_store
-from gateway.grants.store import GrantStore, StoreUnavailable
+from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
 from gateway.validation import grant_scope_problem
 from gateway.keys import KeyStore
 from gateway.scopes import SCOPE_TOKEN
@@ -90,7 +90,8 @@ def _explain(args: argparse.Namespace) -> int:
         target = f"{compiled.api.upstream.origin.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
         if not is_public(match):
             token = _explain_token(args, config, lines)
-            evaluation = evaluate(match, token, config.tokens.grant_type_claim)
+            view = _explain_view(config, match, token, lines)
+            evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
             _explain_steps(lines, match, token, evaluation)
             if evaluation.refusal is not None:
                 raise evaluation.refusal
@@ -127,6 +128,12 @@ def _explain_steps(lines: list[str], match: RouteMatch, token: VerifiedToken, ev
         lines.append(f"grant:     {evaluation.grant_type} (claim {evaluation.grant_type and 'or subject'})")
     if route.user is not None:
         lines.append(f"user:      the route acts on user {match.params[route.user]!r} (parameter {route.user}); the token's subject is {token.subject!r}")
+    for scope in sorted(evaluation.live_counted):
+        lines.append(f"live:      {scope} counts: its grants are active")
+    for missing in evaluation.live_missing:
+        lines.append(f"live:      {missing}")
+    for scope in sorted(evaluation.pending_optional):
+        lines.append(f"condition: {scope} is pending: its optional form counts once the user meets {scope}'s condition")
     for scope in evaluation.stepped_up:
         lines.append(f"step-up:   {scope} counts: the token's authentication is recent and strong enough")
     for scope, step_up in evaluation.pending_step_up:
@@ -139,6 +146,27 @@ def _explain_steps(lines: list[str], match: RouteMatch, token: VerifiedToken, ev
     implied = sorted(evaluation.effective - counted)
     if implied:
         lines.append(f"implied:   {' '.join(implied)} (from the scopes catalog of {route.api.name})")
+
+
+def _explain_view(config: Config, match: RouteMatch, token: VerifiedToken, lines: list[str]) -> GrantView | None:
+    """The grant-store view the decision needs, read from the configured store (None: none needed)."""
+    caller = view_needed(match, token, config.tokens.grant_type_claim)
+    if caller is None or config.grants.store is None:
+        return None
+
+    async def read() -> GrantView:
+        store = open_store(config.grants.store, config.grants.base)  # type: ignore[arg-type]
+        try:
+            return await store.view(match.route.api.name, *caller)
+        finally:
+            await store.aclose()
+
+    try:
+        view = asyncio.run(read())
+    except StoreUnavailable as exc:
+        raise SystemExit(f"the grant store cannot be read: {exc}") from None
+    lines.append(f"grants:    read from {config.grants.store} for client {caller[0]}, user {caller[1]}")
+    return view
 
 
 def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -> VerifiedToken:

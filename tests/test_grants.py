@@ -369,3 +369,16 @@ async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_
         assert expired[0] == 403 and "the client grant of LIST_PAYMENT to client app expired at" in expired[1]["error_description"]
     finally:
         await gateway.app.runtime.aclose()
+
+
+def test_explain_reads_the_store_and_shows_the_live_step(tmp_path: Path) -> None:
+    config = write(tmp_path)
+    claims = ["--claims", '{"sub": "ana", "client_id": "app"}']
+    refused = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional balance_offline", *claims)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "grants:    read from sqlite:///grants.db for client app, user ana" in refused.stdout
+    assert "live:      the offline grant balance_offline by ana to client app does not exist" in refused.stdout
+    assert "condition: phone is pending" in refused.stdout and "decision:  404 not_found" in refused.stdout
+    grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
+    allowed = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
+    assert allowed.returncode == 0 and "live:      phone counts: its grants are active" in allowed.stdout
