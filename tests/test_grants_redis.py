@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import json
 import shutil
 import signal
@@ -11,8 +10,10 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio
@@ -460,3 +461,39 @@ async def test_two_replicas_see_a_change_within_refresh_and_never_decide_on_a_de
     finally:
         for replica in replicas:
             await replica.aclose()
+
+
+def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: RedisServer, tmp_path: Path) -> None:
+    from tests.support import GatewayProcess, RecordingUpstream, mint
+    from tests.test_cli import run
+    from tests.test_grants import write
+
+    upstream = RecordingUpstream()
+    config = write(tmp_path, store=own_server.url)
+    config.write_text(config.read_text().replace("client: httpx", "client: pool"))
+    table = tmp_path / "routes" / "wallet.yaml"
+    table.write_text(table.read_text().replace("http://wallet.test", upstream.url))
+    gateways = [GatewayProcess(config, "uvicorn"), GatewayProcess(config, "granian")]
+    token = {"authorization": f"Bearer {mint('accounts_details:read', lifetime=600, sub='ana', client_id='app')}"}
+
+    def statuses() -> list[int]:
+        return [httpx.get(f"http://127.0.0.1:{gateway.port}/w/accounts/details", headers=token).status_code for gateway in gateways]
+
+    try:
+        assert statuses() == [403, 403]
+        assert run("grants", "add", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
+        time.sleep(0.5)  # refresh is 0.1 s
+        assert statuses() == [200, 200]
+        assert run("grants", "revoke", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
+        time.sleep(0.5)
+        assert statuses() == [403, 403]
+        own_server.stop()
+        time.sleep(1.5)
+        assert statuses() == [503, 503]  # never decided on a guess
+        own_server.start()
+        time.sleep(1.5)
+        assert statuses() == [403, 403]  # an empty Redis: no grant
+    finally:
+        for gateway in gateways:
+            gateway.close()
+        upstream.close()
