@@ -3,9 +3,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import shutil
+
 import pytest
 
-from tests.support import GatewayProcess, LiveServer, RecordingUpstream, start_gateway
+from tests.support import GatewayProcess, LiveServer, RecordingUpstream, RedisServer, start_gateway
 
 
 @pytest.fixture
@@ -34,3 +36,14 @@ def live_gateway() -> Iterator[Callable[..., LiveServer | GatewayProcess]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server on loopback for the session (Debian's package; .ci/run installs it)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

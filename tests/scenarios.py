@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import redis
 import respx
 
 from gateway.app import Gateway
@@ -40,6 +42,18 @@ class Answer:
     response: httpx.Response
 
 
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The grant store a provider fixture parametrised with "sqlite" or "redis" uses: a file of the
+    test's own, or the session's redis-server, emptied."""
+    if request.param == "sqlite":
+        return "sqlite:///grants.db"
+    server = request.getfixturevalue("redis_server")
+    client = redis.Redis(port=server.port)
+    client.flushall()
+    client.close()
+    return server.url
+
+
 class Provider:
     """The gateway with one table of routes/ in front of a respx-mocked upstream, and a grant
     store (a real SQLite file) that `grant` and friends write to. Call `start` before use and
@@ -47,13 +61,13 @@ class Provider:
 
     REFRESH = 0.05
 
-    def __init__(self, table: str, folder: Path) -> None:
+    def __init__(self, table: str, folder: Path, store: str = "sqlite:///grants.db") -> None:
         (folder / "routes").mkdir()
         (folder / "routes" / table).write_text((ROOT / "routes" / table).read_text())
         self.config = folder / "gateway.yaml"
         self.config.write_text(
             f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
-            f"proxy:\n  client: httpx\ngrants:\n  store: sqlite:///grants.db\n  refresh: {self.REFRESH}\n"
+            f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {self.REFRESH}\n"
         )
         loaded = load_config(self.config)
         self.api = loaded.tables.apis[0].name

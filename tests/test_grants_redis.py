@@ -20,6 +20,7 @@ import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
 from gateway.grants.redis import RedisStore
+from tests.support import RedisServer, free_port
 from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
 
 if shutil.which("redis-server") is None:
@@ -27,50 +28,6 @@ if shutil.which("redis-server") is None:
 
 pytestmark = pytest.mark.anyio
 AWKWARD = ["a:b", "a/b", "a%3Ab", "a b", "a*", "a?[x]\\"]  # separators, encodings, glob characters
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server subprocess, without persistence, that can be stopped, frozen and started again
-    on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture(scope="module")

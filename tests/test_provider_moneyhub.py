@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios import Case, Grant, Provider, Revoke, Says, Wait, play
+from tests.scenarios import Case, Grant, Provider, Revoke, Says, Wait, play, store_url
 
 pytestmark = pytest.mark.anyio
 M = "/moneyhub"
@@ -292,9 +292,9 @@ SEED: list[tuple[str, list[Any]]] = [
 ]
 
 
-@pytest.fixture
-async def moneyhub(tmp_path: Path) -> AsyncIterator[Provider]:
-    provider = Provider("moneyhub.yaml", tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+async def moneyhub(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
+    provider = Provider("moneyhub.yaml", tmp_path, store_url(request))
     await provider.start()
     yield provider
     await provider.aclose()

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.loading import load_config
 from gateway.validation import validate_scopes
-from tests.scenarios import Ago, Case, Fulfil, Grant, Provider, Revoke, Says, Upstream, fresh, play
+from tests.scenarios import Ago, Case, Fulfil, Grant, Provider, Revoke, Says, Upstream, fresh, play, store_url
 
 pytestmark = pytest.mark.anyio
 P = "/paysera/rest/v1"
@@ -467,9 +467,9 @@ SEED: list[tuple[str, list[Any]]] = [
 ]
 
 
-@pytest.fixture
-async def paysera(tmp_path: Path) -> AsyncIterator[Provider]:
-    provider = Provider("paysera-wallet.yaml", tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+async def paysera(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
+    provider = Provider("paysera-wallet.yaml", tmp_path, store_url(request))
     await provider.start()
     yield provider
     await provider.aclose()
