@@ -382,3 +382,23 @@ def test_explain_reads_the_store_and_shows_the_live_step(tmp_path: Path) -> None
     grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
     allowed = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
     assert allowed.returncode == 0 and "live:      phone counts: its grants are active" in allowed.stdout
+
+
+async def test_a_locked_store_refuses_writes_after_its_busy_timeout_and_still_serves_reads(wallet: Wallet) -> None:
+    import sqlite3
+
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
+    await wallet.fresh()
+    holder = sqlite3.connect(wallet.config.parent / "grants.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than the 2 s busy timeout
+    try:
+        started = time.monotonic()
+        done = run("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
+        assert done.returncode == 3 and "database is locked" in done.stdout
+        assert 1.5 < time.monotonic() - started < 10
+        # in WAL mode a writer blocks no reader: the gateway still decides, on the grant as it is
+        assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "revoked" in grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")
