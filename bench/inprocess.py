@@ -65,6 +65,7 @@ def workloads(tokens: material.Tokens, distinct: list[str]) -> dict[str, list[tu
                     (http_scope("GET", material.UNKNOWN_PATH, tokens.read), b"", 404)],
         "first_seen": [(http_scope("GET", path, token), b"", 200) for token in distinct],
         "rules": [(http_scope("GET", material.RULES_PATH, tokens.rules), b"", 200)],
+        "grants": [(http_scope("GET", material.GRANTS_PATH, tokens.grants), b"", 200)],
     }
 
 
@@ -135,7 +136,7 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
 def instructions(work: Path, concurrency: int) -> None:
     """Per workload, instructions per request: two runs under callgrind, differenced."""
     print(f"{'workload':<12}{'instructions/request':>22}")
-    for workload in ("get", "post", "refused", "first_seen", "rules"):
+    for workload in ("get", "post", "refused", "first_seen", "rules", "grants"):
         totals = []
         for count in COUNTED:
             command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.child:
         work, workload, count = Path(settings.child[0]), settings.child[1], int(settings.child[2])
         saved = json.loads((work / "tokens.json").read_text())
-        tokens = material.Tokens(read=saved["read"], write=saved["write"], rules=saved["rules"])
+        tokens = material.Tokens(read=saved["read"], write=saved["write"], rules=saved["rules"], grants=saved["grants"])
         distinct = (work / "distinct.txt").read_text().split()
         uvloop.run(counted_run(work / "gateway" / "gateway.yaml", tokens, distinct, workload, count, settings.concurrency))
         return 0
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)  # nginx workers run as nobody
     keys = material.make_keys()
     tokens = material.make_tokens(keys)
-    (work / "tokens.json").write_text(json.dumps({"read": tokens.read, "write": tokens.write, "rules": tokens.rules}))
+    (work / "tokens.json").write_text(json.dumps({"read": tokens.read, "write": tokens.write, "rules": tokens.rules, "grants": tokens.grants}))
     distinct_file = work / "distinct.txt"
     material.mint_distinct_tokens(keys.private_pem, WARM + max(FIRST_SEEN_REQUESTS * FIRST_SEEN_REPEATS, COUNTED[1]), distinct_file)
     distinct = distinct_file.read_text().split()
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             service.start()
             service.wait_listening(30)
-        config = material.write_gateway_config(work / "gateway", keys, upstream_port)
+        config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True)
         if settings.instructions:
             instructions(work, settings.concurrency)
         else:

@@ -3,6 +3,7 @@ every target (gateway, nginx, HAProxy). Everything is written into one temporary
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import multiprocessing
@@ -73,6 +74,21 @@ routes:
 """
 RULES_PATH = "/bank/users/bench-user/banks/B1/transactions"
 BENCH_ROUTE_COUNT = MANAGEMENT_ROUTE_COUNT + 1  # every gateway config has both tables
+
+# Live grants in play (inprocess.py only): a scope that counts while the client grant and the
+# user grant are both active in the grant store (Fluz's rule), read from the view in memory
+GRANTS_ROUTES = """\
+name: ledger
+upstream: http://127.0.0.1:{upstream_port}/v3
+prefix: /ledger
+scopes:
+  accounts_details:read:
+    grants: [client, user]
+routes:
+  GET /accounts/{{accountId}}/details: accounts_details:read
+"""
+GRANTS_PATH = "/ledger/accounts/A1/details"
+GRANTS_SCOPE = "accounts_details:read"
 RULES_SCOPE = "transactions:read:in transactions:write id:B1"
 
 
@@ -120,12 +136,13 @@ class Tokens:
     read: str
     write: str
     rules: str = ""  # for the rules table: an exclusive group, a dependency, a bank and a user in play
+    grants: str = ""  # for the live-grants table
 
 
 def make_tokens(keys: Keys) -> Tokens:
     return Tokens(
         read=sign(keys.private_pem, claims(READ_SCOPE)), write=sign(keys.private_pem, claims(WRITE_SCOPE)),
-        rules=sign(keys.private_pem, claims(RULES_SCOPE)),
+        rules=sign(keys.private_pem, claims(RULES_SCOPE)), grants=sign(keys.private_pem, claims(GRANTS_SCOPE)),
     )
 
 
@@ -178,13 +195,20 @@ def mint_distinct_tokens(private_pem: bytes, count: int, path: Path) -> float:
 
 # --- gateway config ---
 
-def write_gateway_config(directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE) -> Path:
+def write_gateway_config(
+    directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE, grants: bool = False,
+) -> Path:
     """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table."""
     (directory / "routes").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     (directory / "keys" / "jwks.json").write_text(json.dumps(keys.jwks))
     (directory / "routes" / "adyen-management.yaml").write_text(MANAGEMENT_ROUTES.format(upstream_port=upstream_port))
     (directory / "routes" / "bank.yaml").write_text(RULES_ROUTES.format(upstream_port=upstream_port))
+    store = ""
+    if grants:
+        (directory / "routes" / "ledger.yaml").write_text(GRANTS_ROUTES.format(upstream_port=upstream_port))
+        store = "grants:\n  store: sqlite:///grants.db\n"
+        asyncio.run(_seed_grants(directory / "grants.db"))
     if generated_routes:
         lines = [f"  GET /generated/r{i}/items/{{id}}: s{i}" for i in range(generated_routes)]
         table = f"name: generated\nupstream: http://127.0.0.1:{upstream_port}/v3\nprefix: /generated-api\nroutes:\n" + "\n".join(lines) + "\n"
@@ -201,8 +225,20 @@ tokens:
 proxy:
   connect_timeout: 5
   read_timeout: 30
-""")
+{store}""")
     return config
+
+
+async def _seed_grants(path: Path) -> None:
+    """The ledger's grants for the bench's client and user, active, in a real SQLite store."""
+    from gateway.grants.sqlite import SQLiteStore
+
+    store = SQLiteStore(path)
+    try:
+        await store.put_grant("ledger", "bench-client", None, GRANTS_SCOPE, None)
+        await store.put_grant("ledger", "bench-client", "bench-user", GRANTS_SCOPE, None)
+    finally:
+        await store.aclose()
 
 
 # --- nginx ---
