@@ -402,3 +402,19 @@ async def test_a_locked_store_refuses_writes_after_its_busy_timeout_and_still_se
         holder.execute("ROLLBACK")
         holder.close()
     assert "revoked" in grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")
+
+
+async def test_a_restart_keeps_every_grant(tmp_path: Path) -> None:
+    config = write(tmp_path)
+    grants(config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
+    grants(config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline", "--expires", "2099-01-01T00:00:00Z")
+    grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
+    for _ in range(2):  # a gateway, then the same config started again
+        gateway = Wallet(config)
+        await gateway.app.runtime.start()
+        try:
+            assert (await gateway.ask("GET /w/accounts/details", "accounts_details:read"))[2]
+            assert (await gateway.ask("GET /w/balance", "balance_offline"))[2]
+            assert (await gateway.ask("GET /w/phone", "phone_optional"))[2]
+        finally:
+            await gateway.app.runtime.aclose()
