@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway import head
-from gateway.decision import RouteMatch, authorize, is_public, route, view_needed
+from gateway.decision import authorize, is_public, route, view_needed
 from gateway.errors import FramingInvalidRequest, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import LiveGrants
@@ -17,7 +17,6 @@ from gateway.identity import identity_headers
 from gateway.keys import KeyStore
 from gateway.runtime import Runtime
 from gateway.settings import Config
-from gateway.tokens import VerifiedToken
 from gateway.types import Receive, Scope, Send
 from gateway.upstream import UpstreamClient
 
@@ -75,7 +74,9 @@ class Gateway:
                     verified = await authenticator.authenticate(authorization, query)
                 view = None
                 if match.route.live and runtime.grants is not None:
-                    view = await _grant_view(runtime.grants, match, verified, runtime.grant_type_claim)
+                    caller = view_needed(match, verified, runtime.grant_type_claim)
+                    if caller is not None:
+                        view = runtime.grants.cached(api.name, *caller) or await _grant_view(runtime.grants, api.name, caller)
                 grant = authorize(match, verified, runtime.grant_type_claim, view)
                 identity = identity_headers(grant)
             exchange = match.route.exchange
@@ -119,18 +120,11 @@ class Gateway:
                 return
 
 
-async def _grant_view(grants: LiveGrants, match: RouteMatch, token: VerifiedToken, grant_type_claim: str) -> GrantView | None:
-    """The grant-store view the decision needs, from memory or the store.
+async def _grant_view(grants: LiveGrants, api: str, caller: tuple[str | None, str | None]) -> GrantView:
+    """The grant-store view of `caller`, read from the store (the view was not in memory).
 
     :raises TemporarilyUnavailable: the store cannot be read (503, never a decision on a guess).
     """
-    caller = view_needed(match, token, grant_type_claim)
-    if caller is None:
-        return None
-    api = match.route.api.name
-    view = grants.cached(api, *caller)
-    if view is not None:
-        return view
     try:
         return await grants.view(api, *caller)
     except StoreUnavailable as exc:
