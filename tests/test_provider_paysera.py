@@ -182,10 +182,10 @@ SEED: list[tuple[str, list[Any]]] = [
              challenge=('error="insufficient_user_authentication"', 'acr_values="sms"', 'max_age="300"')),
         Case(f"GET {P}/currency-conversion", "convert_currency", "401 insufficient_user_authentication"),
         Case(f"POST {P}/currency-conversion", "convert_currency", "401 insufficient_user_authentication", claims=fresh("password")),
-        Case(f"POST {P}/currency-conversion", "convert_currency", "401 insufficient_user_authentication", claims=fresh("sms", age=301)),
+        Case(f"POST {P}/currency-conversion", "convert_currency", "401 insufficient_user_authentication", claims=fresh("sms", age=320)),
         # confirmed by SMS just now: counts
         Case(f"POST {P}/currency-conversion", "convert_currency", "forward", claims=fresh("sms"), forwarded_scopes="convert_currency"),
-        Case(f"GET {P}/currency-conversion", "convert_currency", "forward", claims=fresh("sms", age=299)),
+        Case(f"GET {P}/currency-conversion", "convert_currency", "forward", claims=fresh("sms", age=280)),
         Case(f"POST {P}/currency-conversion", "convert_currency", "forward", claims={"amr": ["pwd", "sms"], "auth_time": Ago(10)}),
     ]),
     ("Process: 1. Request token without extended scope ... 3. Refresh token with code parameter 4. Extended scope added to token", [
