@@ -320,15 +320,15 @@ async def test_accounts_details_count_only_while_the_client_grant_is_active(mone
         # a user's grant is not the client's enablement
         Grant("accounts_details:read", subject="user-1"),
         Case(f"GET {M}/accounts/a1", details, "forward", forwarded_scopes="accounts:read"),
-        # enabled for client-1, for a second
-        Grant("accounts_details:read", ttl=1.0),
+        # enabled for client-1, for three seconds
+        Grant("accounts_details:read", ttl=3.0),
         Case(f"GET {M}/accounts", details, "forward", forwarded_scopes="accounts:read accounts_details:read"),
         Case(f"GET {M}/accounts/a1", details, "forward", forwarded_scopes="accounts:read accounts_details:read"),
         Case(f"GET {M}/accounts/a1", details, "forward", claims={"sub": "user-2"}, forwarded_scopes="accounts:read accounts_details:read"),
         # ... for client-1 only
         Case(f"GET {M}/accounts", details, "forward", claims={"client_id": "client-2"}, forwarded_scopes="accounts:read"),
         # the enablement lapses
-        Wait(1.0),
+        Wait(3.0),
         Case(f"GET {M}/accounts", details, "forward", forwarded_scopes="accounts:read"),
         Says(Case(f"GET {M}/accounts", "accounts_details:read", "403 forbidden"),
              description=("the client grant of accounts_details:read to client client-1 expired at",)),
