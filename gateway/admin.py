@@ -99,9 +99,9 @@ class AdminApp:
             self._check_scope(api, grant_scope)
             if method == "PUT":
                 expires_at = _expiry(await _body(receive))
-                await self._write(self._store.put_grant(api, client, subject, grant_scope, expires_at))
+                await self._stored(self._store.put_grant(api, client, subject, grant_scope, expires_at))
                 return 200, _grant(GrantRecord(api, client, subject, grant_scope, expires_at))
-            if not await self._write(self._store.revoke_grant(api, client, subject, grant_scope)):
+            if not await self._stored(self._store.revoke_grant(api, client, subject, grant_scope)):
                 raise NotFound(f"no such grant: {grant_scope} to {'user ' + subject + ' via ' if subject else ''}client {client} on {api}")
             return 204, None
         if segments[:1] == ["conditions"] and len(segments) == 4 and method in ("PUT", "DELETE"):
@@ -110,7 +110,7 @@ class AdminApp:
             met = method == "PUT"
             if met:
                 await _body(receive)  # any body is read, and ignored
-            changed = await self._write(self._store.set_condition(api, subject, condition, met))
+            changed = await self._stored(self._store.set_condition(api, subject, condition, met))
             if met:
                 return 200, {"api": api, "subject": subject, "scope": condition}
             if not changed:
@@ -132,11 +132,12 @@ class AdminApp:
         if problem:
             raise InvalidRequest(problem)
 
-    async def _write(self, operation: Any) -> Any:
+    async def _stored(self, operation: Any) -> Any:
+        """The store operation's result; 503 when the store cannot be used."""
         try:
             return await operation
         except StoreUnavailable as exc:
-            raise TemporarilyUnavailable(f"the grant store cannot be written right now: {exc}", retry_after=1) from None
+            raise TemporarilyUnavailable(f"the grant store cannot be used right now: {exc}", retry_after=1) from None
 
     async def _list(self, query: bytes) -> dict[str, Any]:
         filters = {name: values[0] for name, values in parse_qs(query.decode("latin-1"), keep_blank_values=False).items()}
@@ -145,10 +146,7 @@ class AdminApp:
             raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))} (api, client, subject)")
         if "api" in filters and filters["api"] not in self._apis:
             raise InvalidRequest(f"no route table is named {filters['api']!r}")
-        try:
-            grants, conditions = await self._store.list(filters.get("api"), filters.get("client"), filters.get("subject"))
-        except StoreUnavailable as exc:
-            raise TemporarilyUnavailable(f"the grant store cannot be read right now: {exc}", retry_after=1) from None
+        grants, conditions = await self._stored(self._store.list(filters.get("api"), filters.get("client"), filters.get("subject")))
         return {"grants": [_grant(grant) for grant in grants], "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions]}
 
     @property

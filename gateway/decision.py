@@ -143,34 +143,35 @@ def evaluate(
             if grant_type not in allowed:
                 evaluation.refusal = InvalidScope(f"{scope} is only for tokens of the {' or '.join(sorted(allowed))} grant; this token's grant is {grant_type}")
                 return evaluation
-    counted = assessment.counted
     acting_for: str | None = None
     if route.user is not None:
         user = match.params[route.user]
-        if evaluation.grant_type != CLIENT_CREDENTIALS:
-            if token.subject != user:
-                # another user's resource: answered as if it did not exist
-                evaluation.refusal = NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
-                return evaluation
-        else:
-            # a client-credentials token acts on a user only through that user's offline grants
-            # to the client (the grant store); its own scopes do not count here
+        if evaluation.grant_type == CLIENT_CREDENTIALS:
             acting_for = user
-            counted = frozenset()
+        elif token.subject != user:
+            # another user's resource: answered as if it did not exist
+            evaluation.refusal = NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+            return evaluation
     now = time.time() if now is None else now
     view = EMPTY_VIEW if view is None else view
+    step_ups = assessment.step_up
     if acting_for is not None:
+        # a client-credentials token acts on a user only through that user's offline grants to
+        # the client (the grant store): its own scopes, step-up ones included, do not count here
         counted = frozenset(
             scope.removesuffix("_offline") for scope, state in view.user_grants.items()
             if scope.endswith("_offline") and scope.removesuffix("_offline") in catalog.entries and state.active(now)
         )
         evaluation.live_counted = counted
+        step_ups = ()
     elif assessment.live:
         _live_step(evaluation, view, token.client, token.subject, now)
-        counted = counted | evaluation.live_counted
-    claims = token.claims if assessment.step_up else {}
-    evaluation.stepped_up = tuple(scope for scope, step_up in assessment.step_up if acting_for is None and _authenticated_enough(claims, step_up, now))
-    evaluation.pending_step_up = tuple((scope, step_up) for scope, step_up in assessment.step_up if scope not in evaluation.stepped_up and acting_for is None)
+        counted = assessment.counted | evaluation.live_counted
+    else:
+        counted = assessment.counted
+    claims = token.claims if step_ups else {}
+    evaluation.stepped_up = tuple(scope for scope, step_up in step_ups if _authenticated_enough(claims, step_up, now))
+    evaluation.pending_step_up = tuple((scope, step_up) for scope, step_up in step_ups if scope not in evaluation.stepped_up)
     effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
     if requirement.met_by(effective):

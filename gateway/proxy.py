@@ -194,6 +194,16 @@ class _RequestBody:
         raise StopAsyncIteration
 
 
+def _refusal_for(api: Api, exc: UpstreamError) -> GatewayTimeout | BadGateway:
+    """The answer to an upstream failure met before anything was sent to the client: the one place
+    upstream client errors become 504 and 502."""
+    if isinstance(exc, UpstreamTimeout):
+        logger.warning("upstream of %s timed out: %s", api.name, exc)
+        return GatewayTimeout(f"the upstream of {api.name} did not answer in time")
+    logger.warning("upstream of %s failed: %s", api.name, exc)
+    return BadGateway(f"the upstream of {api.name} could not be reached or answered badly")
+
+
 class _Replay:
     """A request body the gateway holds whole (an exchange read or rewrote it), sent as one chunk."""
 
@@ -292,12 +302,8 @@ class Forwarder:
         request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, body, length)
         try:
             response = await self.client.send(request)
-        except UpstreamTimeout as exc:
-            logger.warning("upstream of %s timed out: %s", api.name, exc)
-            raise GatewayTimeout(f"the upstream of {api.name} did not answer in time") from exc
         except UpstreamError as exc:
-            logger.warning("upstream of %s failed: %s", api.name, exc)
-            raise BadGateway(f"the upstream of {api.name} could not be reached or answered badly") from exc
+            raise _refusal_for(api, exc) from exc
         try:
             if forwarding is not None and forwarding.rewrite is not None:
                 await self._send_rewritten(response, send, api, forwarding)
@@ -334,10 +340,8 @@ class Forwarder:
                 if size > forwarding.response_limit:
                     raise BadGateway(f"the answer of {api.name}'s upstream is larger than {forwarding.response_limit} bytes, the most this route rewrites")
                 chunks.append(chunk)
-        except UpstreamTimeout as exc:
-            raise GatewayTimeout(f"the upstream of {api.name} did not answer in time") from exc
         except UpstreamError as exc:
-            raise BadGateway(f"the upstream of {api.name} could not be reached or answered badly") from exc
+            raise _refusal_for(api, exc) from exc
         headers = [(name, value) for name, value in downstream_response_headers(response.headers) if name != b"content-length"]
         status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks))
         headers = [*headers, (b"content-length", b"%d" % len(body))]

@@ -315,16 +315,22 @@ async def test_a_body_shorter_than_declared_is_not_sent_as_complete(client: Pool
             await exchange(client, request(upstream.port, method="POST", body=[b"abc"], length=10))
 
 
-async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_without_body(client: PooledUpstream) -> None:
-    ref: list[Upstream] = []
+def _one_answer_then_hang_up(ref: list[Upstream]) -> Handler:
+    """An upstream that answers one request on a connection, takes the next, and closes without answering."""
 
-    async def one_answer_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader, ref[0])
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
-        await read_request(reader, ref[0])  # takes the next request, then closes without answering
+        await read_request(reader, ref[0])
 
-    async with serve(one_answer_then_hang_up) as upstream:
+    return handle
+
+
+async def test_a_pooled_connection_found_dead_is_retried_once_for_a_request_without_body(client: PooledUpstream) -> None:
+    ref: list[Upstream] = []
+
+    async with serve(_one_answer_then_hang_up(ref)) as upstream:
         ref.append(upstream)
         assert (await exchange(client, request(upstream.port)))[2] == b"ok"
         assert (await exchange(client, request(upstream.port)))[2] == b"ok"  # retried on a fresh connection
@@ -344,13 +350,7 @@ async def test_only_idempotent_requests_are_retried_on_a_pooled_connection_found
     # again only when twice has the effect of once, whether or not it has a body
     ref: list[Upstream] = []
 
-    async def one_answer_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader, ref[0])
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        await writer.drain()
-        await read_request(reader, ref[0])  # takes the next request, then closes without answering
-
-    async with serve(one_answer_then_hang_up) as upstream:
+    async with serve(_one_answer_then_hang_up(ref)) as upstream:
         ref.append(upstream)
         assert (await exchange(client, request(upstream.port)))[2] == b"ok"  # leaves a kept-alive connection
         if retried:
