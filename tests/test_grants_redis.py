@@ -420,6 +420,38 @@ async def test_two_replicas_see_a_change_within_refresh_and_never_decide_on_a_de
             await replica.aclose()
 
 
+async def test_a_replica_hears_of_a_change_at_once_and_again_after_redis_restarts(own_server: RedisServer) -> None:
+    """With a refresh of a minute, only the change channel can make a write seen within seconds."""
+    from gateway.grants.live import LiveGrants, open_store
+
+    replica = LiveGrants(open_store(own_server.url, Path(".")), refresh=60)
+    writer = RedisStore(own_server.url)
+    await replica.start()
+
+    async def seen(scope: str | None) -> bool:
+        for _ in range(40):  # 2 s
+            view = await replica.view("wallet", "app", None)
+            if (scope in view.client_grants) if scope else not view.client_grants:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    try:
+        assert await seen(None)  # the empty view is now in memory
+        await writer.put_grant("wallet", "app", None, "s", None)
+        assert await seen("s")
+        own_server.stop()
+        own_server.start()  # empty: no persistence
+        # the broken subscription dropped the views, and the watcher subscribes again within a second
+        assert await seen(None)
+        await asyncio.sleep(1.5)
+        await writer.put_grant("wallet", "app", None, "t", None)
+        assert await seen("t")
+    finally:
+        await writer.aclose()
+        await replica.aclose()
+
+
 def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: RedisServer, tmp_path: Path) -> None:
     from tests.support import GatewayProcess, RecordingUpstream, mint
     from tests.test_cli import run

@@ -1,9 +1,10 @@
 """Grant views in memory, kept fresh: what the decision reads of the grant store.
 
 A view per (api, client, subject), fetched from the store on a miss and kept (at most
-`max_views`, least recently used out). Every `refresh` seconds the store's version is read; when
-it moved, every view is dropped, so none is served more than about `refresh` seconds after a
-change in any process. When the store cannot be read, views are dropped too and requests that
+`max_views`, least recently used out). Every view is dropped when the store changes: at once when
+the backend publishes its writes (Redis), and within `refresh` seconds in any case, when the
+version read every `refresh` seconds has moved (the only way with SQLite, and the fallback when
+a publication is lost). When the store cannot be read, views are dropped too and requests that
 need live state are refused (503) until it answers again: never a decision on a guess.
 """
 
@@ -51,14 +52,17 @@ class LiveGrants:
         self.max_views = max_views
         self._views: OrderedDict[Key, GrantView] = OrderedDict()
         self._version: object = None
+        self._generation = 0  # counts the times every view was dropped
         self.error: str | None = "not started"  # why the store cannot be read now; None when it can
         self._poller: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Read the store's version once (an unreachable store is reported, not fatal: requests
         that need it get 503 until it answers) and keep polling it."""
         await self._check()
         self._poller = asyncio.ensure_future(self._poll())
+        self._watcher = asyncio.ensure_future(self._watch())
 
     def cached(self, api: str, client: str | None, subject: str | None) -> GrantView | None:
         """The view in memory, if any: no await on the usual request."""
@@ -78,13 +82,29 @@ class LiveGrants:
             return view
         if self.error is not None:
             raise StoreUnavailable(self.error)
-        version = self._version
+        generation = self._generation
         view = await self.store.view(api, client, subject)
-        if version == self._version:  # not kept if a change was seen while it was read
+        if generation == self._generation:  # not kept if a change was heard of while it was read
             self._views[(api, client, subject)] = view
             if len(self._views) > self.max_views:
                 self._views.popitem(last=False)
         return view
+
+    def _drop_views(self) -> None:
+        self._generation += 1
+        self._views.clear()
+
+    async def _watch(self) -> None:
+        """Hear of the store's changes as they happen, while the backend tells them; after a broken
+        subscription, subscribe again (the version polling covers the time between)."""
+        while True:
+            try:
+                await self.store.watch(self._drop_views)
+                return  # the backend tells nothing: polling alone
+            except StoreUnavailable as exc:
+                logger.debug("grant store change notifications interrupted: %s", exc)
+                self._drop_views()
+            await asyncio.sleep(min(self.refresh, 1.0))
 
     async def _poll(self) -> None:
         while True:
@@ -98,16 +118,17 @@ class LiveGrants:
             if self.error is None:
                 logger.error("grant store unreadable: %s; requests that need live grants are refused until it answers", exc)
             self.error = str(exc)
-            self._views.clear()
+            self._drop_views()
             return
         if self.error is not None and self.error != "not started":
             logger.warning("grant store readable again")
         self.error = None
         if version != self._version:
             self._version = version
-            self._views.clear()
+            self._drop_views()
 
     async def aclose(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._watcher):
+            if task is not None:
+                task.cancel()
         await self.store.aclose()

@@ -9,7 +9,8 @@ glob character that a SCAN pattern would read as one:
     gateway:condition:{api}:{subject}         set: the scopes whose condition the subject has met
     gateway:version                           counter, incremented by every write
     gateway:epoch                             random token, set by the first write into an empty Redis
-    channel gateway:changes                   every write publishes the key it changed
+    channel gateway:changes                   every write publishes the key it changed; every
+                                              serving process subscribes and drops its views
 
 Scopes are hash fields and set members, stored as they are. Expiries are timestamps that the reader
 checks (`GrantState.active`), never Redis TTLs: a grant's row must outlive its expiry so that a
@@ -26,14 +27,15 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import ConnectionError, RedisError, WatchError
 
 from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
 
@@ -98,9 +100,13 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = _redacted(url)  # for messages: no password
-        # No retries: a failure reaches the caller at once; the pool reconnects on the next call.
-        self._client = redis.asyncio.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0))
+        options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT}
+        # One retry, on a fresh connection, for a connection found closed (a Redis that restarted
+        # since the pooled one was opened); never for a timeout, so a hung Redis fails within TIMEOUT.
+        self._client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)), **options)
+        # The subscription never reconnects by itself: publications sent while it was down are
+        # lost, so its break must reach `watch`'s caller, which drops every view.
+        self._subscriber = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -145,6 +151,18 @@ class RedisStore:
         with self._errors():
             counter, epoch = await self._client.mget(VERSION_KEY, EPOCH_KEY)
         return epoch, int(counter or 0)
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Subscribe to the change channel and call `changed` for each publication; once also as
+        soon as the subscription holds, for writes made while none did."""
+        with self._errors():
+            async with self._subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                changed()
+                while True:
+                    # a bounded wait, as the connection's own timeout wants; a dead Redis raises
+                    if await pubsub.get_message(timeout=TIMEOUT) is not None:
+                        changed()
 
     async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
         """Add a grant, or replace its expiry and clear its revocation."""
@@ -233,3 +251,4 @@ class RedisStore:
         """Close the client and its connections."""
         with self._errors():
             await self._client.aclose()
+            await self._subscriber.aclose()

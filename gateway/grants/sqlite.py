@@ -102,6 +102,9 @@ class SQLiteStore:
         version = await self._run(lambda connection: connection.execute("PRAGMA data_version").fetchone()[0])
         return (version, self._writes)
 
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """SQLite tells no other process of a commit: readers poll `version`."""
+
     async def _write(self, statement: str, parameters: tuple[object, ...]) -> int:
         def write(connection: sqlite3.Connection) -> int:
             changed = connection.execute(statement, parameters).rowcount

@@ -8,7 +8,7 @@ from `gateway.grants.live`, which keeps views in memory and fresh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +69,13 @@ class GrantStore(Protocol):
 
     async def version(self) -> object:
         """A value that changes whenever anything in the store changes, from any process."""
+        ...
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after each write from any process, as it happens, until cancelled.
+        Returns at once when the backend has no such notification (its `version` is polled).
+
+        :raises StoreUnavailable: the notification stream broke (or never started)."""
         ...
 
     async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
