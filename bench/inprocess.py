@@ -133,10 +133,13 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
     await app.runtime.aclose()
 
 
-def instructions(work: Path, concurrency: int) -> None:
+WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants")
+
+
+def instructions(work: Path, concurrency: int, chosen: list[str]) -> None:
     """Per workload, instructions per request: two runs under callgrind, differenced."""
     print(f"{'workload':<12}{'instructions/request':>22}")
-    for workload in ("get", "post", "refused", "first_seen", "rules", "grants"):
+    for workload in chosen:
         totals = []
         for count in COUNTED:
             command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
@@ -156,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers (default 32)")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per workload; the least is reported (default 5)")
     parser.add_argument("--instructions", action="store_true", help="count instructions per request with valgrind instead of timing")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"with --instructions: which, comma-separated (default {','.join(WORKLOADS)})")
     parser.add_argument("--child", nargs=3, metavar=("WORK", "WORKLOAD", "COUNT"), help=argparse.SUPPRESS)
     settings = parser.parse_args(argv)
+    unknown = sorted(set(settings.workloads.split(",")) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     import uvloop
 
     if settings.child:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             service.wait_listening(30)
         config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True)
         if settings.instructions:
-            instructions(work, settings.concurrency)
+            instructions(work, settings.concurrency, settings.workloads.split(","))
         else:
             uvloop.run(measure(config, tokens, distinct, settings))
     finally:

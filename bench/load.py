@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
+SCRIPTS = {"rules": "path", "grants": "path"}  # workloads that share a script; the others have their own
 HOST = "127.0.0.1"
 
 
@@ -25,7 +26,7 @@ def run_wrk(port: int, workload: str, connections: int, duration: float, script_
     """One wrk run; returns the JSON line of bench/wrk/report.lua, or {"failure": ...}."""
     threads = wrk_threads(connections)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
-               "-s", str(WRK_SCRIPTS / f"{workload}.lua"), f"http://{HOST}:{port}/", "--", *script_args]
+               "-s", str(WRK_SCRIPTS / f"{SCRIPTS.get(workload, workload)}.lua"), f"http://{HOST}:{port}/", "--", *script_args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:

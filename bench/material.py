@@ -75,7 +75,7 @@ routes:
 RULES_PATH = "/bank/users/bench-user/banks/B1/transactions"
 BENCH_ROUTE_COUNT = MANAGEMENT_ROUTE_COUNT + 1  # every gateway config has both tables
 
-# Live grants in play (inprocess.py only): a scope that counts while the client grant and the
+# Live grants in play: a scope that counts while the client grant and the
 # user grant are both active in the grant store (Fluz's rule), read from the view in memory
 GRANTS_ROUTES = """\
 name: ledger

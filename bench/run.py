@@ -35,6 +35,10 @@ import procs  # noqa: E402
 
 WORKLOADS = ["get", "post", "refused", "first_seen"]
 PLAIN_WORKLOADS = ["get", "post"]  # the targets without token checks only answer or forward
+# the gateway's own features, each beside its plain GET: catalog rules in play on every request,
+# and live grants (a client grant and a user grant, both read from the grant store's views)
+FEATURE_WORKLOADS = ["rules", "grants"]
+FEATURE_CONNECTIONS = 32
 FIRST_SEEN_CONNECTIONS = 32
 EXPECTED_FIRST_SEEN_RATE = 15_000  # req/s, generous: sizes the pool of distinct tokens
 GATEWAY_CACHE_SIZE = 10_000  # tokens.cache_size in the generated gateway.yaml
@@ -151,13 +155,15 @@ class Target:
 
     @property
     def workloads(self) -> list[str]:
+        if self.name.startswith("gateway-"):
+            return WORKLOADS + FEATURE_WORKLOADS
         return WORKLOADS if self.checks_tokens else PLAIN_WORKLOADS
 
 
 def define_targets(work: Path, material, keys, upstream_port: int) -> list[Target]:
     """Every target but the upstream, with its config written; none started yet."""
     public_pem = work / "public.pem"
-    gateway_config = material.write_gateway_config(work / "gateway", keys, upstream_port)
+    gateway_config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True)
     targets: list[Target] = []
 
     def add(name: str, command: list[str], port: int, checks_tokens: bool = True, env: dict | None = None) -> None:
@@ -273,6 +279,10 @@ def print_sanity(cases: list[dict], answers: dict, failed: list[str]) -> None:
 # --- throughput rounds ---
 
 def script_args(workload: str, tokens: dict[str, str], first_seen_file: Path, cursor: int, connections: int) -> list[str]:
+    import material
+
+    if workload in FEATURE_WORKLOADS:
+        return [tokens[workload], {"rules": material.RULES_PATH, "grants": material.GRANTS_PATH}[workload]]
     if workload == "post":
         return [tokens["write"]]
     if workload == "first_seen":
@@ -321,7 +331,7 @@ def describe(run: dict) -> str:
 
 def cells(settings: Settings) -> list[tuple[str, int]]:
     grid = [(workload, connections) for workload in ("get", "post", "refused") for connections in settings.connections]
-    return grid + [("first_seen", FIRST_SEEN_CONNECTIONS)]
+    return grid + [("first_seen", FIRST_SEEN_CONNECTIONS)] + [(workload, FEATURE_CONNECTIONS) for workload in FEATURE_WORKLOADS]
 
 
 def throughput_rounds(settings: Settings, targets: list[Target], tokens: dict[str, str], first_seen_file: Path) -> list[dict]:
@@ -473,7 +483,7 @@ def make_tokens(settings: Settings, work: Path, material):
     keys = material.make_keys()
     (work / "public.pem").write_bytes(keys.public_pem)
     made = material.make_tokens(keys)
-    tokens = {"read": made.read, "write": made.write, **material.refusal_tokens(keys)}
+    tokens = {"read": made.read, "write": made.write, "rules": made.rules, "grants": made.grants, **material.refusal_tokens(keys)}
     first_seen_file = work / "first-seen-tokens.txt"
     seconds = material.mint_distinct_tokens(keys.private_pem, settings.first_seen_tokens, first_seen_file)
     print(f"minted {settings.first_seen_tokens:,} distinct tokens for first_seen in {seconds:.1f} s", flush=True)
