@@ -13,12 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import jwt
 import uvicorn
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import Gateway
 from gateway.server import uvicorn_options
+from gateway.signing import throwaway_key
 from gateway.loading import load_config
 from gateway.types import Receive, Scope, Send
 
@@ -121,12 +120,10 @@ async def echo_upstream(scope: Scope, receive: Receive, send: Send) -> None:
 
 def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
     """Write key, JWKS, gateway.yaml and the route table; return demo tokens by name."""
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
-    jwk.update(kid=_KID, use="sig", alg="RS256")
+    key = throwaway_key(["RS256"], kid=_KID)
     (folder / "keys").mkdir()
     (folder / "routes").mkdir()
-    (folder / "keys" / "jwks.json").write_text(json.dumps({"keys": [jwk]}, indent=2))
+    (folder / "keys" / "jwks.json").write_text(json.dumps({"keys": [key.jwk()]}, indent=2))
     (folder / "routes" / "adyen-management.yaml").write_text(_TABLE.format(upstream_port=upstream_port))
     (folder / "routes" / "bank.yaml").write_text(_BANK_TABLE.format(upstream_port=upstream_port))
     (folder / "gateway.yaml").write_text(_GATEWAY)
@@ -135,7 +132,7 @@ def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
     def mint(scope: str, subject: str) -> str:
         claims = {"iss": _ISSUER, "aud": _AUDIENCE, "sub": subject, "client_id": "demo-client",
                   "scope": scope, "iat": now, "exp": now + 12 * 3600}
-        return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": _KID})
+        return key.sign(claims)
 
     return {
         "read": mint("psp.webhook:read", "reader@demo"), "write": mint("psp.webhook:write", "writer@demo"),
