@@ -1,5 +1,5 @@
-"""The `gateway` command: serve, check, explain, demo. A thin layer over the functions the app
-itself calls: `check` is the loader, `explain` is the decision."""
+"""The `gateway` command: serve, check, explain, test, demo. A thin layer over the functions the app
+itself calls: `check` is the loader, `explain` is the decision, `test` is the app under test."""
 
 from __future__ import annotations
 
@@ -306,6 +306,34 @@ def _grant_name(args: argparse.Namespace) -> str:
     return f"{args.scope} to {who} on {args.api}"
 
 
+def _test(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    from gateway.harness import Harness
+    from gateway.loading.cases import load_cases
+
+    try:
+        cases = load_cases(args.cases, config)
+        harness = Harness(config)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem)
+        return 2
+    except ValueError as exc:
+        print(f"{args.config}: {exc}")
+        return 2
+    with harness:
+        mismatches = asyncio.run(harness.check(cases))
+    for mismatch in mismatches:
+        print(mismatch)
+    if mismatches:
+        print(f"FAILED: {len(mismatches)} of {len(cases)} cases in {args.cases}", file=sys.stderr)
+        return 1
+    print(f"OK: {len(cases)} cases passed in {args.cases}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -351,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
     explain.add_argument("--claims", metavar="JSON", help='with --scopes: other claims of the caller, e.g. \'{"sub": "u1", "acr": "sms", "auth_time": 1700000000}\'')
     explain.set_defaults(run=_explain)
+
+    test = commands.add_parser(
+        "test", help="check route tables against a file of cases",
+        description="Put each case of CASES.yaml (a request, its caller, what the grant store holds, what must come of it) "
+        "to the gateway of the config, with tokens minted by a throwaway key and every upstream mocked. "
+        "Exit 0 when all pass, 1 with one 'file:line: name: expected X, got Y' line per mismatch, "
+        "2 with one 'file:line: problem' line per problem of the config or the cases file.",
+    )
+    with_config(test)
+    test.add_argument("cases", metavar="CASES.yaml", help="a YAML list of cases (see README.md, 'Testing route tables')")
+    test.set_defaults(run=_test, log_level="warning")
 
     scopes = commands.add_parser("scopes", help="check scope requests against a table's catalog", description="Scope catalogs, for authorization servers.")
     scope_commands = scopes.add_subparsers(dest="scopes_command", required=True, metavar="COMMAND")
