@@ -1,16 +1,15 @@
 """routes/banqup.yaml walked through the seed (seeds/003_daa6c7f8d9d864e7.txt) sentence by
-sentence, each quoted beside its cases, through the real ASGI app."""
+sentence, each quoted beside its cases, through the real ASGI app (the project's own pytest
+plugin, gateway.testing, builds it from the config the example tables are tested under)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.scenarios import Case, Provider
-
-pytestmark = pytest.mark.anyio
+from gateway.harness import Harness
+from tests.scenarios import Case
 UUID = "3f95524e-70aa-4663-8548-763583e08909"
 ENTITY = "/banqup/entitystore/v1/entities/6b0c4e2e-6f55-4d5f-9a57-2f1b3c1d0e01"
 
@@ -71,19 +70,25 @@ SEED = [
 
 
 @pytest.fixture
-async def banqup(tmp_path: Path) -> AsyncIterator[Provider]:
-    provider = Provider("banqup.yaml", tmp_path)
-    await provider.start()
-    yield provider
-    await provider.aclose()
+def banqup(make_gateway: Callable[..., Harness]) -> Harness:
+    return make_gateway("routes/tests/gateway.yaml")
+
+
+def check(banqup: Harness, case: Case) -> None:
+    """The case's outcome, and (forwarded) the scopes the upstream is told; no scopes: no token."""
+    caller = {"token": None} if case.scopes is None else {"scopes": case.scopes}
+    decision = banqup.assert_decision(case.request, case.expect, **caller)
+    if case.forwarded_scopes is not None:
+        assert decision.upstream_request is not None and decision.upstream_request.headers["x-auth-scopes"] == case.forwarded_scopes, case
 
 
 @pytest.mark.parametrize(("sentence", "cases"), SEED, ids=[sentence[:60] for sentence, _ in SEED])
-async def test_the_seed_sentence_by_sentence(banqup: Provider, sentence: str, cases: list[Case]) -> None:
+def test_the_seed_sentence_by_sentence(banqup: Harness, sentence: str, cases: list[Case]) -> None:
     for case in cases:
-        await banqup.check(case)
+        check(banqup, case)
 
 
-async def test_a_refusal_names_the_scope_in_the_challenge(banqup: Provider) -> None:
-    answer = await banqup.check(Case(f"PATCH {ENTITY}", "entity_read", "403 forbidden"))
-    assert answer.challenge is not None and 'realm="banqup"' in answer.challenge and 'scope="entity_write"' in answer.challenge
+def test_a_refusal_names_the_scope_in_the_challenge(banqup: Harness) -> None:
+    decision = banqup.assert_decision(f"PATCH {ENTITY}", "403 forbidden", scopes="entity_read")
+    challenge = decision.header("www-authenticate")
+    assert challenge is not None and 'realm="banqup"' in challenge and 'scope="entity_write"' in challenge
