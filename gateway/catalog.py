@@ -118,6 +118,12 @@ class Assessment:
     effective: frozenset[str]  # `counted` with its implications
     # nothing depends on the token's other claims: `effective` is the whole answer
     simple: bool
+    # for the usual live request, where every live scope counts: each grant the live scopes need,
+    # as (a client grant?, the grant's scope), each condition they need met, and the effective
+    # scopes then; only when nothing but the grant store is in play
+    live_needs: tuple[tuple[bool, str], ...] = ()
+    live_conditions: tuple[str, ...] = ()
+    effective_with_live: frozenset[str] | None = None
 
 
 class Catalog:
@@ -220,9 +226,33 @@ class Catalog:
             counted.add(reading.scope)  # type: ignore[arg-type]
         counted_set = frozenset(counted)
         simple = refusal is None and not step_up and not grant_typed and not live
+        live_needs: tuple[tuple[bool, str], ...] = ()
+        live_conditions: tuple[str, ...] = ()
+        effective_with_live = None
+        if live and refusal is None and not step_up and not grant_typed:
+            live_needs, live_conditions = self._live_needs(live)
+            effective_with_live = self.with_implications(counted_set | {reading.scope for reading, _ in live})  # type: ignore[misc]
         return Assessment(
             readings, refusal, counted_set, tuple(step_up), tuple(grant_typed), tuple(live), self.with_implications(counted_set), simple,
+            live_needs, live_conditions, effective_with_live,
         )
+
+    def _live_needs(self, live: list[tuple[Reading, frozenset[str]]]) -> tuple[tuple[tuple[bool, str], ...], tuple[str, ...]]:
+        """The grants and conditions that make every live scope count (DESIGN.md, step 3)."""
+        needs: list[tuple[bool, str]] = []
+        conditions: list[str] = []
+        for reading, grants in live:
+            scope = reading.scope
+            assert scope is not None and reading.entry is not None
+            if "client" in grants:
+                needs.append((True, scope))
+            if "user" in grants:
+                needs.append((False, scope))
+            if "offline" in reading.form:
+                needs.append((False, f"{scope}_offline"))
+            if "optional" in reading.form and self.entries[reading.entry].condition is not None:
+                conditions.append(scope)
+        return tuple(needs), tuple(conditions)
 
     def broken_rules(self, readings: Iterable[Reading]) -> Iterator[str]:
         """Step 2, for what the scope strings alone decide: each rule broken, in words."""

@@ -12,7 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.decision import evaluate, route
+from gateway.decision import authorize, evaluate, route
+from gateway.errors import Refusal
 from gateway.grants.sqlite import SQLiteStore
 from gateway.loading import load_config
 from gateway.tokens import VerifiedToken
@@ -96,7 +97,7 @@ class Model:
         return 200 if rules[scope] else 403
 
 
-async def _decide_all(folder: Path, steps: list[tuple[object, ...]]) -> list[tuple[str, str, str, str, int, int]]:
+async def _decide_all(folder: Path, steps: list[tuple[object, ...]]) -> list[tuple[str, str, str, str, int, int, int]]:
     (folder / "routes").mkdir()
     (folder / "routes" / "model.yaml").write_text(TABLE)
     (folder / "gateway.yaml").write_text(f"routes: routes/\ntokens:\n  jwks_file: {KEYS / 'jwks.json'}\ngrants:\n  store: sqlite:///grants.db\n")
@@ -119,11 +120,17 @@ async def _decide_all(folder: Path, steps: list[tuple[object, ...]]) -> list[tup
                 for path, scope in REQUESTS:
                     claims = {"sub": subject, "client_id": client}
                     token = VerifiedToken(frozenset({scope}), subject, client, NOW + 600, json.dumps(claims).encode())
-                    evaluation = evaluate(route(tables, "GET", path.encode()), token, view=view, now=NOW)
+                    match = route(tables, "GET", path.encode())
+                    evaluation = evaluate(match, token, view=view, now=NOW)
                     status = 200 if evaluation.grant is not None else evaluation.refusal.status  # type: ignore[union-attr]
                     expected = model.allows(scope, client, subject)
-                    if status != expected:
-                        disagreements.append((client, subject, path, scope, status, expected))
+                    # what the gateway runs: evaluate's step by step, or authorize's shortcut
+                    try:
+                        decided = 200 if authorize(match, token, view=view, now=NOW) else 0
+                    except Refusal as refusal:
+                        decided = refusal.status
+                    if (status, decided) != (expected, expected):
+                        disagreements.append((client, subject, path, scope, status, decided, expected))
         return disagreements
     finally:
         await store.aclose()

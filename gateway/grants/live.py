@@ -11,6 +11,7 @@ need live state are refused (503) until it answers again: never a decision on a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from urllib.parse import unquote, urlsplit
@@ -56,6 +57,7 @@ class LiveGrants:
         self.error: str | None = "not started"  # why the store cannot be read now; None when it can
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
         """Read the store's version once (an unreachable store is reported, not fatal: requests
@@ -97,14 +99,15 @@ class LiveGrants:
     async def _watch(self) -> None:
         """Hear of the store's changes as they happen, while the backend tells them; after a broken
         subscription, subscribe again (the version polling covers the time between)."""
-        while True:
+        while not self._stop.is_set():
             try:
-                await self.store.watch(self._drop_views)
-                return  # the backend tells nothing: polling alone
+                await self.store.watch(self._drop_views, self._stop)
+                return  # stopped, or the backend tells nothing: polling alone
             except StoreUnavailable as exc:
                 logger.debug("grant store change notifications interrupted: %s", exc)
                 self._drop_views()
-            await asyncio.sleep(min(self.refresh, 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(self.refresh, 1.0))
 
     async def _poll(self) -> None:
         while True:
@@ -128,7 +131,11 @@ class LiveGrants:
             self._drop_views()
 
     async def aclose(self) -> None:
-        for task in (self._poller, self._watcher):
-            if task is not None:
-                task.cancel()
+        if self._poller is not None:
+            self._poller.cancel()
+        # the watcher is asked to stop, not cancelled (see RedisStore.watch), and is waited for:
+        # the subscription must close before the store does
+        self._stop.set()
+        if self._watcher is not None:
+            await asyncio.wait([self._watcher], timeout=5)
         await self.store.aclose()

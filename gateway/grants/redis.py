@@ -23,6 +23,7 @@ is flushed) counts from 0 again, and the epoch keeps an old counter value from m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -45,6 +46,7 @@ EPOCH_KEY = PREFIX + "epoch"
 CHANNEL = PREFIX + "changes"
 # A dead or hung Redis fails a call within about a second; the view cache keeps serving its last views.
 TIMEOUT = 1.0
+WATCH_STEP = 0.25  # seconds a subscription waits for a publication before it looks at its stop event
 
 
 def _key(kind: str, *parts: str) -> str:
@@ -100,13 +102,11 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = _redacted(url)  # for messages: no password
+        self._url = url
         options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT}
         # One retry, on a fresh connection, for a connection found closed (a Redis that restarted
         # since the pooled one was opened); never for a timeout, so a hung Redis fails within TIMEOUT.
         self._client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)), **options)
-        # The subscription never reconnects by itself: publications sent while it was down are
-        # lost, so its break must reach `watch`'s caller, which drops every view.
-        self._subscriber = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -152,16 +152,21 @@ class RedisStore:
             counter, epoch = await self._client.mget(VERSION_KEY, EPOCH_KEY)
         return epoch, int(counter or 0)
 
-    async def watch(self, changed: Callable[[], None]) -> None:
+    async def watch(self, changed: Callable[[], None], stop: asyncio.Event) -> None:
         """Subscribe to the change channel and call `changed` for each publication; once also as
-        soon as the subscription holds, for writes made while none did."""
+        soon as the subscription holds, for writes made while none did. Returns once `stop` is set."""
+        # A client of its own that never reconnects by itself: publications sent while it was down
+        # are lost, so its break must reach the caller, which drops every view.
+        subscriber = redis.asyncio.Redis.from_url(
+            self._url, decode_responses=True, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0))
         with self._errors():
-            async with self._subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
+            async with subscriber, subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(CHANNEL)
                 changed()
-                while True:
-                    # a bounded wait, as the connection's own timeout wants; a dead Redis raises
-                    if await pubsub.get_message(timeout=TIMEOUT) is not None:
+                # short bounded reads, and `stop` between them: a read cancelled midway can leave
+                # the task waiting on its stream for ever (seen with redis-py 8 on Python 3.11)
+                while not stop.is_set():
+                    if await pubsub.get_message(timeout=WATCH_STEP) is not None:
                         changed()
 
     async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
@@ -251,4 +256,3 @@ class RedisStore:
         """Close the client and its connections."""
         with self._errors():
             await self._client.aclose()
-            await self._subscriber.aclose()

@@ -102,7 +102,7 @@ class SQLiteStore:
         version = await self._run(lambda connection: connection.execute("PRAGMA data_version").fetchone()[0])
         return (version, self._writes)
 
-    async def watch(self, changed: Callable[[], None]) -> None:
+    async def watch(self, changed: Callable[[], None], stop: asyncio.Event) -> None:
         """SQLite tells no other process of a commit: readers poll `version`."""
 
     async def _write(self, statement: str, parameters: tuple[object, ...]) -> int:

@@ -8,6 +8,7 @@ from `gateway.grants.live`, which keeps views in memory and fresh.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -71,8 +72,8 @@ class GrantStore(Protocol):
         """A value that changes whenever anything in the store changes, from any process."""
         ...
 
-    async def watch(self, changed: Callable[[], None]) -> None:
-        """Call `changed` after each write from any process, as it happens, until cancelled.
+    async def watch(self, changed: Callable[[], None], stop: asyncio.Event) -> None:
+        """Call `changed` after each write from any process, as it happens, until `stop` is set.
         Returns at once when the backend has no such notification (its `version` is polled).
 
         :raises StoreUnavailable: the notification stream broke (or never started)."""
