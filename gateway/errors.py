@@ -5,7 +5,8 @@
     │   ├── HeadTooLarge   431 invalid_request  (request head over 64 KiB, or more fields than limits.max_headers)
     │   ├── VersionNotSupported  505 invalid_request  (a request-line version other than HTTP/1.0 or 1.1)
     │   ├── FramingInvalidRequest  400 invalid_request  (framing that cannot be trusted: connection closed)
-    │   └── CredentialsInvalidRequest  400 invalid_request  (several credentials, a token outside the header)
+    │   ├── CredentialsInvalidRequest  400 invalid_request  (several credentials, a token outside the header)
+    │   └── UnsupportedMediaType  415 invalid_request  (a GraphQL POST body that is neither JSON nor a GraphQL document)
     ├── UriTooLong         414 uri_too_long     (request target over limits.max_uri)
     ├── CodingNotImplemented  501 not_implemented  (a transfer coding other than one final chunked)
     ├── NotFound           404 not_found        (no route: deny by default)
@@ -83,6 +84,13 @@ class FramingInvalidRequest(InvalidRequest):
     chunked body): answered, then the connection closed, as RFC 9112 6.1 and 6.3 ask."""
 
     close = True
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A body of a media type the route does not read (a GraphQL route reads JSON and
+    application/graphql): refused rather than forwarded unread (RFC 9110 15.5.16)."""
+
+    status = 415
 
 
 class UriTooLong(Refusal):

@@ -20,8 +20,9 @@ from gateway.types import Headers, Receive, Scope
 if TYPE_CHECKING:
     from gateway.decision import Grant
 
-# the response, as (status, headers without hop-by-hop ones, whole body), to what the client gets
-Rewrite = Callable[[int, Headers, bytes], tuple[int, Headers, bytes]]
+# the response, as (status, headers without hop-by-hop ones, whole body, the most bytes it may hold
+# once decoded), to what the client gets
+Rewrite = Callable[[int, Headers, bytes, int], tuple[int, Headers, bytes]]
 
 
 class ClientDisconnected(Exception):
@@ -33,8 +34,10 @@ class Forwarding:
     """What a route's exchange decided for one allowed request."""
 
     body: bytes | None = None  # the request body to send instead of the client's; None: the client's, streamed
-    rewrite: Rewrite | None = None  # None: the answer streams unchanged
-    response_limit: int = 1 << 20  # answer bytes buffered for `rewrite` at most; a longer answer is a 502
+    # None: the answer streams unchanged; else it is buffered, up to `proxy.max_rewritten_response`
+    # bytes (a longer answer is a 502), and rewritten
+    rewrite: Rewrite | None = None
+    query: bytes | None = None  # the query string to send instead of the client's; None: the client's
 
 
 class Exchange(Protocol):
@@ -68,7 +71,9 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise InvalidRequest(f"the request body is larger than {limit} bytes, the most this route reads")
+            description = f"the request body is larger than {limit} bytes, the most this route reads"
+            # `errors` too: the answer is also a GraphQL response, as a GraphQL route's refusals are
+            raise InvalidRequest(description, errors=[{"message": description, "extensions": {"code": "BAD_REQUEST"}}])
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)

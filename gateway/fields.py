@@ -24,7 +24,6 @@ class ResponseFields:
     """The `Exchange` of a route with `response_fields`."""
 
     requirements: Mapping[str, Requirement]  # top-level member -> what it needs
-    response_limit: int = 1 << 20  # answer bytes buffered at most: a longer answer is a 502, never a cut one
     body_limit: None = None  # the request body streams as usual
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
@@ -32,16 +31,15 @@ class ResponseFields:
         refused = frozenset(member for member, requirement in self.requirements.items() if not requirement.met_by(effective))
         if not refused:
             return Forwarding()  # everything may be seen: streamed, not buffered
-        limit = self.response_limit
-        return Forwarding(rewrite=lambda status, headers, answer: _without(refused, limit, status, headers, answer), response_limit=limit)
+        return Forwarding(rewrite=lambda status, headers, answer, limit: _without(refused, status, headers, answer, limit))
 
 
-def _is_json(headers: Headers) -> bool:
+def is_json(headers: Headers) -> bool:
     content_type = next((value for name, value in headers if name == b"content-type"), b"").split(b";")[0].strip().lower()
     return content_type == b"application/json" or content_type.endswith(b"+json")
 
 
-def _decoded(headers: Headers, answer: bytes, limit: int) -> bytes:
+def decoded(headers: Headers, answer: bytes, limit: int) -> bytes:
     """The answer without its content coding (gzip and deflate, as most upstreams send), bounded.
 
     :raises BadGateway: a coding the gateway cannot undo, a broken one, or more than `limit` bytes
@@ -62,15 +60,15 @@ def _decoded(headers: Headers, answer: bytes, limit: int) -> bytes:
     return decoded
 
 
-def _without(refused: frozenset[str], limit: int, status: int, headers: Headers, answer: bytes) -> tuple[int, Headers, bytes]:
+def _without(refused: frozenset[str], status: int, headers: Headers, answer: bytes, limit: int) -> tuple[int, Headers, bytes]:
     """The answer without the refused members, when it is a JSON object; any other answer unchanged.
 
     :raises BadGateway: the answer says it is JSON and does not parse: it is never passed on unfiltered.
     """
-    if not _is_json(headers) or not answer:
+    if not is_json(headers) or not answer:
         return status, headers, answer
     try:
-        document = json.loads(_decoded(headers, answer, limit))
+        document = json.loads(decoded(headers, answer, limit))
     except (ValueError, RecursionError):
         raise BadGateway("the upstream's answer says it is JSON but does not parse, so its fields cannot be filtered") from None
     if not isinstance(document, dict) or not refused & document.keys():

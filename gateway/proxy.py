@@ -298,6 +298,8 @@ class Forwarder:
         body: AsyncIterator[bytes] | None = _RequestBody(receive) if has_body else None
         if forwarding is not None and forwarding.body is not None:
             body, length = (_Replay(forwarding.body) if forwarding.body else None), len(forwarding.body)
+        if forwarding is not None and forwarding.query is not None:
+            target = target.partition(b"?")[0] + (b"?" + forwarding.query if forwarding.query else b"")
         # positional: keywords cost a dataclass's __init__ more, once per request
         request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, body, length)
         try:
@@ -334,16 +336,17 @@ class Forwarder:
         assert forwarding.rewrite is not None
         chunks: list[bytes] = []
         size = 0
+        limit = self.settings.max_rewritten_response
         try:
             async for chunk in response.body():
                 size += len(chunk)
-                if size > forwarding.response_limit:
-                    raise BadGateway(f"the answer of {api.name}'s upstream is larger than {forwarding.response_limit} bytes, the most this route rewrites")
+                if size > limit:
+                    raise BadGateway(f"the answer of {api.name}'s upstream is larger than {limit} bytes, the most the gateway rewrites (proxy.max_rewritten_response)")
                 chunks.append(chunk)
         except UpstreamError as exc:
             raise _refusal_for(api, exc) from exc
         headers = [(name, value) for name, value in downstream_response_headers(response.headers) if name != b"content-length"]
-        status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks))
+        status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks), limit)
         headers = [*headers, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

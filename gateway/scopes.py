@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -57,3 +57,20 @@ class Requirement:
         if len(options) == 1:
             return options[0]
         return "one of: " + "; ".join(options)
+
+
+def all_of(requirements: Iterable[Requirement]) -> Requirement:
+    """One requirement that holds when each of `requirements` does: each alternative of one,
+    joined with each of every other (a GraphQL field that its own directive, its type and the
+    route's `fields:` all guard). No requirement at all is `public`."""
+    requirements = tuple(requirements)
+    scoped = [requirement for requirement in requirements if requirement.access is Access.SCOPES]
+    if not scoped:
+        accesses = {requirement.access for requirement in requirements}
+        return Requirement(Access.AUTHENTICATED if Access.AUTHENTICATED in accesses else Access.PUBLIC)
+    alternatives: list[frozenset[str]] = [frozenset()]
+    for requirement in scoped:
+        alternatives = [held | alternative for held in alternatives for alternative in requirement.alternatives]
+    # an alternative holding another adds nothing: the smaller one meets first
+    kept = tuple(dict.fromkeys(alternative for alternative in alternatives if not any(other < alternative for other in alternatives)))
+    return Requirement(Access.SCOPES, kept)

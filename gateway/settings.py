@@ -42,6 +42,8 @@ class ProxySettings:
     idle_timeout: float = 30.0
     ca_file: Path | None = None
     underscore_headers: str = "drop"  # request header names with '_': drop (nginx's default), refuse (400) or pass
+    # answer bytes buffered for a rewrite (response_fields, GraphQL filter mode); a longer one is a 502
+    max_rewritten_response: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,7 +236,7 @@ BROKEN = [
     (HEAD + "routes:\n  GET /users/{userId}: {scopes: authenticated, user: id}\n", 4, "user: 'id' names no parameter of the template (it has: userId)"),
     (HEAD + "routes:\n  GET /users: {scopes: authenticated, hide: yes-please}\n", 4, "hide must be true or false"),
     (HEAD + "routes:\n  GET /users: {scopes: authenticated, cache: 1}\n", 4, "unknown key 'cache'"),
-    (HEAD + "routes:\n  POST /graphql: {scopes: authenticated, graphql: {schema: s.graphql}}\n", 4, "graphql is not supported by this version"),
+    (HEAD + "routes:\n  POST /graphql: {scopes: authenticated, graphql: {schema: s.graphql}}\n", 4, "graphql.schema: cannot read"),
     # live state is refused until the grant store exists, never skipped silently
     (HEAD + "scopes:\n  a:\n    grants: [client]\nroutes:\n  GET /x: a\n", 5, "scopes.a.grants needs live grants"),
     (HEAD + "scopes:\n  a:\n    suffixes: [offline]\nroutes:\n  GET /x: a\n", 5, "the offline form needs live grants"),

@@ -127,19 +127,18 @@ async def test_a_swap_serves_new_requests_with_the_new_runtime_and_lets_old_ones
 class _Censor:
     """A test exchange: refuses bodies that say so, shouts the rest, and drops `secret` from JSON answers."""
 
-    def __init__(self, body_limit: int | None = 100, response_limit: int = 1 << 20) -> None:
+    def __init__(self, body_limit: int | None = 100) -> None:
         self.body_limit = body_limit
-        self.response_limit = response_limit
         self.seen: list[tuple[bytes | None, str | None]] = []
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Any) -> Forwarding:
         self.seen.append((body, grant.subject if grant else None))
         if body and b"forbidden" in body:
             raise Forbidden("this body is not allowed", scope="")
-        return Forwarding(body=None if body is None else body.upper(), rewrite=self._rewrite, response_limit=self.response_limit)
+        return Forwarding(body=None if body is None else body.upper(), rewrite=self._rewrite)
 
     @staticmethod
-    def _rewrite(status: int, headers: Headers, body: bytes) -> tuple[int, Headers, bytes]:
+    def _rewrite(status: int, headers: Headers, body: bytes, limit: int) -> tuple[int, Headers, bytes]:
         document = json.loads(body)
         document.pop("secret", None)
         return status, headers, json.dumps(document).encode()
@@ -187,10 +186,14 @@ async def test_an_exchange_reads_the_body_refuses_or_rewrites_it_and_rewrites_th
 
 async def test_an_answer_longer_than_the_rewrite_limit_is_a_502_never_a_truncated_answer(tmp_path: Path) -> None:
     upstream = RecordingUpstream(answer(200, UPSTREAM_ANSWER))
-    app = Gateway(with_exchange(load_config(write_config(tmp_path, upstream=upstream.url)), "GET", "/me", _Censor(body_limit=None, response_limit=20)))
+    config = load_config(write_config(tmp_path, upstream=upstream.url, proxy="proxy:\n  max_rewritten_response: 60\n"))
+    app = Gateway(with_exchange(config, "GET", "/me", _Censor(body_limit=None)))
     try:
         status, _, body = await call(app, "GET", "/api/me", mint(lifetime=600))
-        assert status == 502 and "larger than 20 bytes" in json.loads(body)["error_description"]
+        assert status == 502 and "larger than 60 bytes" in json.loads(body)["error_description"]
+        upstream.behaviour = answer(200, json.dumps({"id": 1, "secret": "s" * 37}).encode())  # 60 bytes: rewritten
+        status, _, body = await call(app, "GET", "/api/me", mint(lifetime=600))
+        assert (status, json.loads(body)) == (200, {"id": 1})
     finally:
         await app.runtime.aclose()
         upstream.close()

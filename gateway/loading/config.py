@@ -31,7 +31,7 @@ _TOKEN_KEYS = {
 _KEY_SOURCES = ("jwks_url", "jwks_file", "public_keys", "hmac_secret_file")
 _PROXY_KEYS = {
     "connect_timeout", "read_timeout", "total_timeout", "trusted_proxies", "client", "max_connections", "idle_timeout", "ca_file",
-    "underscore_headers",
+    "underscore_headers", "max_rewritten_response",
 }
 # what the httpx client (the one respx mocks) has no way to honour
 _POOL_ONLY = ("ca_file", "total_timeout", "max_connections", "idle_timeout")
@@ -205,6 +205,7 @@ def _proxy(reader: Reader, node: yaml.Node, base: Path) -> ProxySettings:
         read(name, lambda node, what: reader.number(node, what, minimum=0.001))
     read("total_timeout", reader.number)
     read("max_connections", lambda node, what: reader.integer(node, what, minimum=1))
+    read("max_rewritten_response", lambda node, what: reader.integer(node, what, minimum=1))
     read("client", lambda node, what: reader.choice(node, what, UPSTREAM_CLIENTS))
     read("underscore_headers", lambda node, what: reader.choice(node, what, UNDERSCORE_HEADERS))
     read("ca_file", lambda node, what: _ca_file(reader, base, node, what))

@@ -3,6 +3,7 @@ and compiled into one `Tables`; every reference checked, every problem reported.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,13 +16,12 @@ from gateway.catalog import Catalog, is_parameterised, split_parameterised
 from gateway.exchange import Exchange
 from gateway.fields import ResponseFields
 from gateway.loading.catalog import CatalogReader
+from gateway.loading.graphql import GraphQLReader
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
 
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
-# route options DESIGN.md fixes that this version refuses rather than ignores
-_LATER_ROUTE_OPTIONS = {"graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
@@ -116,7 +116,7 @@ class _TableReader:
             for key, (key_node, value_node) in table_routes.items():
                 with reader.reporting():
                     method, template, shape = self._route_key(key, key_node)
-                    requirement, user, hide, exchange = self._route_value(key, template, value_node)
+                    requirement, user, hide, exchange = self._route_value(key, method, template, value_node)
                     parsed.append((method, template, shape, requirement, user, hide, exchange, line_of(key_node)))
         if len(reader.problems) > before or upstream is None:
             return None
@@ -160,7 +160,7 @@ class _TableReader:
             raise Invalid(key_node, f"{key}: {exc}") from None
         return method, template, shape
 
-    def _route_value(self, key: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool, Exchange | None]:
+    def _route_value(self, key: str, method: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool, Exchange | None]:
         """The requirement, the `user:` parameter, `hide:` and the exchange of one route."""
         user: str | None = None
         hide = False
@@ -168,8 +168,6 @@ class _TableReader:
         params = {name for name, _ in template_params(template, 0)}
         if isinstance(value_node, yaml.MappingNode):
             options = self.reader.mapping(value_node, key, _ROUTE_OPTION_KEYS)
-            for later in sorted(_LATER_ROUTE_OPTIONS & options.keys()):
-                raise Invalid(options[later][0], f"{key}: {later} is not supported by this version of the gateway yet (field-level scopes)")
             if "scopes" not in options:
                 raise Invalid(value_node, f"{key}: the mapping form needs 'scopes'")
             if "user" in options:
@@ -181,6 +179,11 @@ class _TableReader:
                 hide = self.reader.typed(options["hide"][1], f"{key}: hide", lambda v: isinstance(v, bool), "true or false")
             if "response_fields" in options:
                 exchange = self._response_fields(key, options["response_fields"][1])
+            if "graphql" in options:
+                if exchange is not None:
+                    raise Invalid(options["graphql"][0], f"{key}: a route has graphql or response_fields, not both")
+                requirement_of = functools.partial(self._requirement, params=set())
+                exchange = GraphQLReader(self.reader, self.file, requirement_of, self._scope_problem).read(key, method, options["graphql"][1])
             value_node = options["scopes"][1]
         return self._requirement(key, value_node, params), user, hide, exchange
 
@@ -247,6 +250,15 @@ class _TableReader:
         elif self.has_catalog and not self.catalog.knows(value):
             raise Invalid(node, f"{key}: {value!r} is not in this table's scopes catalog")
         return value
+
+
+    def _scope_problem(self, value: str) -> str | None:
+        """What is wrong with a scope named outside the YAML (a GraphQL SDL directive), or None."""
+        if not SCOPE_TOKEN.fullmatch(value) or is_parameterised(value):
+            return f"{value!r} is not a valid scope (no quotes, spaces, backslashes, control characters or {{parameters}})"
+        if self.has_catalog and not self.catalog.knows(value):
+            return f"{value!r} is not in this table's scopes catalog"
+        return None
 
 
 def _upstream(node: yaml.Node, url: str) -> Upstream:

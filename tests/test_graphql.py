@@ -1,0 +1,284 @@
+"""GraphQL routes (DESIGN.md, "Field-level scopes"), through the real ASGI app in front of a real
+GraphQL server on loopback (graphql-core executing tests/graphql/bank.graphql): every bypass
+attempt of the catalogue is refused with its status and nothing reaches the upstream, and every
+allowed request reaches it byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from gateway.app import Gateway
+from gateway.loading import load_config
+from tests.graphql_support import SDL, GraphQLUpstream
+from tests.support import mint, write_config
+
+pytestmark = pytest.mark.anyio
+
+TABLE = """\
+name: bank
+upstream: {upstream}
+scopes:
+  LIST_PAYMENT:
+  LIST_OFFERS:
+  MAKE_DEPOSIT:
+  REVEAL_CARD:
+  READ_EMAIL:
+  ADMIN:
+  SCHEMA_READ:
+routes:
+  POST /graphql: &bank
+    scopes: authenticated
+    graphql:
+      schema: bank.graphql
+      mode: reject
+      fields:
+        Query.offers: LIST_OFFERS
+        Query.status: public
+        Mutation.revealCard: REVEAL_CARD
+      limits: {bytes: 4096, depth: 4, aliases: 3, root_fields: 4, batch: 3}
+      persisted_queries: persisted.json
+  GET /graphql: *bank
+  POST /introspectable: {scopes: authenticated, graphql: {schema: bank.graphql, introspection: SCHEMA_READ, fields: {Query.status: public}}}
+  POST /public: {scopes: public, graphql: {schema: bank.graphql, fields: {Query.status: public}}}
+  POST /schemaless: {scopes: authenticated, graphql: {fields: {Query.status: public, Query.payments: LIST_PAYMENT, Mutation.makeDeposit: MAKE_DEPOSIT}}}
+"""
+PERSISTED_ALLOWED = "query Status { status }"
+PERSISTED_FORBIDDEN = "query Payments { payments { id } }"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bank() -> Iterator[GraphQLUpstream]:
+    server = GraphQLUpstream()
+    server.persisted = {sha(text): text for text in (PERSISTED_ALLOWED, PERSISTED_FORBIDDEN)}
+    yield server
+    server.close()
+
+
+def write_bank(folder: Path, upstream: str, table: str = TABLE) -> Path:
+    config = write_config(folder, upstream=upstream, table=table)
+    shutil.copy(SDL, folder / "routes" / "bank.graphql")
+    operations = [{"id": sha(body), "name": name, "type": "query", "body": body} for name, body in (("Status", PERSISTED_ALLOWED), ("Payments", PERSISTED_FORBIDDEN))]
+    (folder / "routes" / "persisted.json").write_text(json.dumps({"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations}))
+    return config
+
+
+class Client:
+    """The gateway for one test, asked over ASGI."""
+
+    def __init__(self, app: Gateway) -> None:
+        self.app = app
+
+    async def send(self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None, scopes: str | None = "") -> httpx.Response:
+        sent = dict(headers or {})
+        if scopes is not None:
+            sent["authorization"] = f"Bearer {mint(scopes, lifetime=600)}"
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            return await client.request(method, target, content=body, headers=sent)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, bank: GraphQLUpstream) -> Any:
+    bank.received.clear()
+    app = Gateway(load_config(write_bank(tmp_path, bank.url)))
+    await app.runtime.start()
+    yield Client(app)
+    await app.runtime.aclose()
+
+
+JSON = {"content-type": "application/json"}
+
+
+def body(query: str | None = None, **members: Any) -> bytes:
+    if query is not None:
+        members = {"query": query, **members}
+    return json.dumps(members).encode()
+
+
+def get(query: str, **params: str) -> str:
+    return "/graphql?" + urlencode({"query": query, **params})
+
+
+# (name, method, target, body, headers, scopes, status, error)
+REFUSED: list[tuple[str, str, str, bytes, dict[str, str], str, int, str]] = [
+    # aliases, fragments, directives: the field that can run is checked, however it is written
+    ("alias of a forbidden root field", "POST", "/graphql", body("{ p: payments { id } }"), JSON, "", 403, "forbidden"),
+    ("alias of a forbidden nested field", "POST", "/graphql", body("{ payments { id c: cardNumber } }"), JSON, "LIST_PAYMENT", 403, "forbidden"),
+    ("named fragment", "POST", "/graphql", body("{ ...F } fragment F on Query { payments { id } }"), JSON, "", 403, "forbidden"),
+    ("inline fragment", "POST", "/graphql", body("{ ... on Query { payments { id } } }"), JSON, "", 403, "forbidden"),
+    ("nested fragments", "POST", "/graphql", body("{ ...A } fragment A on Query { ...B } fragment B on Query { me { ...C } } fragment C on User { email }"), JSON, "", 403, "forbidden"),
+    ("a type's requirement through an interface", "POST", "/graphql", body('{ node(id: "c1") { ... on Card { number } } }'), JSON, "", 403, "forbidden"),
+    ("an interface field any implementation guards", "POST", "/graphql", body('{ node(id: "u1") { id } }'), JSON, "", 403, "forbidden"),
+    ("@skip(if: true) counts as selected", "POST", "/graphql", body("{ status payments @skip(if: true) { id } }"), JSON, "", 403, "forbidden"),
+    ("@include(if: false) counts as selected", "POST", "/graphql", body("{ status payments @include(if: false) { id } }"), JSON, "", 403, "forbidden"),
+    ("a root field covered by nothing", "POST", "/graphql", body("{ unguarded }"), JSON, "ADMIN", 403, "forbidden"),
+    ("a mutation without its scope", "POST", "/graphql", body("mutation { makeDeposit(amount: 5) { id } }"), JSON, "LIST_PAYMENT", 403, "forbidden"),
+    ("a subscription without its scope", "POST", "/graphql", body("subscription { deposits { id } }"), JSON, "", 403, "forbidden"),
+    ("a field of the route's fields: without its scope", "POST", "/graphql", body('mutation { revealCard(id: "c1") { id } }'), JSON, "", 403, "forbidden"),
+    # introspection is off unless the route names a requirement
+    ("introspection", "POST", "/graphql", body("{ __schema { types { name } } }"), JSON, "ADMIN", 403, "forbidden"),
+    ("aliased introspection", "POST", "/graphql", body("{ s: __schema { queryType { name } } }"), JSON, "ADMIN", 403, "forbidden"),
+    ("introspection inside a fragment", "POST", "/graphql", body('{ ...I } fragment I on Query { __type(name: "User") { name } }'), JSON, "ADMIN", 403, "forbidden"),
+    ("introspection without its requirement", "POST", "/introspectable", body("{ __schema { queryType { name } } }"), JSON, "ADMIN", 403, "forbidden"),
+    # which operation runs
+    ("several operations and no operationName", "POST", "/graphql", body("query A { status } mutation B { makeDeposit(amount: 1) { id } }"), JSON, "MAKE_DEPOSIT", 400, "invalid_request"),
+    ("an operationName that matches none", "POST", "/graphql", body("query A { status }", operationName="B"), JSON, "", 400, "invalid_request"),
+    ("the operation named is the one checked", "POST", "/graphql", body("query A { status } mutation B { makeDeposit(amount: 1) { id } }", operationName="B"), JSON, "", 403, "forbidden"),
+    ("a batch with one refused operation", "POST", "/graphql", json.dumps([{"query": "{ status }"}, {"query": "{ payments { id } }"}]).encode(), JSON, "", 403, "forbidden"),
+    ("a batch over the limit", "POST", "/graphql", json.dumps([{"query": "{ status }"}] * 4).encode(), JSON, "", 400, "invalid_request"),
+    ("an empty batch", "POST", "/graphql", b"[]", JSON, "", 400, "invalid_request"),
+    ("a mutation over GET", "GET", get("mutation { makeDeposit(amount: 1) { id } }"), b"", {}, "MAKE_DEPOSIT", 400, "invalid_request"),
+    ("a subscription over GET", "GET", get("subscription { deposits { id } }"), b"", {}, "MAKE_DEPOSIT", 400, "invalid_request"),
+    ("a mutation over GET chosen by operationName", "GET", get("query A { status } mutation B { makeDeposit(amount: 1) { id } }", operationName="B"), b"", {}, "MAKE_DEPOSIT", 400, "invalid_request"),
+    ("a forbidden query over GET", "GET", get("{ payments { id } }"), b"", {}, "", 403, "forbidden"),
+    # the envelope: what the gateway reads is what the upstream reads, or nothing passes
+    ("a form body", "POST", "/graphql", b"query=%7Bstatus%7D", {"content-type": "application/x-www-form-urlencoded"}, "", 415, "invalid_request"),
+    ("a text/plain body", "POST", "/graphql", body("{ status }"), {"content-type": "text/plain"}, "", 415, "invalid_request"),
+    ("no content type", "POST", "/graphql", body("{ status }"), {}, "", 415, "invalid_request"),
+    ("a multipart body", "POST", "/graphql", b"--x--", {"content-type": "multipart/form-data; boundary=x"}, "", 415, "invalid_request"),
+    ("JSON in another charset", "POST", "/graphql", body("{ status }"), {"content-type": "application/json; charset=latin-1"}, "", 415, "invalid_request"),
+    ("a compressed body", "POST", "/graphql", body("{ status }"), {**JSON, "content-encoding": "gzip"}, "", 415, "invalid_request"),
+    ("invalid JSON", "POST", "/graphql", b'{"query": "{ status }"', JSON, "", 400, "invalid_request"),
+    ("JSON that is not UTF-8", "POST", "/graphql", b'{"query": "{ status \xff }"}', JSON, "", 400, "invalid_request"),
+    ("a JSON string, not an object", "POST", "/graphql", b'"{ status }"', JSON, "", 400, "invalid_request"),
+    ("query not a string", "POST", "/graphql", b'{"query": ["{ status }"]}', JSON, "", 400, "invalid_request"),
+    ("variables not an object", "POST", "/graphql", body("{ status }", variables="{}"), JSON, "", 400, "invalid_request"),
+    ("a duplicated JSON key", "POST", "/graphql", b'{"query": "{ status }", "query": "{ payments { id } }"}', JSON, "", 400, "invalid_request"),
+    ("a duplicated key inside variables", "POST", "/graphql", b'{"query": "{ status }", "variables": {"a": 1, "a": 2}}', JSON, "", 400, "invalid_request"),
+    ("an unknown member (a document id)", "POST", "/graphql", body("{ status }", documentId="abc"), JSON, "", 400, "invalid_request"),
+    ("a query in the URL of a POST", "POST", "/graphql?" + urlencode({"query": "{ payments { id } }"}), body("{ status }"), JSON, "", 400, "invalid_request"),
+    ("a GET naming query twice", "GET", "/graphql?query=%7Bstatus%7D&query=%7Bpayments%7Bid%7D%7D", b"", {}, "", 400, "invalid_request"),
+    ("a GET with a raw ';'", "GET", "/graphql?query=%7Bstatus%7D;query=%7Bpayments%7Bid%7D%7D", b"", {}, "", 400, "invalid_request"),
+    ("a GET with a body", "GET", get("{ status }"), b"{}", {}, "", 400, "invalid_request"),
+    ("a GET without a query", "GET", "/graphql", b"", {}, "", 400, "invalid_request"),
+    ("no query at all", "POST", "/graphql", body(variables={}), JSON, "", 400, "invalid_request"),
+    # persisted queries
+    ("a hash-only query the manifest lacks", "POST", "/graphql", body(extensions={"persistedQuery": {"version": 1, "sha256Hash": sha("{ payments { id } }")}}), JSON, "LIST_PAYMENT", 400, "invalid_request"),
+    ("a hash that is not the query's", "POST", "/graphql", body("{ payments { id } }", extensions={"persistedQuery": {"version": 1, "sha256Hash": sha(PERSISTED_ALLOWED)}}), JSON, "", 400, "invalid_request"),
+    ("a hash of another query than the one sent", "POST", "/graphql", body("{ status }", extensions={"persistedQuery": {"version": 1, "sha256Hash": sha(PERSISTED_FORBIDDEN)}}), JSON, "", 400, "invalid_request"),
+    ("a persisted query the caller may not run", "POST", "/graphql", body(extensions={"persistedQuery": {"version": 1, "sha256Hash": sha(PERSISTED_FORBIDDEN)}}), JSON, "", 403, "forbidden"),
+    ("a malformed hash", "POST", "/graphql", body(extensions={"persistedQuery": {"version": 1, "sha256Hash": "abc"}}), JSON, "", 400, "invalid_request"),
+    # documents: parsed and validated, never matched as text
+    ("an unknown field", "POST", "/graphql", body("{ status secrets }"), JSON, "", 400, "invalid_request"),
+    ("a syntax error", "POST", "/graphql", body("{ status "), JSON, "", 400, "invalid_request"),
+    ("an empty selection", "POST", "/graphql", body("{ }"), JSON, "", 400, "invalid_request"),
+    ("cyclic fragments", "POST", "/graphql", body("{ me { ...A } } fragment A on User { friends { ...B } } fragment B on User { friends { ...A } }"), JSON, "", 400, "invalid_request"),
+    # abuse limits
+    ("a body over limits.bytes", "POST", "/graphql", body("{ status }", variables={"pad": "x" * 5000}), JSON, "", 400, "invalid_request"),
+    ("fields nested deeper than limits.depth", "POST", "/graphql", body("{ me { friends { friends { friends { name } } } } }"), JSON, "", 400, "invalid_request"),
+    ("depth through fragments", "POST", "/graphql", body("{ me { ...F } } fragment F on User { friends { friends { friends { id } } } }"), JSON, "", 400, "invalid_request"),
+    ("more aliases than limits.aliases", "POST", "/graphql", body("{ a: status b: status c: status d: status }"), JSON, "", 400, "invalid_request"),
+    ("more root fields than limits.root_fields", "POST", "/graphql", body("{ status status status status status }"), JSON, "", 400, "invalid_request"),
+    ("fragments that expand exponentially", "POST", "/graphql", body(
+        "{ me { ...F0 } } " + " ".join(f"fragment F{i} on User {{ ...F{i + 1} friends {{ id }} ...F{i + 1} }}" for i in range(24)) + " fragment F24 on User { id }"
+    ), JSON, "", 400, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "target", "content", "headers", "scopes", "status", "error"), REFUSED, ids=[row[0] for row in REFUSED])
+async def test_a_bypass_attempt_is_refused_and_never_reaches_the_upstream(
+    gateway: Client, bank: GraphQLUpstream, name: str, method: str, target: str, content: bytes, headers: dict[str, str], scopes: str, status: int, error: str,
+) -> None:
+    response = await gateway.send(method, target, content, headers, scopes)
+    answer = response.json()
+    assert (response.status_code, answer["error"]) == (status, error), answer
+    assert answer["error_description"] and answer["errors"] and all(item["message"] and item["extensions"]["code"] for item in answer["errors"])
+    assert bank.received == []
+
+
+# (name, method, target, body, headers, scopes)
+FORWARDED: list[tuple[str, str, str, bytes, dict[str, str], str]] = [
+    ("fields the caller may use", "POST", "/graphql", body("{ payments { id amount } offers { title } }"), JSON, "LIST_PAYMENT LIST_OFFERS"),
+    ("a nested field with one of its alternatives", "POST", "/graphql", body("{ me { name email } }"), JSON, "ADMIN"),
+    ("comments and strings that name forbidden fields", "POST", "/graphql", body('# payments { cardNumber } __schema\nquery makeDeposit { node(id: "cardNumber __schema") { __typename } status }'), JSON, ""),
+    ("__typename anywhere", "POST", "/graphql", body("{ __typename me { __typename name } }"), JSON, ""),
+    ("a public field", "POST", "/graphql", body("{ status }"), JSON, ""),
+    ("the mutation its scope allows", "POST", "/graphql", body("mutation Deposit($amount: Int!) { makeDeposit(amount: $amount) { id amount } }", variables={"amount": 5}), JSON, "MAKE_DEPOSIT"),
+    ("the operation named, when the other is forbidden", "POST", "/graphql", body("query A { status } mutation B { makeDeposit(amount: 1) { id } }", operationName="A"), JSON, ""),
+    ("a batch of allowed operations", "POST", "/graphql", json.dumps([{"query": "{ status }"}, {"query": "{ payments { id } }"}]).encode(), JSON, "LIST_PAYMENT"),
+    ("a document as application/graphql", "POST", "/graphql", b"{ payments { id } }", {"content-type": "application/graphql"}, "LIST_PAYMENT"),
+    ("JSON with its charset", "POST", "/graphql", body("{ status }"), {"content-type": "application/json; charset=utf-8"}, ""),
+    ("a query over GET", "GET", get("query($n: Int) { payments(first: $n) { id } }", variables='{"n": 1}'), b"", {}, "LIST_PAYMENT"),
+    ("a hash-only query the manifest lists", "POST", "/graphql", body(extensions={"persistedQuery": {"version": 1, "sha256Hash": sha(PERSISTED_ALLOWED)}}), JSON, ""),
+    ("a query with its own hash", "POST", "/graphql", body("{ status }", extensions={"persistedQuery": {"version": 1, "sha256Hash": sha("{ status }")}}), JSON, ""),
+    ("introspection with its requirement", "POST", "/introspectable", body("{ __schema { queryType { name } } }"), JSON, "SCHEMA_READ"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "target", "content", "headers", "scopes"), FORWARDED, ids=[row[0] for row in FORWARDED])
+async def test_an_allowed_request_reaches_the_upstream_byte_for_byte(
+    gateway: Client, bank: GraphQLUpstream, name: str, method: str, target: str, content: bytes, headers: dict[str, str], scopes: str,
+) -> None:
+    response = await gateway.send(method, target, content, headers, scopes)
+    assert response.status_code == 200, response.text
+    [received] = bank.received
+    assert (received.method, received.body) == (method, content)
+    assert received.query_string == target.partition("?")[2].encode()
+    answer = response.json()
+    assert all("errors" not in item for item in (answer if isinstance(answer, list) else [answer])), answer
+
+
+async def test_a_refusal_names_every_refused_field_its_path_and_requirement(gateway: Client, bank: GraphQLUpstream) -> None:
+    response = await gateway.send("POST", "/graphql", body("{ status pay: payments { id cardNumber } me { email } open: unguarded }"), JSON, "LIST_PAYMENT")
+    assert response.status_code == 403
+    assert response.headers["www-authenticate"] == 'Bearer realm="bank", error="insufficient_scope", error_description="' + response.json()["error_description"].replace('"', "'") + '", scope="REVEAL_CARD"'
+    assert response.json()["errors"] == [
+        {"message": "Payment.cardNumber requires REVEAL_CARD", "path": ["pay", "cardNumber"], "extensions": {"code": "FORBIDDEN", "required": [["REVEAL_CARD"]]}},
+        {"message": "User.email requires one of: READ_EMAIL; ADMIN", "path": ["me", "email"], "extensions": {"code": "FORBIDDEN", "required": [["READ_EMAIL"], ["ADMIN"]]}},
+        {"message": "Query.unguarded is not allowed on this route", "path": ["open"], "extensions": {"code": "FORBIDDEN", "required": []}},
+    ]
+    assert bank.received == []
+
+
+async def test_a_public_route_serves_public_fields_and_answers_401_for_the_others(gateway: Client, bank: GraphQLUpstream) -> None:
+    response = await gateway.send("POST", "/public", body("{ status }"), JSON, scopes=None)
+    assert response.status_code == 200 and response.json() == {"data": {"status": "ok"}}
+    response = await gateway.send("POST", "/public", body("{ status me { name } }"), JSON, scopes=None)
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert response.headers["www-authenticate"] == 'Bearer realm="bank"'
+    assert response.json()["errors"][0] == {"message": "Query.me requires a token", "path": ["me"], "extensions": {"code": "UNAUTHENTICATED", "required": []}}
+    assert len(bank.received) == 1
+
+
+@pytest.mark.parametrize(("query", "scopes", "status"), [
+    ("{ status }", "", 200),
+    ("{ payments { id cardNumber } }", "LIST_PAYMENT", 200),  # without an SDL, fields below the root are not checked
+    ("{ payments { id } }", "", 403),
+    ("mutation { makeDeposit(amount: 1) { id } }", "LIST_PAYMENT", 403),
+    ("{ offers { id } }", "LIST_OFFERS", 403),  # a root field the route does not list: deny by default
+    ("{ ...F } fragment F on Query { payments { id } }", "", 403),
+    ("{ ... on Mutation { makeDeposit(amount: 1) { id } } }", "MAKE_DEPOSIT", 400),  # a fragment on another root type
+    ("{ __schema { types { name } } }", "", 403),
+    ("{ status ...F } fragment G on Query { status }", "", 400),  # still validated: unknown and unused fragments
+])
+async def test_a_route_without_a_schema_checks_root_fields_and_refuses_unknown_ones(
+    gateway: Client, bank: GraphQLUpstream, query: str, scopes: str, status: int,
+) -> None:
+    response = await gateway.send("POST", "/schemaless", body(query), JSON, scopes)
+    assert response.status_code == status, response.text
+    assert len(bank.received) == (status == 200)
+
+
+async def test_a_repeated_document_is_analysed_once_and_decided_for_each_caller(gateway: Client, bank: GraphQLUpstream) -> None:
+    route = next(route for route in gateway.app.runtime.tables.routes if route.template == "/graphql" and route.method == "POST")
+    document = body("{ payments { id } }")
+    before = route.exchange.analyse.cache_info()  # the persisted queries were analysed at load
+    assert (await gateway.send("POST", "/graphql", document, JSON, "LIST_PAYMENT")).status_code == 200
+    assert (await gateway.send("POST", "/graphql", document, JSON, "")).status_code == 403
+    assert (await gateway.send("POST", "/graphql", document, JSON, "LIST_PAYMENT")).status_code == 200
+    info = route.exchange.analyse.cache_info()
+    assert (info.misses - before.misses, info.hits - before.hits) == (1, 2)
+    assert len(bank.received) == 2
