@@ -549,10 +549,10 @@ def _set_null(data: Any, path: tuple[str, ...]) -> None:
         for item in data:
             _set_null(item, path)
     elif isinstance(data, dict):
-        if len(path) == 1:
+        if len(path) == 1 or path[0] not in data:  # absent: a parent the removal left empty, removed too
             data[path[0]] = None
         else:
-            _set_null(data.get(path[0]), path[1:])
+            _set_null(data[path[0]], path[1:])
 
 
 # --- requests and refusals ----------------------------------------------------------------------------

@@ -161,7 +161,8 @@ REFUSED: list[tuple[str, str, str, bytes, dict[str, str], str, int, str]] = [
     ("an unknown member (a document id)", "POST", "/graphql", body("{ status }", documentId="abc"), JSON, "", 400, "invalid_request"),
     ("a query in the URL of a POST", "POST", "/graphql?" + urlencode({"query": "{ payments { id } }"}), body("{ status }"), JSON, "", 400, "invalid_request"),
     ("a GET naming query twice", "GET", "/graphql?query=%7Bstatus%7D&query=%7Bpayments%7Bid%7D%7D", b"", {}, "", 400, "invalid_request"),
-    ("a GET with a raw ';'", "GET", "/graphql?query=%7Bstatus%7D;query=%7Bpayments%7Bid%7D%7D", b"", {}, "", 400, "invalid_request"),
+    ("a GET with a raw ';'", "GET", "/graphql?query=%7Bstatus%7D&x=1;query=%7Bpayments%7Bid%7D%7D", b"", {}, "", 400, "invalid_request"),
+    ("a GET query over limits.bytes", "GET", get("{ status }", variables=json.dumps({"pad": "x" * 5000})), b"", {}, "", 400, "invalid_request"),
     ("a GET with a body", "GET", get("{ status }"), b"{}", {}, "", 400, "invalid_request"),
     ("a GET without a query", "GET", "/graphql", b"", {}, "", 400, "invalid_request"),
     ("no query at all", "POST", "/graphql", body(variables={}), JSON, "", 400, "invalid_request"),
@@ -262,6 +263,7 @@ async def test_a_public_route_serves_public_fields_and_answers_401_for_the_other
     ("{ ...F } fragment F on Query { payments { id } }", "", 403),
     ("{ ... on Mutation { makeDeposit(amount: 1) { id } } }", "MAKE_DEPOSIT", 400),  # a fragment on another root type
     ("{ __schema { types { name } } }", "", 403),
+    ("{ payments { id __schema { types { name } } } }", "LIST_PAYMENT", 403),  # introspection wherever it is
     ("{ status ...F } fragment G on Query { status }", "", 400),  # still validated: unknown and unused fragments
 ])
 async def test_a_route_without_a_schema_checks_root_fields_and_refuses_unknown_ones(
@@ -282,3 +284,78 @@ async def test_a_repeated_document_is_analysed_once_and_decided_for_each_caller(
     info = route.exchange.analyse.cache_info()
     assert (info.misses - before.misses, info.hits - before.hits) == (1, 2)
     assert len(bank.received) == 2
+
+
+# --- filter mode: refused fields removed, answered as null with one error each ------------------------
+
+
+@pytest.fixture
+async def filtering(tmp_path: Path, bank: GraphQLUpstream) -> Any:
+    bank.received.clear()
+    app = Gateway(load_config(write_bank(tmp_path, bank.url, TABLE.replace("mode: reject", "mode: filter"))))
+    await app.runtime.start()
+    yield Client(app)
+    await app.runtime.aclose()
+
+
+def forwarded_document(bank: GraphQLUpstream) -> dict[str, Any]:
+    [received] = bank.received
+    return json.loads(received.body)
+
+
+async def test_filter_mode_removes_a_refused_field_and_answers_it_as_null_with_an_error(filtering: Client, bank: GraphQLUpstream) -> None:
+    response = await filtering.send("POST", "/graphql", body("{ payments { id card: cardNumber } }"), JSON, "LIST_PAYMENT")
+    assert response.status_code == 200
+    assert response.json() == {
+        "data": {"payments": [{"id": "p1", "card": None}, {"id": "p2", "card": None}]},
+        "errors": [{"message": "Payment.cardNumber requires REVEAL_CARD", "path": ["payments", "card"], "extensions": {"code": "FORBIDDEN", "required": [["REVEAL_CARD"]]}}],
+    }
+    assert forwarded_document(bank)["query"] == "{\n  payments {\n    id\n  }\n}"
+
+
+async def test_filter_mode_removes_a_parent_left_empty_and_the_variables_only_removed_fields_used(filtering: Client, bank: GraphQLUpstream) -> None:
+    query = "query Q($n: Int, $id: ID!) { status me { email } payments(first: $n) { id } node(id: $id) { __typename } }"
+    response = await filtering.send("POST", "/graphql", body(query, operationName="Q", variables={"n": 1, "id": "u1"}), JSON, "")
+    assert response.status_code == 200
+    assert response.json()["data"] == {"status": "ok", "me": None, "payments": None, "node": {"__typename": "User"}}
+    assert [error["path"] for error in response.json()["errors"]] == [["me", "email"], ["payments"]]
+    sent = forwarded_document(bank)
+    assert sent == {"query": "query Q($id: ID!) {\n  status\n  node(id: $id) {\n    __typename\n  }\n}", "operationName": "Q", "variables": {"id": "u1"}}
+
+
+async def test_filter_mode_prunes_fragments_and_drops_those_left_empty(filtering: Client, bank: GraphQLUpstream) -> None:
+    query = "{ me { ...Public ...Private } } fragment Public on User { name } fragment Private on User { email }"
+    response = await filtering.send("POST", "/graphql", body(query), JSON, "")
+    assert response.json()["data"] == {"me": {"name": "Ana", "email": None}}
+    assert forwarded_document(bank)["query"] == "{\n  me {\n    ...Public\n  }\n}\n\nfragment Public on User {\n  name\n}"
+
+
+async def test_filter_mode_refuses_a_document_left_empty_as_reject_mode_does(filtering: Client, bank: GraphQLUpstream) -> None:
+    response = await filtering.send("POST", "/graphql", body("{ payments { id } unguarded }"), JSON, "")
+    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    assert [error["path"] for error in response.json()["errors"]] == [["payments"], ["unguarded"]]
+    assert bank.received == []
+
+
+async def test_filter_mode_rewrites_a_get_query_string_and_an_application_graphql_body(filtering: Client, bank: GraphQLUpstream) -> None:
+    response = await filtering.send("GET", get("{ status payments { id } }"), scopes="")
+    assert response.json() == {"data": {"status": "ok", "payments": None}, "errors": [
+        {"message": "Query.payments requires LIST_PAYMENT", "path": ["payments"], "extensions": {"code": "FORBIDDEN", "required": [["LIST_PAYMENT"]]}}]}
+    assert bank.received[0].query_string == urlencode({"query": "{\n  status\n}"}).encode()
+    response = await filtering.send("POST", "/graphql", b"{ status payments { id } }", {"content-type": "application/graphql"}, "")
+    assert response.json()["data"] == {"status": "ok", "payments": None}
+    assert (bank.received[1].content_type, bank.received[1].body) == ("application/graphql", b"{\n  status\n}")
+
+
+async def test_filter_mode_filters_each_operation_of_a_batch(filtering: Client, bank: GraphQLUpstream) -> None:
+    batch = json.dumps([{"query": "{ status }"}, {"query": "{ me { name email } }"}]).encode()
+    response = await filtering.send("POST", "/graphql", batch, JSON, "")
+    assert response.json() == [{"data": {"status": "ok"}}, {"data": {"me": {"name": "Ana", "email": None}}, "errors": [
+        {"message": "User.email requires one of: READ_EMAIL; ADMIN", "path": ["me", "email"], "extensions": {"code": "FORBIDDEN", "required": [["READ_EMAIL"], ["ADMIN"]]}}]}]
+    assert forwarded_document(bank) == [{"query": "{ status }"}, {"query": "{\n  me {\n    name\n  }\n}"}]
+
+
+async def test_filter_mode_forwards_a_persisted_query_it_pruned_as_a_document(filtering: Client, bank: GraphQLUpstream, tmp_path: Path) -> None:
+    response = await filtering.send("POST", "/graphql", body("{ status payments { id } }", extensions={"persistedQuery": {"version": 1, "sha256Hash": sha("{ status payments { id } }")}}), JSON, "")
+    assert response.json()["data"] == {"status": "ok", "payments": None}
+    assert forwarded_document(bank) == {"query": "{\n  status\n}"}  # the hash named the whole document: dropped
