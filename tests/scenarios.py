@@ -31,6 +31,7 @@ class Case:
     expect: str
     claims: dict[str, Any] = field(default_factory=dict)
     forwarded_scopes: str | None = None  # X-Auth-Scopes the upstream must get, when forwarded
+    json: Any = None  # a JSON request body (a GraphQL operation), sent with the request
 
 
 @dataclass
@@ -61,9 +62,10 @@ class Provider:
 
     REFRESH = 0.05
 
-    def __init__(self, table: str, folder: Path, store: str = "sqlite:///grants.db") -> None:
+    def __init__(self, table: str, folder: Path, store: str = "sqlite:///grants.db", files: tuple[str, ...] = ()) -> None:
         (folder / "routes").mkdir()
-        (folder / "routes" / table).write_text((ROOT / "routes" / table).read_text())
+        for name in (table, *files):  # `files`: what the table names beside it (a GraphQL schema)
+            (folder / "routes" / name).write_text((ROOT / "routes" / name).read_text())
         self.config = folder / "gateway.yaml"
         self.config.write_text(
             f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
@@ -107,7 +109,7 @@ class Provider:
             upstream = router.route(host=self.upstream_host).mock(return_value=self.response)
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
-                response = await client.request(method, path, headers=headers)
+                response = await client.request(method, path, headers=headers, json=case.json)
             forwarded = [call.request for call in upstream.calls]
         error = response.json().get("error") if response.headers.get("content-type") == "application/json" and not forwarded else None
         return Answer(response.status_code, error, response.headers.get("www-authenticate"), forwarded, response)
