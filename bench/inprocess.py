@@ -66,6 +66,8 @@ def workloads(tokens: material.Tokens, distinct: list[str]) -> dict[str, list[tu
         "first_seen": [(http_scope("GET", path, token), b"", 200) for token in distinct],
         "rules": [(http_scope("GET", material.RULES_PATH, tokens.rules), b"", 200)],
         "grants": [(http_scope("GET", material.GRANTS_PATH, tokens.grants), b"", 200)],
+        # one GraphQL document, repeated: beside `post`, what reading and checking the operation costs
+        "graphql": [(http_scope("POST", material.GRAPHQL_PATH, tokens.read, len(material.GRAPHQL_BODY)), material.GRAPHQL_BODY, 200)],
     }
 
 
@@ -100,6 +102,8 @@ async def measure(config: Path, tokens: material.Tokens, distinct: list[str], se
     cases = workloads(tokens, distinct)
     print(f"{'workload':<12}{'CPU us/request':>16}{'gc runs per 10k (gen 0/1/2)':>32}")
     for name, requests in cases.items():
+        if name not in settings.workloads:
+            continue
         count, repeats = (FIRST_SEEN_REQUESTS, FIRST_SEEN_REPEATS) if name == "first_seen" else (settings.requests, settings.repeats)
         await drive(app, requests, WARM, settings.concurrency)  # warm: connections, caches
         best = float("inf")
@@ -133,7 +137,7 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
     await app.runtime.aclose()
 
 
-WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants")
+WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants", "graphql")
 
 
 def instructions(work: Path, concurrency: int, chosen: list[str]) -> None:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             service.start()
             service.wait_listening(30)
-        config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True)
+        config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
         if settings.instructions:
             instructions(work, settings.concurrency, settings.workloads.split(","))
         else:

@@ -91,6 +91,27 @@ GRANTS_PATH = "/ledger/accounts/A1/details"
 GRANTS_SCOPE = "accounts_details:read"
 RULES_SCOPE = "transactions:read:in transactions:write id:B1"
 
+# A GraphQL route (inprocess.py only) beside the REST ones: the same webhooks behind POST /graphql,
+# with an SDL, so a repeated document costs a cache lookup and the field checks
+GRAPHQL_ROUTES = """\
+name: webhooks-graphql
+upstream: http://127.0.0.1:{upstream_port}/v3
+prefix: /gql
+routes:
+  POST /graphql:
+    scopes: authenticated
+    graphql:
+      schema: webhooks.graphql
+      fields:
+        Query.webhooks: psp.webhook:read
+"""
+GRAPHQL_SCHEMA = """\
+type Query { webhooks(merchantId: ID!): [Webhook!]! }
+type Webhook { id: ID! url: String active: Boolean secret: String @requiresScopes(scopes: [["psp.webhook:write"]]) }
+"""
+GRAPHQL_PATH = "/gql/graphql"
+GRAPHQL_BODY = b'{"query":"query Webhooks($merchant: ID!) { webhooks(merchantId: $merchant) { id url active } }","variables":{"merchant":"M123"}}'
+
 
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
@@ -197,6 +218,7 @@ def mint_distinct_tokens(private_pem: bytes, count: int, path: Path) -> float:
 
 def write_gateway_config(
     directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE, grants: bool = False,
+    graphql: bool = False,
 ) -> Path:
     """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table."""
     (directory / "routes").mkdir(parents=True, exist_ok=True)
@@ -209,6 +231,9 @@ def write_gateway_config(
         (directory / "routes" / "ledger.yaml").write_text(GRANTS_ROUTES.format(upstream_port=upstream_port))
         store = "grants:\n  store: sqlite:///grants.db\n"
         asyncio.run(_seed_grants(directory / "grants.db"))
+    if graphql:
+        (directory / "routes" / "webhooks-graphql.yaml").write_text(GRAPHQL_ROUTES.format(upstream_port=upstream_port))
+        (directory / "routes" / "webhooks.graphql").write_text(GRAPHQL_SCHEMA)
     if generated_routes:
         lines = [f"  GET /generated/r{i}/items/{{id}}: s{i}" for i in range(generated_routes)]
         table = f"name: generated\nupstream: http://127.0.0.1:{upstream_port}/v3\nprefix: /generated-api\nroutes:\n" + "\n".join(lines) + "\n"

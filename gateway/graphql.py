@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
@@ -51,8 +51,9 @@ INTROSPECTION = frozenset({"__schema", "__type"})
 # field selections one document may expand to through its fragments: a few fragments that each
 # spread the one before twice would otherwise cost the gateway (and the upstream) 2^n
 MAX_EXPANDED_FIELDS = 10_000
-# distinct (document, operation name) analyses a route keeps
+# distinct (document, operation name) analyses a route keeps, and distinct small POST bodies read
 CACHE_SIZE = 1024
+MAX_REMEMBERED_BODY = 4096
 _PARAMETERS = frozenset({"query", "operationName", "variables", "extensions"})
 # names under which some servers (graphql-yoga, Relay) take a persisted document's id: never passed
 _DOCUMENT_IDS = frozenset({"documentId", "doc_id"})
@@ -129,6 +130,7 @@ class GraphQLRoute:
         self.body_limit = limits.bytes
         # bounded, per route; failures are not kept (lru_cache keeps no exception)
         self.analyse = functools.lru_cache(maxsize=CACHE_SIZE)(self._analyse)
+        self.read = functools.lru_cache(maxsize=CACHE_SIZE)(self._read_post)
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
         """Refuse the request, or say how to forward it.
@@ -140,8 +142,15 @@ class GraphQLRoute:
         :raises Unauthorized: a field that needs a token, on a public route called without one.
         """
         get = scope["method"] in ("GET", "HEAD")
-        parts, batch = self._read_get(scope, body) if get else self._read_post(scope, body or b"")
-        operations = [self.analyse(part.text, part.operation_name) for part in parts]
+        if get:
+            parts, batch = self._read_get(scope, body)
+            operations: tuple[Operation, ...] = (self.analyse(parts[0].text, parts[0].operation_name),)
+        else:
+            body = body or b""
+            media_type = self._post_media_type(scope)
+            # a small body is remembered whole: a repeated request skips JSON parsing too
+            read = self.read if len(body) <= MAX_REMEMBERED_BODY else self._read_post
+            parts, batch, operations = read(media_type, body)
         if get and any(operation.kind is not OperationType.QUERY for operation in operations):
             raise _bad_request(f"a {operations[0].kind.value} cannot be sent with GET: use POST", "BAD_REQUEST")
         scopes = grant.scopes if grant is not None else None
@@ -179,27 +188,36 @@ class GraphQLRoute:
                 members[name] = _json(members[name].encode("utf-8"), f"the {name} parameter")
         return [self._part({name: value for name, value in members.items() if name in _PARAMETERS})], False
 
-    def _read_post(self, scope: Scope, body: bytes) -> tuple[list[_Part], bool]:
-        media_type = _media_type(scope)
+    @staticmethod
+    def _post_media_type(scope: Scope) -> str:
         query_string: bytes = scope.get("query_string", b"")
         if query_string:
             names = {name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)}
             if names & (_PARAMETERS | _DOCUMENT_IDS):
                 # express-graphql reads `query` from the URL before the body: only one place may hold it
                 raise _bad_request(f"a POST carries its operation in the body, not in the query string ({', '.join(sorted(names & (_PARAMETERS | _DOCUMENT_IDS)))})", "BAD_REQUEST")
+        return _media_type(scope)
+
+    def _read_post(self, media_type: str, body: bytes) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
+        """The parts of a POST body, whether it is a batch, and each part's analysis."""
         if media_type == "application/graphql":
             try:
-                return [self._part({"query": body.decode("utf-8")})], False
+                parts = [self._part({"query": body.decode("utf-8")})]
             except UnicodeDecodeError:
                 raise _bad_request("the document is not valid UTF-8", "BAD_REQUEST") from None
-        document = _json(body, "the request body")
-        if isinstance(document, list):
-            if not document:
+            batch = False
+        else:
+            document = _json(body, "the request body")
+            batch = isinstance(document, list)
+            if not batch:
+                parts = [self._part(_request_object(document))]
+            elif not document:
                 raise _bad_request("an empty batch holds no operation", "BAD_REQUEST")
-            if len(document) > self.limits.batch:
+            elif len(document) > self.limits.batch:
                 raise _bad_request(f"the batch holds {len(document)} operations; this route takes at most {self.limits.batch}", "BAD_REQUEST")
-            return [self._part(_request_object(item)) for item in document], True
-        return [self._part(_request_object(document))], False
+            else:
+                parts = [self._part(_request_object(item)) for item in document]
+        return parts, batch, tuple(self.analyse(part.text, part.operation_name) for part in parts)
 
     def _part(self, members: dict[str, Any]) -> _Part:
         """The document a request's members name, checked for shape and its persisted hash."""
@@ -304,7 +322,7 @@ class GraphQLRoute:
     # --- filter mode ---------------------------------------------------------------------------------
 
     def _filtered(
-        self, scope: Scope, parts: list[_Part], operations: list[Operation], refused: list[list[_Refused]], batch: bool, anonymous: bool, get: bool,
+        self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, anonymous: bool, get: bool,
     ) -> Forwarding:
         """The request without its refused fields, and the answer's rewrite that puts them back as null."""
         members: list[dict[str, Any]] = []
@@ -326,7 +344,7 @@ class GraphQLRoute:
         body: bytes | None = None
         if get:
             query = urlencode({name: value if isinstance(value, str) else json.dumps(value) for name, value in members[0].items()}).encode("ascii")
-        elif _media_type(scope) == "application/graphql":
+        elif self._post_media_type(scope) == "application/graphql":
             body = members[0]["query"].encode("utf-8")
         else:
             body = json.dumps(members if batch else members[0], ensure_ascii=False).encode("utf-8")

@@ -276,13 +276,16 @@ async def test_a_route_without_a_schema_checks_root_fields_and_refuses_unknown_o
 
 async def test_a_repeated_document_is_analysed_once_and_decided_for_each_caller(gateway: Client, bank: GraphQLUpstream) -> None:
     route = next(route for route in gateway.app.runtime.tables.routes if route.template == "/graphql" and route.method == "POST")
-    document = body("{ payments { id } }")
-    before = route.exchange.analyse.cache_info()  # the persisted queries were analysed at load
-    assert (await gateway.send("POST", "/graphql", document, JSON, "LIST_PAYMENT")).status_code == 200
-    assert (await gateway.send("POST", "/graphql", document, JSON, "")).status_code == 403
-    assert (await gateway.send("POST", "/graphql", document, JSON, "LIST_PAYMENT")).status_code == 200
-    info = route.exchange.analyse.cache_info()
-    assert (info.misses - before.misses, info.hits - before.hits) == (1, 2)
+    document = "query($n: Int) { payments(first: $n) { id } }"
+    analysed, read = route.exchange.analyse.cache_info(), route.exchange.read.cache_info()  # the persisted queries were analysed at load
+    assert (await gateway.send("POST", "/graphql", body(document, variables={"n": 1}), JSON, "LIST_PAYMENT")).status_code == 200
+    assert (await gateway.send("POST", "/graphql", body(document, variables={"n": 1}), JSON, "")).status_code == 403
+    assert (await gateway.send("POST", "/graphql", body(document, variables={"n": 2}), JSON, "LIST_PAYMENT")).status_code == 200
+    # the same body is read once; the same document under other variables is analysed once
+    now = route.exchange.read.cache_info()
+    assert (now.misses - read.misses, now.hits - read.hits) == (2, 1)
+    now = route.exchange.analyse.cache_info()
+    assert (now.misses - analysed.misses, now.hits - analysed.hits) == (1, 1)
     assert len(bank.received) == 2
 
 
