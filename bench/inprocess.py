@@ -163,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers (default 32)")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per workload; the least is reported (default 5)")
     parser.add_argument("--instructions", action="store_true", help="count instructions per request with valgrind instead of timing")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"with --instructions: which, comma-separated (default {','.join(WORKLOADS)})")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"which to run, comma-separated (default {','.join(WORKLOADS)})")
     parser.add_argument("--child", nargs=3, metavar=("WORK", "WORKLOAD", "COUNT"), help=argparse.SUPPRESS)
     settings = parser.parse_args(argv)
-    unknown = sorted(set(settings.workloads.split(",")) - set(WORKLOADS))
+    settings.workloads = settings.workloads.split(",")
+    unknown = sorted(set(settings.workloads) - set(WORKLOADS))
     if unknown:
         parser.error(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     import uvloop
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             service.wait_listening(30)
         config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
         if settings.instructions:
-            instructions(work, settings.concurrency, settings.workloads.split(","))
+            instructions(work, settings.concurrency, settings.workloads)
         else:
             uvloop.run(measure(config, tokens, distinct, settings))
     finally:
