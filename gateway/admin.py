@@ -2,7 +2,8 @@
 conditions over HTTP, and the health of the process. Never served on the proxy's port.
 
     GET    /healthz                                       200 while the process serves (no token)
-    GET    /readyz                                        200, or 503 while the grant store cannot be read (no token)
+    GET    /readyz                                        200 with details of every serving process, or 503 (no token)
+    POST   /reload                                        reload the config in every process; 200, or 422 with its problems
     PUT    /grants/{api}/{client}/{scope}                 a client grant; body {"expires_at": RFC 3339 or null}
     PUT    /grants/{api}/{client}/users/{subject}/{scope}  a user grant; same body
     DELETE either                                         204, or 404 when there is no such grant
@@ -12,25 +13,41 @@ conditions over HTTP, and the health of the process. Never served on the proxy's
 
 Every other path needs `Authorization: Bearer <admin token>`, compared in constant time. Path
 segments are percent-encoded. Answers and errors are JSON, as everywhere else.
+
+The admin listener is a process of its own beside the serving processes: it reloads its own
+config (its tables say which grants may be written, its token file the token) as they do theirs,
+and learns theirs from the run folder `gateway serve` keeps (`gateway.reload.RunDir`).
+/readyz is 503 until every serving process has keys (where routes need tokens) and can read the
+grant store, and while no serving process has reported. A reload that failed leaves it 200 with
+`"status": "degraded"` and the problems: the last good config is still served, and taking every
+replica out of its load balancer for one broken edit would turn a refused change into an outage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
 from gateway.exchange import ClientDisconnected, read_body
+from gateway.grants.live import open_store
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
+from gateway.reload import FAILURE, Reloader, RunDir
 from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
 from gateway.validation import grant_scope_problem
 
 _MAX_BODY = 64 * 1024
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# seconds POST /reload waits for every serving process to report its reload
+_RELOAD_WAIT = 30.0
+logger = logging.getLogger("gateway.admin")
 
 
 class AdminApp:
@@ -39,12 +56,28 @@ class AdminApp:
     :param config: the loaded config: its tables say which APIs and scopes exist.
     :param store: the grant store it names (None: grants.store is not configured).
     :param token: the admin bearer token (from `admin.token_file`).
+    :param run_dir: the run folder of the serving processes; None: this process alone.
     """
 
-    def __init__(self, config: Config, store: GrantStore | None, token: str) -> None:
+    def __init__(self, config: Config, store: GrantStore | None, token: str, run_dir: RunDir | None = None) -> None:
         self.config = config
         self.store = store
+        self.run_dir = run_dir
+        self.reloader = Reloader(config, self._use, run_dir=run_dir)
         self._token = f"Bearer {token}".encode()
+        self._apis = {api.name: api for api in config.tables.apis}
+
+    async def _use(self, config: Config) -> None:
+        """Serve a reloaded config: its tables, its admin token, its grant store."""
+        if config.admin.listen != self.config.admin.listen:
+            logger.warning("admin.listen changed: the admin listener moves at the next start of the gateway")
+        if config.admin.token_file is not None:
+            self._token = f"Bearer {config.admin.token_file.read_text().strip()}".encode()
+        if config.grants != self.config.grants:
+            if self.store is not None:
+                await self.store.aclose()
+            self.store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
+        self.config = config
         self._apis = {api.name: api for api in config.tables.apis}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,8 +102,10 @@ class AdminApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.reloader.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.reloader.aclose()
                 if self.store is not None:
                     await self.store.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -86,6 +121,8 @@ class AdminApp:
             return await self._ready()
         if path not in _OPEN_PATHS:
             self._authenticate(scope)
+        if path == "/reload" and method == "POST":
+            return await self._reload()
         segments = [unquote(segment) for segment in path.split("/")[1:]]
         if segments[0] in ("grants", "conditions") and self.store is None:
             raise InvalidRequest("this gateway has no grant store: configure grants.store in gateway.yaml")
@@ -154,14 +191,75 @@ class AdminApp:
         assert self.store is not None  # checked for every grants and conditions path
         return self.store
 
+    async def _reload(self) -> tuple[int, Any]:
+        """Reload here and in every serving process; answer once they all have."""
+        request = self.run_dir.request_reload() if self.run_dir is not None else 0
+        outcome = await self.reloader.reload(request)
+        processes = await self._reported(request) if self.run_dir is not None else []
+        problems = list(dict.fromkeys([*outcome.problems, *(problem for process in processes for problem in _failed(process))]))
+        if problems:
+            return 422, {
+                "error": "invalid_config",
+                "error_description": "the config does not load or cannot serve; every process keeps serving the last good one",
+                "problems": problems,
+            }
+        return 200, {"result": "success", "config": str(self.config.source), "tables": sorted(self._apis), "processes": len(processes)}
+
+    async def _reported(self, request: int) -> list[dict[str, Any]]:
+        """The serving processes' statuses once each has answered reload `request`.
+
+        :raises TemporarilyUnavailable: some did not within `_RELOAD_WAIT` seconds.
+        """
+        assert self.run_dir is not None
+        deadline = time.monotonic() + _RELOAD_WAIT
+        while True:
+            processes = await asyncio.to_thread(self.run_dir.statuses)
+            behind = [process["pid"] for process in processes if process["request"] < request]
+            if processes and not behind:
+                return processes
+            if time.monotonic() > deadline:
+                waiting = f"processes {', '.join(map(str, behind))} did not" if behind else "no serving process did"
+                raise TemporarilyUnavailable(f"the reload was asked for, but {waiting} report it within {_RELOAD_WAIT:g} s", retry_after=1)
+            await asyncio.sleep(0.05)
+
     async def _ready(self) -> tuple[int, Any]:
+        document: dict[str, Any] = {"status": "ready", "config": str(self.config.source), "tables": sorted(self._apis)}
+        unready: list[str] = []
         if self.store is None:
-            return 200, {"status": "ready", "config": str(self.config.source), "grant_store": "none configured", "tables": sorted(self._apis)}
-        try:
-            await self.store.version()
-        except StoreUnavailable as exc:
-            return 503, {"status": "not ready", "config": str(self.config.source), "grant_store": f"unreadable: {exc}"}
-        return 200, {"status": "ready", "config": str(self.config.source), "grant_store": "reachable", "tables": sorted(self._apis)}
+            document["grant_store"] = "none configured"
+        else:
+            try:
+                await self.store.version()
+                document["grant_store"] = "reachable"
+            except StoreUnavailable as exc:
+                document["grant_store"] = f"unreadable: {exc}"
+                unready.append(f"the grant store cannot be read: {exc}")
+        failed = [self.reloader.last.document()] if self.reloader.last is not None and self.reloader.last.result == FAILURE else []
+        if self.run_dir is not None:
+            processes = await asyncio.to_thread(self.run_dir.statuses)
+            document["processes"] = processes
+            if not processes:
+                unready.append("no serving process has reported yet")
+            for process in processes:
+                if process["needs_keys"] and not process["keys"]:
+                    unready.append(f"process {process['pid']} has no key to verify tokens with: {process['keys_error'] or 'none configured'}")
+                if process["grant_store"].startswith("unreadable"):
+                    unready.append(f"process {process['pid']}: grant store {process['grant_store']}")
+                if _failed(process):
+                    failed.append(process["reload"])
+        if failed:
+            document["reload"] = failed[0]
+            document["status"] = "degraded"
+        if unready:
+            document.update(status="not ready", reasons=unready)
+            return 503, document
+        return 200, document
+
+
+def _failed(process: dict[str, Any]) -> list[str]:
+    """The problems of a serving process's last reload, if it failed."""
+    last = process["reload"]
+    return last["problems"] if last is not None and last["result"] == FAILURE else []
 
 
 async def _body(receive: Receive) -> Any:

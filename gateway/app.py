@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Protocol
 from urllib.parse import quote
 
 from gateway import head
@@ -32,6 +33,14 @@ def raw_path(scope: Scope) -> bytes:
     return raw.partition(b"?")[0]
 
 
+class Service(Protocol):
+    """Something that runs beside the requests while the app serves (the reloader)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Gateway:
     """The gateway as an ASGI app.
 
@@ -42,6 +51,7 @@ class Gateway:
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> None:
         self.runtime = Runtime.build(config, upstream=upstream, keys=keys)
+        self.services: list[Service] = []  # started after the runtime, stopped before it
 
     def swap(self, runtime: Runtime) -> Runtime:
         """Serve new requests with `runtime`; requests in flight finish with the one they started
@@ -109,12 +119,16 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    for service in self.services:
+                        await service.start()
                 except Exception as exc:
                     # the server logs the reason and exits non-zero, as starlette's Router does
                     await send({"type": "lifespan.startup.failed", "message": f"the gateway cannot start: {exc}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for service in self.services:
+                    await service.aclose()
                 await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

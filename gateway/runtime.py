@@ -1,10 +1,17 @@
 """What a request uses, as one object a reload can replace whole (`Gateway.swap`): the config,
 its key store, the authenticator and the forwarder. The app reads it once per request, so a swap
-never changes the config under a request in flight."""
+never changes the config under a request in flight.
+
+A reload builds the next runtime with `successor`, which keeps every part whose settings did not
+change: editing a table keeps the verified-token cache, the grant views and the upstream
+connections; changing a key source or the token rules starts them afresh.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.authentication import Authenticator
 from gateway.grants.live import LiveGrants, open_store
@@ -12,7 +19,7 @@ from gateway.keys import KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
 from gateway.routing import Tables
-from gateway.settings import Config, LimitSettings, ProxySettings
+from gateway.settings import Config, LimitSettings, ProxySettings, TokenSettings
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 
@@ -26,7 +33,19 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
     )
 
 
-@dataclass(frozen=True, slots=True)
+def _same_keys(old: TokenSettings, new: TokenSettings) -> bool:
+    return (old.static_keys, old.jwks_url, old.jwks_refetch_interval, old.jwks_max_age) == (
+        new.static_keys, new.jwks_url, new.jwks_refetch_interval, new.jwks_max_age)
+
+
+def _same_client(old: ProxySettings, new: ProxySettings) -> bool:
+    # a CA file is read again on every reload: the same path may hold a rotated bundle
+    fields = ("client", "connect_timeout", "read_timeout", "total_timeout", "max_connections", "idle_timeout", "ca_file")
+    return new.ca_file is None and all(getattr(old, name) == getattr(new, name) for name in fields)
+
+
+# weakref_slot: a reload closes what only the old runtime used once no request holds it any more
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Runtime:
     config: Config
     keys: KeyStore
@@ -40,36 +59,60 @@ class Runtime:
     grants: LiveGrants | None  # the grant store's views; None: no store configured
 
     @classmethod
-    def build(cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> Runtime:
-        """The runtime of `config`; `upstream` and `keys` replace the ones it would make (tests)."""
+    def build(
+        cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
+        authenticator: Authenticator | None = None, grants: LiveGrants | None = None,
+    ) -> Runtime:
+        """The runtime of `config`; each part given replaces the one it would make (a reload's
+        kept parts, or a test's)."""
         tokens = config.tokens
         keys = keys or KeyStore(
             tokens.static_keys, tokens.jwks_url,
             refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
         )
         upstream = upstream or upstream_client(config.proxy)
-        grants = None
-        if config.grants.store is not None:
+        if grants is None and config.grants.store is not None:
             grants = LiveGrants(open_store(config.grants.store, config.grants.base), config.grants.refresh)
         return cls(
-            config, keys, Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy),
+            config, keys, authenticator or Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy),
             config.tables, config.limits, tokens.grant_type_claim, grants,
         )
 
-    async def start(self) -> None:
+    def successor(self, config: Config) -> Runtime:
+        """The runtime of a reloaded `config`, sharing each part of this one whose settings are
+        the same (see the module's docstring)."""
+        old = self.config
+        keys = self.keys if _same_keys(old.tokens, config.tokens) else None
+        # the cache holds what the old keys and claim rules accepted: kept only if both are the same
+        authenticator = self.authenticator if keys is not None and old.tokens == config.tokens else None
+        upstream = self.upstream if _same_client(old.proxy, config.proxy) else None
+        grants = self.grants if old.grants == config.grants else None
+        return Runtime.build(config, upstream=upstream, keys=keys, authenticator=authenticator, grants=grants)
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        """What it holds open: its upstream client, key store and grant views."""
+        return (self.upstream, self.keys) if self.grants is None else (self.upstream, self.keys, self.grants)
+
+    async def start(self, previous: Runtime | None = None) -> None:
         """Make it ready to serve: the JWKS fetched, the upstream client's CA bundle loaded, the
         grant store's version read and polled (a store that does not answer is not fatal: the
-        requests that need it get 503 until it does).
+        requests that need it get 503 until it does). Parts shared with `previous` already are.
 
         :raises Exception: whatever keeps it from serving; the app reports it as a failed start.
         """
-        await self.upstream.start()
-        await self.keys.start()
-        if self.grants is not None:
-            await self.grants.start()
+        started = () if previous is None else previous.parts
+        for part in self.parts:
+            if not _among(part, started):
+                await part.start()
 
-    async def aclose(self) -> None:
-        await self.upstream.aclose()
-        await self.keys.aclose()
-        if self.grants is not None:
-            await self.grants.aclose()
+    async def aclose(self, keep: Iterable[Any] = ()) -> None:
+        """Close its parts, except those in `keep` (still used by another runtime)."""
+        kept = tuple(keep)
+        for part in self.parts:
+            if not _among(part, kept):
+                await part.aclose()
+
+
+def _among(part: Any, parts: tuple[Any, ...]) -> bool:
+    return any(part is other for other in parts)

@@ -1,13 +1,19 @@
 """Running the gateway under an ASGI server: uvicorn (uvloop + httptools) by default, granian as
-an option, one process or one per worker. Every way shares the same settings."""
+an option, one process or one per worker. Every way shares the same settings, and reloads the
+same way (`gateway.reload`): SIGHUP to the server's main process, as to any of its workers, asks
+every process to reload in place, where both servers would otherwise restart their workers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import os
+import shutil
+import signal
 import socket
+import tempfile
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -15,14 +21,17 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 from gateway.app import Gateway
 from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, Refusal, VersionNotSupported, render
 from gateway.loading import ConfigError, load_config
+from gateway.reload import RunDir, ServingReloads, reload_on_sighup
 from gateway.types import Receive, Scope, Send
 
 SERVERS = ("uvicorn", "granian")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
+_RUN_DIR_VARIABLE = "GATEWAY_RUN_DIR"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 # seconds a connection may take to send a request head (granian's header_read_timeout; nginx's
@@ -179,6 +188,10 @@ def create_app() -> Gateway | _FailedStart:
         app = Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
     except ConfigError as error:
         return _FailedStart(f"the config does not load:\n{error}")
+    run_dir = RunDir(Path(os.environ[_RUN_DIR_VARIABLE])) if _RUN_DIR_VARIABLE in os.environ else None
+    app.services.append(ServingReloads(app, run_dir))
+    if run_dir is not None:
+        reload_on_sighup(run_dir)
     # what is loaded by now lives as long as the process: frozen out of the collector's sight, it
     # is not walked by every full collection (under granian one ran about every second and took
     # 10-20 ms: most of the p99)
@@ -187,7 +200,7 @@ def create_app() -> Gateway | _FailedStart:
     return app
 
 
-def _serve_admin(config_path: str, log_level: str) -> None:
+def _serve_admin(config_path: str, log_level: str, run_dir: str) -> None:
     """The admin listener's own process: one for the gateway, whatever its server and workers
     (the grant store is shared, so any process may write it)."""
     import uvicorn
@@ -200,10 +213,12 @@ def _serve_admin(config_path: str, log_level: str) -> None:
     host, port = config.admin.listen
     store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
     token = config.admin.token_file.read_text().strip()
-    uvicorn.run(AdminApp(config, store, token), host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False)
+    # SIGHUP is for the serving processes' main one; this process follows the run folder
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    uvicorn.run(AdminApp(config, store, token, RunDir(Path(run_dir))), host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False)
 
 
-def _start_admin(config_path: Path, log_level: str) -> multiprocessing.process.BaseProcess | None:
+def _start_admin(config_path: Path, log_level: str, run_dir: RunDir) -> multiprocessing.process.BaseProcess | None:
     """The admin listener, started and listening; None when the config asks for none.
 
     :raises SystemExit: it could not start (its port taken, say).
@@ -211,7 +226,7 @@ def _start_admin(config_path: Path, log_level: str) -> multiprocessing.process.B
     config = load_config(config_path)
     if config.admin.listen is None:
         return None
-    process = multiprocessing.get_context("spawn").Process(target=_serve_admin, args=(str(config_path), log_level), name="gateway-admin", daemon=True)
+    process = multiprocessing.get_context("spawn").Process(target=_serve_admin, args=(str(config_path), log_level, str(run_dir.path)), name="gateway-admin", daemon=True)
     process.start()
     deadline = time.monotonic() + 20
     while True:
@@ -231,23 +246,28 @@ def run(
     """Serve until stopped, with the admin listener beside the proxy when the config has one. The
     access log (a line per request, written by the server) is off unless asked for, as in Envoy:
     with it on, one uvicorn worker proxied a third fewer requests."""
-    admin = _start_admin(config_path, log_level)
+    run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
+    os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
+    reload_on_sighup(run_dir)
     try:
-        _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log)
+        admin = _start_admin(config_path, log_level, run_dir)
+        try:
+            _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log)
+        finally:
+            if admin is not None:
+                admin.terminate()
+                admin.join(5)
     finally:
-        if admin is not None:
-            admin.terminate()
-            admin.join(5)
+        shutil.rmtree(run_dir.path, ignore_errors=True)
 
 
 def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool) -> None:
     os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
     if server == "granian":
-        from granian import Granian
         from granian.constants import Interfaces
         from granian.http import HTTP1Settings
 
-        Granian(
+        _granian()(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
             workers=workers, log_level=log_level, log_access=access_log,
             # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
@@ -260,8 +280,34 @@ def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int
 
     if workers == 1:
         uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=access_log, **uvicorn_options())
-    else:
-        uvicorn.run(
-            "gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-            access_log=access_log, **uvicorn_options(),
-        )
+        return
+    # uvicorn.run's own path for several workers, with the supervisor below
+    config = uvicorn.Config(
+        "gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+        access_log=access_log, **uvicorn_options(),
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        _Workers(config, sockets=[config.bind_socket()]).run()
+
+
+def _request_reload() -> None:
+    RunDir(Path(os.environ[_RUN_DIR_VARIABLE])).request_reload()
+
+
+class _Workers(Multiprocess):
+    """uvicorn's supervisor of several workers, with SIGHUP asking them to reload instead of
+    restarting them."""
+
+    def handle_hup(self) -> None:
+        _request_reload()
+
+
+def _granian() -> type:
+    """granian's server, with SIGHUP asking every worker to reload instead of restarting them."""
+    from granian import Granian
+
+    class Server(Granian):  # type: ignore[misc, valid-type]
+        def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+            _request_reload()
+
+    return Server

@@ -74,3 +74,4 @@ class Config:
     limits: LimitSettings = field(default_factory=LimitSettings)
     grants: GrantSettings = field(default_factory=GrantSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    files: tuple[Path, ...] = ()  # every file and folder it was read from (a reload watches them)

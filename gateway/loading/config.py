@@ -64,7 +64,9 @@ def load_config(path: str | Path) -> Config:
     else:
         with reader.reporting():
             node = entries["routes"][1]
-            tables = load_tables(reader, path.parent / reader.string(node, "routes"), node, live=grants.store is not None)
+            routes_path = path.parent / reader.string(node, "routes")
+            reader.read.append(routes_path)  # a folder: a table added to it is a change too
+            tables = load_tables(reader, routes_path, node, live=grants.store is not None)
         reader.file = gateway_file
     tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent), TokenSettings())
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
@@ -80,7 +82,8 @@ def load_config(path: str | Path) -> Config:
         reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys or hmac_secret_file)")
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin)
+    files = tuple(dict.fromkeys(reader.read))
+    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files)
 
 
 def _section(reader: Reader, entries: Entries, name: str, read: Any, default: Any) -> Any:
@@ -186,6 +189,7 @@ def _algorithms(reader: Reader, node: yaml.Node) -> tuple[str, ...] | None:
 
 def _read_file(reader: Reader, base: Path, node: yaml.Node, what: str) -> tuple[Path, bytes]:
     file = base / reader.string(node, what)
+    reader.read.append(file)
     try:
         return file, file.read_bytes()
     except OSError as exc:
@@ -219,6 +223,7 @@ def _proxy(reader: Reader, node: yaml.Node, base: Path) -> ProxySettings:
 
 def _ca_file(reader: Reader, base: Path, node: yaml.Node, what: str) -> Path:
     ca_file = base / reader.string(node, what)
+    reader.read.append(ca_file)
     if not ca_file.is_file():
         raise Invalid(node, f"{what}: {ca_file} does not exist")
     try:

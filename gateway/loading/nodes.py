@@ -56,6 +56,7 @@ class Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.file = ""
+        self.read: list[Path] = []  # every file and folder read so far, for the reload's watch
         self._constructor = yaml.constructor.SafeConstructor()
 
     def report(self, node: yaml.Node | int, message: str) -> None:
@@ -73,6 +74,7 @@ class Reader:
         """The file's root node, or None (reported) when it cannot be read, parsed, or is empty.
         Problems reported from here on name this file."""
         self.file = str(path)
+        self.read.append(path)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

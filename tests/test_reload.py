@@ -1,0 +1,435 @@
+"""Reloading while serving (DESIGN.md, "Operating it"): by file change, SIGHUP and POST /reload,
+in every worker, under load; a broken change keeps the last good config and shows in /readyz;
+requests in flight finish under the config they started with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import Gateway
+from gateway.loading import load_config
+from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, ServingReloads, on_reload
+from tests.support import KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
+from tests.test_admin import AUTH, with_admin
+
+GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
+
+TABLE = """\
+name: items
+upstream: {upstream}/%s
+prefix: /api
+routes:
+  GET /items/{id}: read:%s
+  GET /status: public
+"""
+TABLE_A, TABLE_B = TABLE % ("A", "a"), TABLE % ("B", "b")
+BROKEN = "name: items\nupstream: ftp://nowhere\nprefix: /api\nroutes:\n  GET /items/{id}: read:a\n"
+
+
+def echo(request: Received, connection: Any) -> None:
+    """An upstream answer that says which path it was sent to."""
+    answer(200, request.target)(request, connection)
+
+
+class _Echo(asyncio.Protocol):
+    """One keep-alive connection to an `EchoUpstream`: each GET is answered with its target."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:  # bodiless requests only
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            target = head.split(b" ", 2)[1]
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target))
+
+
+class EchoUpstream:
+    """A loopback upstream on keep-alive connections, in its own thread and loop, answering each
+    request with its target: what a load of thousands of requests needs."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(self._loop.create_server(_Echo, "127.0.0.1", 0, backlog=1024))
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._server.close()
+        self._loop.close()
+
+
+def until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.05)
+
+
+def write_table(config: Path, text: str, upstream: str) -> None:
+    # written whole and renamed over the old one, as editors and config management do
+    table = config.parent / "routes" / "payments.yaml"
+    temporary = table.with_name(".payments.yaml.tmp")
+    temporary.write_text(text.replace("{upstream}", upstream))
+    os.replace(temporary, table)
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    base: str
+    admin: str
+    output: str = ""
+
+    def ready(self) -> httpx.Response:
+        return httpx.get(f"{self.admin}/readyz", timeout=10)
+
+    def processes(self) -> list[dict[str, Any]]:
+        return self.ready().json().get("processes", [])  # type: ignore[no-any-return]
+
+    def reloaded(self, successes: int) -> bool:
+        """Every serving process has had `successes` successful reloads, and they serve the same files."""
+        processes = self.processes()
+        return bool(processes) and all(p["reloads"][SUCCESS] >= successes for p in processes) and len({p["fingerprint"] for p in processes}) == 1
+
+
+@contextlib.contextmanager
+def serving(config: Path, *options: str) -> Iterator[Served]:
+    """`gateway serve` with its admin listener, as an operator runs it."""
+    port, admin_port = free_port(), free_port()
+    with_admin(config, admin_port)
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
+    try:
+        def up() -> bool:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                return httpx.get(f"{served.base}/api/status", timeout=2).status_code == 200 and bool(served.processes())
+            except httpx.HTTPError:
+                return False
+
+        until(up, what="the gateway's start")
+        yield served
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            served.output = process.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            served.output = process.communicate()[0]
+
+
+def get(base: str, scope: str) -> httpx.Response:
+    return httpx.get(f"{base}/api/items/7", headers={"authorization": f"Bearer {mint(scope, lifetime=600)}"}, timeout=10)
+
+
+def test_a_table_change_sighup_and_post_reload_each_reload_the_serving_process(tmp_path: Path) -> None:
+    upstream = RecordingUpstream(echo)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    try:
+        with serving(config) as served:
+            assert get(served.base, "read:a").text == "/A/items/7"
+            assert get(served.base, "read:b").status_code == 403
+
+            write_table(config, TABLE_B, upstream.url)
+            until(lambda: served.reloaded(1), what="the reload after the table changed")
+            assert get(served.base, "read:b").text == "/B/items/7"
+            refused = get(served.base, "read:a")
+            assert refused.status_code == 403 and refused.json()["required"] == [["read:b"]]
+            ready = served.ready()
+            assert ready.status_code == 200 and ready.json()["status"] == "ready" and "reload" not in ready.json()
+            [before] = served.processes()
+            assert before["reload"]["result"] == SUCCESS
+
+            # SIGHUP reloads in place: the same process, one more reload, answering the request
+            served.process.send_signal(signal.SIGHUP)
+            until(lambda: served.reloaded(2), what="the reload after SIGHUP")
+            [after] = served.processes()
+            assert after["pid"] == before["pid"] and after["request"] == before["request"] + 1
+            assert get(served.base, "read:b").status_code == 200
+
+            # POST /reload needs the admin token, and answers once every process has reloaded
+            refused = httpx.post(f"{served.admin}/reload")
+            assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+            assert served.processes()[0]["reloads"][SUCCESS] == 2
+            done = httpx.post(f"{served.admin}/reload", headers=AUTH, timeout=40)
+            assert done.status_code == 200 and done.json()["result"] == SUCCESS and done.json()["processes"] == 1
+            assert served.processes()[0]["reloads"][SUCCESS] == 3
+            # the admin listener is never reachable through the proxy's port
+            assert httpx.post(f"{served.base}/reload", headers=AUTH).status_code == 404
+    finally:
+        upstream.close()
+    assert "config reloaded from" in served.output
+
+
+def test_a_broken_table_keeps_the_last_good_config_and_shows_in_readyz_until_fixed(tmp_path: Path) -> None:
+    upstream = RecordingUpstream(echo)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    table = tmp_path / "routes" / "payments.yaml"
+    problem = f"{table}:2: upstream must be an http:// or https:// URL with a host, not 'ftp://nowhere'"
+    try:
+        with serving(config) as served:
+            write_table(config, BROKEN, upstream.url)
+            until(lambda: served.ready().json().get("status") == "degraded", what="the failed reload in /readyz")
+            ready = served.ready()
+            # still usable: the last good config serves, so the process stays in its load balancer
+            assert ready.status_code == 200
+            assert ready.json()["reload"]["result"] == FAILURE and ready.json()["reload"]["problems"] == [problem]
+            assert get(served.base, "read:a").text == "/A/items/7"
+            assert get(served.base, "read:b").status_code == 403
+
+            asked = httpx.post(f"{served.admin}/reload", headers=AUTH, timeout=40)
+            assert asked.status_code == 422 and asked.json()["error"] == "invalid_config"
+            assert asked.json()["problems"] == [problem]
+            assert get(served.base, "read:a").status_code == 200
+
+            write_table(config, TABLE_B, upstream.url)
+            until(lambda: served.ready().json().get("status") == "ready", what="the recovery in /readyz")
+            assert "reload" not in served.ready().json()
+            assert get(served.base, "read:b").text == "/B/items/7"
+    finally:
+        upstream.close()
+    assert f"ERROR gateway.reload: {problem}" in served.output
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_every_worker_reloads_and_sighup_restarts_none(tmp_path: Path, server: str) -> None:
+    upstream = RecordingUpstream(echo)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    try:
+        with serving(config, "--workers", "2", "--server", server) as served:
+            workers = until(lambda: len(served.processes()) == 2 and served.processes(), what="both workers' status")
+            write_table(config, TABLE_B, upstream.url)
+            until(lambda: served.reloaded(1), what="both workers' reload")
+            for _ in range(30):  # whichever worker takes it
+                assert get(served.base, "read:b").text == "/B/items/7"
+                assert get(served.base, "read:a").status_code == 403
+
+            # both servers restart their workers on SIGHUP; the gateway's reload them in place
+            served.process.send_signal(signal.SIGHUP)
+            until(lambda: served.reloaded(2), what="both workers' reload after SIGHUP")
+            assert sorted(p["pid"] for p in served.processes()) == sorted(p["pid"] for p in workers)
+            done = httpx.post(f"{served.admin}/reload", headers=AUTH, timeout=40)
+            assert done.status_code == 200 and done.json()["processes"] == 2
+            assert all(p["reloads"][SUCCESS] == 3 for p in served.processes())
+    finally:
+        upstream.close()
+
+
+def test_twenty_reloads_under_load_lose_no_request_and_every_decision_follows_a_table(tmp_path: Path) -> None:
+    upstream = EchoUpstream()
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    tokens = {scope: f"Bearer {mint(scope, lifetime=600)}" for scope in ("read:a", "read:b")}
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+
+    async def load(base: str, stop: threading.Event) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            async def caller(number: int) -> None:
+                while not stop.is_set() or outcomes.total() < 3000:
+                    scope = ("read:a", "read:b")[number % 2]
+                    try:
+                        answer = await client.get("/api/items/7", headers={"authorization": tokens[scope]})
+                    except httpx.HTTPError as exc:
+                        failures.append(f"{scope}: {exc!r}")
+                        continue
+                    letter = scope[-1]
+                    # under the table that asks for this token's scope: forwarded to that table's upstream;
+                    # under the other: refused, naming the other scope. Anything else is a failure
+                    if answer.status_code == 200 and answer.text == f"/{letter.upper()}/items/7":
+                        outcomes[f"{scope} forwarded"] += 1
+                    elif answer.status_code == 403 and answer.json()["required"] == [[f"read:{'b' if letter == 'a' else 'a'}"]]:
+                        outcomes[f"{scope} refused"] += 1
+                    else:
+                        failures.append(f"{scope}: {answer.status_code} {answer.text}")
+
+            await asyncio.gather(*(caller(number) for number in range(8)))
+
+    try:
+        with serving(config) as served:
+            stop = threading.Event()
+            loader = threading.Thread(target=lambda: asyncio.run(load(served.base, stop)))
+            loader.start()
+            try:
+                for number in range(1, 21):
+                    write_table(config, TABLE_B if number % 2 else TABLE_A, upstream.url)
+                    until(lambda: served.reloaded(number), what=f"reload {number}")
+                    time.sleep(0.1)  # some requests under each table
+            finally:
+                stop.set()
+                loader.join(120)
+            assert not failures, failures[:10]
+            [process] = served.processes()
+            assert process["reloads"] == {SUCCESS: 20, FAILURE: 0}
+    finally:
+        upstream.close()
+    assert outcomes.total() >= 3000
+    # both tables decided requests of both tokens
+    assert set(outcomes) == {"read:a forwarded", "read:a refused", "read:b forwarded", "read:b refused"}, outcomes
+
+
+# --- in one process: what a reload keeps, what it closes, and when ----------------------------------
+
+
+@pytest.fixture
+def reloads() -> Iterator[Callable[[Path], tuple[LiveServer, ServingReloads]]]:
+    """The gateway under uvicorn in a thread, with the reloads of a serving process."""
+    servers: list[LiveServer] = []
+
+    def start(config: Path) -> tuple[LiveServer, ServingReloads]:
+        app = Gateway(load_config(config))
+        service = ServingReloads(app)
+        app.services.append(service)
+        servers.append(LiveServer(app))
+        return servers[-1], service
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def reload_now(service: ServingReloads) -> ReloadOutcome:
+    """A reload, as SIGHUP or POST /reload asks for one, in the server's own loop."""
+    assert service.loop is not None
+    return asyncio.run_coroutine_threadsafe(service.reloader.reload(), service.loop).result(30)
+
+
+def test_a_request_in_flight_finishes_under_its_config_and_the_old_pool_closes_after_it(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = EndlessUpstream(interval=0.05)
+    table = "name: items\nupstream: {upstream}/v\nprefix: /api\nroutes:\n  GET /events: authenticated\n  GET /status: public\n"
+    config = write_config(tmp_path, upstream=upstream.url, table=table)
+    server, service = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    old_upstream = service.app.runtime.upstream  # the runtime itself is not held: only requests hold it
+    closed: list[float] = []
+    close = old_upstream.aclose
+
+    async def closing() -> None:  # the old pool's closing, noted
+        closed.append(time.monotonic())
+        await close()
+
+    old_upstream.aclose = closing  # type: ignore[method-assign]
+    try:
+        with httpx.stream("GET", f"{base}/api/events", headers={"authorization": f"Bearer {mint(lifetime=600)}"}, timeout=10) as stream:
+            lines = stream.iter_lines()
+            events = [next(line for line in lines if line.startswith("data:")) for _ in range(3)]
+            # the route goes away and the upstream client's settings change: a new pool
+            write_table(config, table.replace("  GET /events: authenticated\n", ""), upstream.url)
+            config.write_text(config.read_text() + "proxy:\n  read_timeout: 20\n")
+            assert reload_now(service).result == SUCCESS
+            assert service.app.runtime.upstream is not old_upstream
+            assert httpx.get(f"{base}/api/events", headers={"authorization": f"Bearer {mint(lifetime=600)}"}).status_code == 404
+            assert httpx.get(f"{base}/api/status").text == "ok"  # through the new pool
+            # the stream goes on under the old config, through the old pool, which stays open
+            events += [next(line for line in lines if line.startswith("data:")) for _ in range(3)]
+            assert events == [f"data: {number}" for number in range(1, 7)]
+            assert not closed
+            ended = time.monotonic()
+        # the stream has ended: the old pool is closed after it; the new one keeps its connection
+        until(lambda: closed, timeout=10, what="the old pool's closing")
+        assert closed[0] >= ended
+        until(lambda: upstream.open_connections() == 1, timeout=10, what="the stream's upstream connection closing")
+    finally:
+        upstream.close()
+
+
+def test_a_table_only_reload_keeps_the_token_cache_grant_views_and_pool(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
+    server, service = reloads(config)
+    before = service.app.runtime
+    write_table(config, TABLE_B, "http://upstream.test")
+    assert reload_now(service).result == SUCCESS
+    after = service.app.runtime
+    assert after.tables is not before.tables
+    assert (after.authenticator, after.keys, after.upstream) == (before.authenticator, before.keys, before.upstream)
+    # a change to the token rules starts a new cache: what the old rules accepted may not pass now
+    config.write_text(config.read_text().replace("leeway: 5", "leeway: 0"))
+    assert reload_now(service).result == SUCCESS
+    assert service.app.runtime.authenticator is not after.authenticator and service.app.runtime.keys is after.keys
+
+
+def test_a_rotated_jwks_file_is_reloaded_and_tokens_of_the_removed_key_are_refused(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = RecordingUpstream(echo)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text((KEYS / "jwks.json").read_text())
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    config.write_text(config.read_text().replace(str(KEYS / "jwks.json"), "jwks.json"))
+    document = json.loads(jwks.read_text())
+    old_kid = "rsa-1"
+    assert any(key.get("kid") == old_kid for key in document["keys"])
+    server, service = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    old_token = mint("read:a", lifetime=600)
+    new_token = mint("read:a", key="rsa-other", kid="rsa-2", lifetime=600)
+    try:
+        assert get_with(base, old_token).status_code == 200  # and now cached
+        assert get_with(base, new_token).status_code == 401
+        # the rotation: the new key in, the old one out
+        from cryptography.hazmat.primitives import serialization
+        import jwt
+
+        other = serialization.load_pem_public_key((KEYS / "rsa-other.pub.pem").read_bytes())
+        rotated = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(other)), "kid": "rsa-2", "use": "sig", "alg": "RS256"}]}
+        temporary = tmp_path / ".jwks.json.tmp"
+        temporary.write_text(json.dumps(rotated))
+        os.replace(temporary, jwks)
+        until(lambda: service.reloader.counts[SUCCESS] == 1, timeout=20, what="the reload after the key file changed")
+        assert get_with(base, new_token).status_code == 200
+        refused = get_with(base, old_token)
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"
+    finally:
+        upstream.close()
+
+
+def get_with(base: str, token: str) -> httpx.Response:
+    return httpx.get(f"{base}/api/items/7", headers={"authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_each_outcome_reaches_the_listeners(tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]]) -> None:
+    heard: list[ReloadOutcome] = []
+    on_reload(heard.append)
+    config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
+    server, service = reloads(config)
+    write_table(config, BROKEN, "")
+    assert reload_now(service).result == FAILURE
+    write_table(config, TABLE_B, "http://upstream.test")
+    assert reload_now(service).result == SUCCESS
+    assert [outcome.result for outcome in heard[-2:]] == [FAILURE, SUCCESS]
+    assert heard[-2].problems[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:2: upstream must be")
