@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.loading import ConfigError, load_config
+from gateway.loading.lint import warnings
 from gateway.settings import Config
 from gateway.authentication import Authenticator
 from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route, view_needed
@@ -63,12 +64,15 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    found = warnings(config.tables)
+    for warning in found:
+        print(warning)
     counts = {api.name: 0 for api in config.tables.apis}
     for compiled in config.tables.routes:
         counts[compiled.api.name] += 1
     per_table = ", ".join(f"{name}: {count}" for name, count in counts.items())
     print(f"OK: {len(counts)} route tables, {len(config.tables.routes)} routes ({per_table}) from {args.config}")
-    return 0
+    return 1 if found and args.strict else 0
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -360,9 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check", help="validate the config and every route table",
-        description="Load everything as `serve` would. Exit 0 with a one-line summary, or exit 1 with one 'file:line: problem' line per problem.",
+        description="Load everything as `serve` would. Exit 0 with a one-line summary, or exit 1 with one 'file:line: problem' line per problem. "
+        "Likely mistakes that still load (a route shadowed by a more specific one, a catalog scope no route uses, an empty table) "
+        "are printed as 'file:line: warning: ...' before the summary.",
     )
     with_config(check)
+    check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings too")
     check.set_defaults(run=_check)
 
     explain = commands.add_parser(

@@ -1,0 +1,148 @@
+"""`gateway check`'s warnings: what loads and serves, but is likely not what its author meant.
+
+    a route shadowed by a more specific one   the paths both match go to the more specific route
+    a catalog scope no route uses             neither required, nor implying or required by a scope that is
+    an empty table                            every request under its prefix is refused (404)
+
+A scope a route uses that its table's catalog lacks is no warning: with a catalog, the loader
+refuses it (an error); without one, there is nothing to compare it with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gateway.catalog import Catalog
+from gateway.fields import ResponseFields
+from gateway.loading.nodes import Problem, line_of
+from gateway.routing import Tables, parse_template
+from gateway.tables import Api, Route
+
+Shape = tuple[str | None, ...]
+
+
+def warnings(tables: Tables) -> list[Problem]:
+    """Every warning, file by file in the order the tables were read, in line order."""
+    found = [*_shadowed(tables), *_unused_scopes(tables), *_empty(tables)]
+    files = {api.source: index for index, api in enumerate(tables.apis)}
+    return sorted(found, key=lambda problem: (files.get(problem.file, len(files)), problem.line))
+
+
+@dataclass
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    routes: list[Route] = field(default_factory=list)
+
+
+def _shape(route: Route) -> Shape:
+    return (*route.api.prefix, *parse_template(route.template))
+
+
+def _shadowed(tables: Tables) -> Iterator[Problem]:
+    root = _Node()
+    for route in tables.routes:
+        node = root
+        for segment in _shape(route):
+            if segment is None:
+                node.param = node.param or _Node()
+                node = node.param
+            else:
+                node = node.literals.setdefault(segment, _Node())
+        node.routes.append(route)
+    for route in tables.routes:
+        shape = _shape(route)
+        if None not in shape:
+            continue
+        for winner in _winners(root, route, shape, 0, False):
+            # the paths both match, as one (a value no literal has where both take a parameter):
+            # the trie itself says whether `winner` takes them, or a third route does
+            both = tuple(mine if mine is not None else theirs if theirs is not None else "\x00" for mine, theirs in zip(shape, _shape(winner)))
+            if tables.trie.match(route.method, both) is winner:
+                where = "" if winner.api is route.api else f" of table {winner.api.name}"
+                file, _, line = route.source.rpartition(":")
+                yield Problem(file, int(line), (
+                    f"warning: {route.method} {route.template} is shadowed by the more specific {winner.method} {winner.template}{where} "
+                    f"({winner.source}): the requests both match go there"
+                ))
+
+
+def _winners(node: _Node, route: Route, shape: Shape, depth: int, won: bool) -> Iterator[Route]:
+    """The routes that may take some of `route`'s paths: at the first segment where the two
+    differ, theirs is a literal and `route`'s a parameter (`won`)."""
+    if depth == len(shape):
+        if won:
+            yield from (other for other in node.routes if other.method == route.method)
+        return
+    segment = shape[depth]
+    if segment is None:
+        if node.param is not None:
+            yield from _winners(node.param, route, shape, depth + 1, won)
+        for child in node.literals.values():
+            yield from _winners(child, route, shape, depth + 1, True)
+    else:
+        if segment in node.literals:
+            yield from _winners(node.literals[segment], route, shape, depth + 1, won)
+        if won and node.param is not None:
+            yield from _winners(node.param, route, shape, depth + 1, True)
+
+
+def _unused_scopes(tables: Tables) -> Iterator[Problem]:
+    for api in tables.apis:
+        catalog = api.catalog
+        if not catalog.entries:
+            continue
+        used = _used(catalog, (route for route in tables.routes if route.api is api))
+        unused = [name for name in catalog.entries if name not in used]
+        if unused:
+            lines = _catalog_lines(api)
+            for name in unused:
+                yield Problem(api.source, lines.get(name, 1), f"warning: scope {name} of the catalog is used by no route (none requires it, nor a scope it implies or that requires it)")
+
+
+def _used(catalog: Catalog, routes: Iterator[Route]) -> set[str]:
+    required: set[str] = set()
+    for route in routes:
+        requirements = [route.requirement]
+        if isinstance(route.exchange, ResponseFields):
+            requirements.extend(route.exchange.requirements.values())
+        for requirement in requirements:
+            for alternative in requirement.alternatives:
+                required |= {catalog.pattern_for(scope) or scope for scope in alternative}
+    used = set(required)
+    while True:
+        more = {name for name in catalog.entries if catalog.implied.get(name, frozenset()) & used}
+        more |= {needed for name in used if name in catalog.entries for needed in catalog.entries[name].requires}
+        if more <= used:
+            return used
+        used |= more
+
+
+def _empty(tables: Tables) -> Iterator[Problem]:
+    counted = {id(route.api) for route in tables.routes}
+    for api in tables.apis:
+        if id(api) not in counted:
+            line = _top_level(api).get("routes", (1, None))[0]
+            prefix = "/" + "/".join(api.prefix)
+            yield Problem(api.source, line, f"warning: table {api.name} has no routes: every request under {prefix} is refused (404)")
+
+
+def _catalog_lines(api: Api) -> dict[str, int]:
+    """The line of each scope of `api`'s catalog."""
+    node = _top_level(api).get("scopes", (1, None))[1]
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: line_of(key) for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+
+
+def _top_level(api: Api) -> dict[str, tuple[int, yaml.Node]]:
+    """The line and value of each top-level key of `api`'s file."""
+    # the file loaded a moment ago; only lines are read from it again
+    root = yaml.compose(Path(api.source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {key.value: (line_of(key), value) for key, value in root.value if isinstance(key, yaml.ScalarNode)}
