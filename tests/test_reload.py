@@ -433,3 +433,28 @@ def test_each_outcome_reaches_the_listeners(tmp_path: Path, reloads: Callable[[P
     assert reload_now(service).result == SUCCESS
     assert [outcome.result for outcome in heard[-2:]] == [FAILURE, SUCCESS]
     assert heard[-2].problems[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:2: upstream must be")
+
+
+def test_a_new_jwks_url_that_yields_no_key_fails_the_reload_and_the_old_keys_serve_on(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    def keys_or_404(request: Received, connection: Any) -> None:
+        found = request.target == b"/jwks"
+        answer(200 if found else 404, (KEYS / "jwks.json").read_bytes() if found else b"no such file")(request, connection)
+
+    upstream, identity = RecordingUpstream(echo), RecordingUpstream(keys_or_404)
+    tokens = f"tokens:\n  issuer: https://auth.test\n  audience: payments-api\n  jwks_url: {identity.url}/jwks\n"
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A, tokens=tokens)
+    server, service = reloads(config)
+    token = mint("read:a", lifetime=600)
+    try:
+        assert get_with(f"http://127.0.0.1:{server.port}", token).status_code == 200
+        config.write_text(config.read_text().replace("/jwks\n", "/moved\n"))
+        outcome = reload_now(service)
+        assert outcome.result == FAILURE
+        assert outcome.problems == (f"{config}: tokens: no usable key (JWKS fetch from {identity.url}/moved failed: status 404)",)
+        assert service.app.runtime.config.tokens.jwks_url == f"{identity.url}/jwks"
+        assert get_with(f"http://127.0.0.1:{server.port}", mint("read:a", lifetime=600)).status_code == 200
+    finally:
+        upstream.close()
+        identity.close()
