@@ -23,11 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.loading import load_config
-from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, ServingReloads, on_reload
+from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, RunDir, ServingReloads, on_reload
 from tests.support import KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
-from tests.test_admin import AUTH, with_admin
+from tests.test_admin import AUTH, TOKEN, with_admin
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 
@@ -435,16 +436,21 @@ def test_each_outcome_reaches_the_listeners(tmp_path: Path, reloads: Callable[[P
     assert heard[-2].problems[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:2: upstream must be")
 
 
+def keys_or_404(request: Received, connection: Any) -> None:
+    """An identity server's JWKS at /jwks, and nothing anywhere else."""
+    found = request.target == b"/jwks"
+    answer(200 if found else 404, (KEYS / "jwks.json").read_bytes() if found else b"no such file")(request, connection)
+
+
+def remote_keys(url: str) -> str:
+    return f"tokens:\n  issuer: https://auth.test\n  audience: payments-api\n  jwks_url: {url}/jwks\n"
+
+
 def test_a_new_jwks_url_that_yields_no_key_fails_the_reload_and_the_old_keys_serve_on(
     tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
 ) -> None:
-    def keys_or_404(request: Received, connection: Any) -> None:
-        found = request.target == b"/jwks"
-        answer(200 if found else 404, (KEYS / "jwks.json").read_bytes() if found else b"no such file")(request, connection)
-
     upstream, identity = RecordingUpstream(echo), RecordingUpstream(keys_or_404)
-    tokens = f"tokens:\n  issuer: https://auth.test\n  audience: payments-api\n  jwks_url: {identity.url}/jwks\n"
-    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A, tokens=tokens)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A, tokens=remote_keys(identity.url))
     server, service = reloads(config)
     token = mint("read:a", lifetime=600)
     try:
@@ -457,4 +463,32 @@ def test_a_new_jwks_url_that_yields_no_key_fails_the_reload_and_the_old_keys_ser
         assert get_with(f"http://127.0.0.1:{server.port}", mint("read:a", lifetime=600)).status_code == 200
     finally:
         upstream.close()
+        identity.close()
+
+
+@pytest.mark.anyio
+async def test_a_failure_only_the_serving_processes_see_reaches_post_reload_and_readyz(tmp_path: Path) -> None:
+    # the admin listener loads the same files, but only a serving process fetches keys: what it
+    # reports through the run folder is what the admin listener answers
+    identity = RecordingUpstream(keys_or_404)
+    config = with_admin(write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"), tokens=remote_keys(identity.url)))
+    run_dir = RunDir(tmp_path / "run").create()
+    app = Gateway(load_config(config))
+    app.services.append(ServingReloads(app, run_dir))
+    server = LiveServer(app)
+    admin = AdminApp(load_config(config), None, TOKEN, run_dir)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admin), base_url="http://admin.test") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready"
+            assert [process["keys"] for process in ready.json()["processes"]] == [2]
+            config.write_text(config.read_text().replace("/jwks\n", "/moved\n"))
+            problem = f"{config}: tokens: no usable key (JWKS fetch from {identity.url}/moved failed: status 404)"
+            asked = await client.post("/reload", headers=AUTH)
+            assert asked.status_code == 422 and asked.json()["problems"] == [problem]
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            assert ready.json()["reload"]["problems"] == [problem]
+    finally:
+        server.close()
         identity.close()
