@@ -210,6 +210,9 @@ class Reloader:
                 self._broken = tuple(Path(problem.file) for problem in error.problems)
             except ReloadFailed as failed:
                 problems = (str(failed),)
+            except Exception as exc:  # whatever it is, the last good config serves on
+                logger.exception("config reload from %s failed unexpectedly", self.source)
+                problems = (f"{self.source}: the reload failed: {exc!r}",)
             else:
                 self.config, self._broken, problems = config, (), ()
             if problems:
