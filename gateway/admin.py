@@ -3,6 +3,7 @@ conditions over HTTP, and the health of the process. Never served on the proxy's
 
     GET    /healthz                                       200 while the process serves (no token)
     GET    /readyz                                        200 with details of every serving process, or 503 (no token)
+    GET    /metrics                                       Prometheus text of every serving process (no token; 404 with metrics off)
     POST   /reload                                        reload the config in every process; 200, or 422 with its problems
     PUT    /grants/{api}/{client}/{scope}                 a client grant; body {"expires_at": RFC 3339 or null}
     PUT    /grants/{api}/{client}/users/{subject}/{scope}  a user grant; same body
@@ -31,9 +32,11 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from gateway import metrics
 from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import open_store
@@ -57,13 +60,17 @@ class AdminApp:
     :param store: the grant store it names (None: grants.store is not configured).
     :param token: the admin bearer token (from `admin.token_file`).
     :param run_dir: the run folder of the serving processes; None: this process alone.
+    :param metrics_directory: where the serving processes write their metrics; None: metrics are off.
     """
 
-    def __init__(self, config: Config, store: GrantStore | None, token: str, run_dir: RunDir | None = None) -> None:
+    def __init__(
+        self, config: Config, store: GrantStore | None, token: str, run_dir: RunDir | None = None, metrics_directory: Path | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.run_dir = run_dir
         self.reloader = Reloader(config, self._use, run_dir=run_dir)
+        self.metrics_directory = metrics_directory
         self._token = f"Bearer {token}".encode()
         self._apis = {api.name: api for api in config.tables.apis}
 
@@ -85,6 +92,11 @@ class AdminApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and self.metrics_directory is not None:
+            body, content_type = metrics.exposition(self.metrics_directory)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
             return
         try:
             status, document = await self._handle(scope, receive)

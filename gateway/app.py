@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import quote
 
-from gateway import head
+from gateway import head, metrics
+from gateway.access import REQUEST_ID, Observer, Record
 from gateway.decision import authorize, is_public, route, view_needed
 from gateway.errors import FramingInvalidRequest, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import ClientDisconnected, read_body
@@ -16,6 +17,7 @@ from gateway.grants.live import LiveGrants
 from gateway.grants.store import GrantView, StoreUnavailable
 from gateway.identity import identity_headers
 from gateway.keys import KeyStore
+from gateway.metrics import Recorder
 from gateway.runtime import Runtime
 from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
@@ -47,11 +49,18 @@ class Gateway:
     :param config: a loaded `Config`; `swap` replaces what it built, whole.
     :param upstream: the upstream client; by default the one `config.proxy` names.
     :param keys: the key store; by default one built from `config.tokens`.
+    :param metrics: this process's metrics recorder (`gateway.metrics.enable`); None: not counted.
+    :param access_log: log a line per request (`gateway.access`), with its request id.
     """
 
-    def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None) -> None:
+    def __init__(
+        self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
+        metrics: Recorder | None = None, access_log: bool = False,
+    ) -> None:
         self.runtime = Runtime.build(config, upstream=upstream, keys=keys)
         self.services: list[Service] = []  # started after the runtime, stopped before it
+        # None unless metrics or the access log are on: then a request pays one check for them
+        self.observer = Observer(metrics, access_log) if metrics is not None or access_log else None
 
     def swap(self, runtime: Runtime) -> Runtime:
         """Serve new requests with `runtime`; requests in flight finish with the one they started
@@ -70,6 +79,14 @@ class Gateway:
         path = raw_path(scope)
         query = scope.get("query_string", b"")
         realm = "gateway"
+        observer = self.observer
+        record = None
+        if observer is not None:
+            record = observer.begin(scope, send)
+            send = record.send
+        match = verified = None
+        forwarded = False
+        reason = "forwarded"
         try:
             authorization = head.check(scope, path, query, runtime.limits)
             match = route(runtime.tables, method, path, query)
@@ -89,22 +106,30 @@ class Gateway:
                         view = runtime.grants.cached(api.name, *caller) or await _grant_view(runtime.grants, api.name, caller)
                 grant = authorize(match, verified, runtime.grant_type_claim, view)
                 identity = identity_headers(grant)
+            if record is not None and record.id_header is not None:
+                identity = [*identity, record.id_header]
             exchange = match.route.exchange
-            if exchange is None:
-                await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity)
-            else:
+            forwarding = None
+            if exchange is not None:
                 body = None if exchange.body_limit is None else await read_body(receive, exchange.body_limit)
                 forwarding = await exchange.prepare(scope, body, grant)
-                await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity, forwarding)
+            forwarded = True
+            await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity, forwarding, record)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
-            await _answer(send, refusal, realm)
+            reason = refusal.error
+            await _answer(send, refusal, realm, record)
         except ClientDisconnected:
             # granian reports a malformed chunked body as a disconnect too: if the client is still
             # there, it gets a 400; if it is gone, the answer goes nowhere
             logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
-            await _answer(send, FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed"), realm)
+            refusal = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
+            reason = refusal.error
+            await _answer(send, refusal, realm, record)
+        finally:
+            if record is not None:
+                record.observer.finish(record, method, path, match, verified, forwarded, reason)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -121,6 +146,8 @@ class Gateway:
                     await self.runtime.start()
                     for service in self.services:
                         await service.start()
+                    if self.observer is not None and self.observer.metrics is not None:
+                        self.observer.metrics.start()
                 except Exception as exc:
                     # the server logs the reason and exits non-zero, as starlette's Router does
                     await send({"type": "lifespan.startup.failed", "message": f"the gateway cannot start: {exc}"})
@@ -130,6 +157,8 @@ class Gateway:
                 for service in self.services:
                     await service.aclose()
                 await self.runtime.aclose()
+                if self.observer is not None and self.observer.metrics is not None:
+                    await self.observer.metrics.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -142,13 +171,16 @@ async def _grant_view(grants: LiveGrants, api: str, caller: tuple[str | None, st
     try:
         return await grants.view(api, *caller)
     except StoreUnavailable as exc:
+        metrics.grant_store_error()
         logger.warning("grant store unavailable for %s: %s", api, exc)
         retry = max(1, math.ceil(grants.refresh))
         raise TemporarilyUnavailable(f"the grants this request needs cannot be read right now; retry in {retry} s", retry_after=retry) from None
 
 
-async def _answer(send: Send, refusal: Refusal, realm: str) -> None:
+async def _answer(send: Send, refusal: Refusal, realm: str, record: Record | None = None) -> None:
     status, headers, body = render(refusal, realm)
+    if record is not None and record.request_id is not None:
+        headers.append((REQUEST_ID, record.request_id.encode("ascii")))
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -21,6 +21,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from gateway import metrics
+
 logger = logging.getLogger("gateway.keys")
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -208,9 +210,11 @@ class KeyStore:
             try:
                 remote = await self._fetch()
             except (httpx.HTTPError, ValueError) as exc:
+                metrics.jwks_fetched(False)
                 self.last_error = f"JWKS fetch from {self.jwks_url} failed: {exc}"
                 logger.warning("%s; keeping %d known keys", self.last_error, len(self.keys.keys))
                 return
+            metrics.jwks_fetched(True)
             self.last_error = None
             self._fetched_at = time.monotonic()
             fingerprint = _fingerprint(remote)

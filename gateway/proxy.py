@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 
+from gateway.access import Record
 from gateway.settings import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
 from gateway.exchange import ClientDisconnected, Forwarding
@@ -283,13 +285,14 @@ class Forwarder:
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]],
-        forwarding: Forwarding | None = None,
+        forwarding: Forwarding | None = None, record: Record | None = None,
     ) -> None:
         """Send the request to `api`'s upstream and stream the answer back. A client that goes
         away while the answer streams ends the exchange at once, quietly.
 
         :param forwarding: what the route's exchange decided (a body to send instead of the
             client's, a rewrite of the answer); None for the usual unchanged exchange.
+        :param record: where the upstream's time to answer is noted (metrics, access log); None: not timed.
         :raises BadGateway, GatewayTimeout: before anything was sent to the client. A failure
             after the response started is re-raised as is, so the server aborts the connection
             rather than end a truncated body as if it were complete.
@@ -302,10 +305,14 @@ class Forwarder:
             target = target.partition(b"?")[0] + (b"?" + forwarding.query if forwarding.query else b"")
         # positional: keywords cost a dataclass's __init__ more, once per request
         request = UpstreamRequest(api.upstream.origin, scope["method"], target, headers, body, length)
+        started = time.perf_counter() if record is not None else 0.0
         try:
             response = await self.client.send(request)
         except UpstreamError as exc:
             raise _refusal_for(api, exc) from exc
+        finally:
+            if record is not None:
+                record.upstream_seconds = time.perf_counter() - started
         try:
             if forwarding is not None and forwarding.rewrite is not None:
                 await self._send_rewritten(response, send, api, forwarding)

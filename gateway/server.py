@@ -23,15 +23,18 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
+from gateway import logs, metrics
 from gateway.app import Gateway
 from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, Refusal, VersionNotSupported, render
 from gateway.loading import ConfigError, load_config
 from gateway.reload import RunDir, ServingReloads, reload_on_sighup
+from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
 
 SERVERS = ("uvicorn", "granian")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _RUN_DIR_VARIABLE = "GATEWAY_RUN_DIR"
+_ACCESS_LOG_VARIABLE = "GATEWAY_ACCESS_LOG"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 # seconds a connection may take to send a request head (granian's header_read_timeout; nginx's
@@ -185,9 +188,13 @@ class _FailedStart:
 def create_app() -> Gateway | _FailedStart:
     """The app factory each serving process calls."""
     try:
-        app = Gateway(load_config(os.environ[_CONFIG_VARIABLE]))
+        config = load_config(os.environ[_CONFIG_VARIABLE])
     except ConfigError as error:
         return _FailedStart(f"the config does not load:\n{error}")
+    # `run` names the metrics folder when the config asks for metrics
+    directory = os.environ.get(metrics.DIRECTORY_VARIABLE)
+    recorder = metrics.enable(Path(directory)) if directory else None
+    app = Gateway(config, metrics=recorder, access_log=os.environ.get(_ACCESS_LOG_VARIABLE) == "1")
     run_dir = RunDir(Path(os.environ[_RUN_DIR_VARIABLE])) if _RUN_DIR_VARIABLE in os.environ else None
     app.services.append(ServingReloads(app, run_dir))
     if run_dir is not None:
@@ -200,9 +207,10 @@ def create_app() -> Gateway | _FailedStart:
     return app
 
 
-def _serve_admin(config_path: str, log_level: str, run_dir: str) -> None:
+def _serve_admin(config_path: str, log_level: str, log_format: str, run_dir: str, metrics_directory: str | None) -> None:
     """The admin listener's own process: one for the gateway, whatever its server and workers
-    (the grant store is shared, so any process may write it)."""
+    (the grant store is shared, so any process may write it; the serving processes' metrics are
+    files in `metrics_directory`)."""
     import uvicorn
 
     from gateway.admin import AdminApp
@@ -215,18 +223,24 @@ def _serve_admin(config_path: str, log_level: str, run_dir: str) -> None:
     token = config.admin.token_file.read_text().strip()
     # SIGHUP is for the serving processes' main one; this process follows the run folder
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    uvicorn.run(AdminApp(config, store, token, RunDir(Path(run_dir))), host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False)
+    app = AdminApp(config, store, token, RunDir(Path(run_dir)), Path(metrics_directory) if metrics_directory else None)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False,
+                log_config=logs.logging_config(log_level, log_format), access_log=False)
 
 
-def _start_admin(config_path: Path, log_level: str, run_dir: RunDir) -> multiprocessing.process.BaseProcess | None:
+def _start_admin(
+    config_path: Path, config: Config, log_level: str, log_format: str, run_dir: RunDir, metrics_directory: Path | None,
+) -> multiprocessing.process.BaseProcess | None:
     """The admin listener, started and listening; None when the config asks for none.
 
     :raises SystemExit: it could not start (its port taken, say).
     """
-    config = load_config(config_path)
     if config.admin.listen is None:
         return None
-    process = multiprocessing.get_context("spawn").Process(target=_serve_admin, args=(str(config_path), log_level, str(run_dir.path)), name="gateway-admin", daemon=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_admin, args=(str(config_path), log_level, log_format, str(run_dir.path), str(metrics_directory) if metrics_directory else None),
+        name="gateway-admin", daemon=True,
+    )
     process.start()
     deadline = time.monotonic() + 20
     while True:
@@ -242,34 +256,49 @@ def _start_admin(config_path: Path, log_level: str, run_dir: RunDir) -> multipro
 
 def run(
     config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
+    log_format: str = "text",
 ) -> None:
     """Serve until stopped, with the admin listener beside the proxy when the config has one. The
-    access log (a line per request, written by the server) is off unless asked for, as in Envoy:
-    with it on, one uvicorn worker proxied a third fewer requests."""
+    access log (the gateway's line per request, forwarded or refused) is off unless asked for,
+    as in Envoy. Metrics are counted when the admin listener is on and `admin.metrics` is not
+    false, in a folder private to this run, removed when it ends."""
+    config = load_config(config_path)
     run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
     os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
     reload_on_sighup(run_dir)
+    metrics_directory = None
+    if config.admin.listen is not None and config.admin.metrics:
+        metrics_directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+        os.environ[metrics.DIRECTORY_VARIABLE] = str(metrics_directory)
+    else:
+        os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
     try:
-        admin = _start_admin(config_path, log_level, run_dir)
+        admin = _start_admin(config_path, config, log_level, log_format, run_dir, metrics_directory)
         try:
-            _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log)
+            _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log,
+                   log_format=log_format)
         finally:
             if admin is not None:
                 admin.terminate()
                 admin.join(5)
     finally:
         shutil.rmtree(run_dir.path, ignore_errors=True)
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
 
 
-def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool) -> None:
+def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool, log_format: str) -> None:
     os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
+    os.environ[_ACCESS_LOG_VARIABLE] = "1" if access_log else "0"
+    # the server's own access log stays off: the gateway's line replaces it
+    log_config = logs.logging_config(log_level, log_format, access_log)
     if server == "granian":
         from granian.constants import Interfaces
         from granian.http import HTTP1Settings
 
         _granian()(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, log_level=log_level, log_access=access_log,
+            workers=workers, log_level=log_level, log_access=False, log_dictconfig=log_config,
             # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
             # of 100 MiB grew RSS by 52 MiB with the default and by 9 MiB with this; it is also
             # granian's bound on a request head (431 above it)
@@ -279,12 +308,12 @@ def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=access_log, **uvicorn_options())
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **uvicorn_options())
         return
     # uvicorn.run's own path for several workers, with the supervisor below
     config = uvicorn.Config(
         "gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-        access_log=access_log, **uvicorn_options(),
+        access_log=False, log_config=log_config, **uvicorn_options(),
     )
     with contextlib.suppress(KeyboardInterrupt):
         _Workers(config, sockets=[config.bind_socket()]).run()

@@ -63,6 +63,7 @@ class GrantSettings:
 class AdminSettings:
     listen: tuple[str, int] | None = None  # (host, port) of the admin listener; None: off
     token_file: Path | None = None  # holds the bearer token every admin path but health needs
+    metrics: bool = True  # with `listen` set: serving processes count, and /metrics shows it
 
 
 @dataclass(frozen=True, slots=True)

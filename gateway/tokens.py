@@ -19,7 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,6 +54,8 @@ class VerifiedToken:
     client: str | None
     expires_at: float
     payload: bytes = b"{}"  # the claims, as the JSON that was signed
+    # from the cache of tokens verified before (the metrics count it); the same token either way
+    recalled: bool = field(default=False, compare=False)
 
     @property
     def claims(self) -> dict[str, Any]:
@@ -208,7 +210,7 @@ class TokenVerifier:
             del self._cache[key]
             return None
         self._cache.move_to_end(key)
-        return VerifiedToken(_scope_set(scopes), subject, client, expires_at, payload)
+        return VerifiedToken(_scope_set(scopes), subject, client, expires_at, payload, True)
 
     async def verify(self, token: str, *, key: str | bytes | None = None) -> VerifiedToken:
         """Verify `token` unless it was verified before under `key` (by default, the token).

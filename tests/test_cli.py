@@ -146,8 +146,13 @@ def test_serve_writes_a_line_per_request_only_when_asked(tmp_path: Path, server:
     with serving(tmp_path, "--server", server, "--access-log", "--log-level", "debug", output=logged) as (base, _):
         assert httpx.get(f"{base}/api/merchants/M1/webhooks", headers={"Authorization": f"Bearer {mint()}"}).status_code == 200
         assert httpx.get(f"{base}/api/merchants/M1/secrets").status_code == 404
-    assert "GET /api/merchants/M1/webhooks" in logged[0]
+    # the gateway's line, not the server's: refused requests too, with the decision and its reason
+    assert "INFO gateway.access: GET /api/merchants/M1/webhooks 200 request_id=" in logged[0]
+    assert "decision=forward reason=forwarded status=200" in logged[0]
+    assert "route=/merchants/{merchantId}/webhooks" in logged[0]
+    assert "INFO gateway.access: GET /api/merchants/M1/secrets 404 " in logged[0] and "decision=refuse reason=not_found" in logged[0]
     assert "GET /api/merchants/M1/secrets refused: 404 not_found: " in logged[0]
+    assert "HTTP/1.1" not in logged[0]  # no access line of the server's own
 
 
 def test_serve_with_several_workers(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from urllib.parse import unquote, urlsplit
 from pathlib import Path
 
+from gateway import metrics
 from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
 
 logger = logging.getLogger("gateway.grants")
@@ -118,6 +119,7 @@ class LiveGrants:
         try:
             version = await self.store.version()
         except StoreUnavailable as exc:
+            metrics.grant_store_error()
             if self.error is None:
                 logger.error("grant store unreadable: %s; requests that need live grants are refused until it answers", exc)
             self.error = str(exc)

@@ -21,7 +21,7 @@ from gateway.settings import (
 )
 
 _GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants", "admin"}
-_ADMIN_KEYS = {"listen", "token_file"}
+_ADMIN_KEYS = {"listen", "token_file", "metrics"}
 _MIN_ADMIN_TOKEN = 16
 _GRANT_KEYS = {"store", "refresh"}
 _TOKEN_KEYS = {
@@ -282,6 +282,9 @@ def _admin(reader: Reader, node: yaml.Node, base: Path) -> AdminSettings:
             if len(data.strip()) < _MIN_ADMIN_TOKEN:
                 raise Invalid(entries["token_file"][1], f"admin.token_file {file}: the token has {len(data.strip())} bytes; at least {_MIN_ADMIN_TOKEN} are required")
             settings["token_file"] = file
+    if "metrics" in entries:
+        with reader.reporting():
+            settings["metrics"] = reader.typed(entries["metrics"][1], "admin.metrics", lambda value: isinstance(value, bool), "true or false")
     return AdminSettings(**settings)
 
 
