@@ -13,9 +13,11 @@ COPY routes /etc/gateway/routes
 VOLUME ["/etc/gateway/routes"]
 
 USER gateway
-EXPOSE 8080
-# the listener accepting connections; the gateway itself has no unauthenticated path to probe
+# 8080: the proxy; 9901: the admin listener (/healthz, /readyz, /metrics, grants), when the
+# mounted gateway.yaml sets admin.listen: 0.0.0.0:9901 (or 127.0.0.1:9901 to keep it inside)
+EXPOSE 8080 9901
+# /healthz on the admin.listen address of the mounted config (unhealthy, saying why, without one)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8080), timeout=2).close()"]
+    CMD ["gateway", "health", "--config", "/etc/gateway/gateway.yaml"]
 ENTRYPOINT ["gateway"]
 CMD ["serve", "--config", "/etc/gateway/gateway.yaml", "--host", "0.0.0.0", "--port", "8080"]

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from gateway import logs
-from gateway.loading import ConfigError, load_config
 from gateway.loading.lint import warnings
+from gateway.loading import ConfigError, admin_address, load_config
 from gateway.settings import Config
 from gateway.authentication import Authenticator
 from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route, view_needed
@@ -336,6 +338,26 @@ def _test(args: argparse.Namespace) -> int:
         return 1
     print(f"OK: {len(cases)} cases passed in {args.cases}")
     return 0
+def _health(args: argparse.Namespace) -> int:
+    try:
+        address = admin_address(args.config)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem)
+        return 1
+    if address is None:
+        print(f"{args.config} sets no admin.listen: the health check asks the admin listener's /healthz")
+        return 1
+    # a listener on every address answers on loopback
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address[0], address[0])
+    url = f"http://{f'[{host}]' if ':' in host else host}:{address[1]}/healthz"
+    try:
+        answer = httpx.get(url, timeout=args.timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"{url}: {str(exc) or type(exc).__name__}")
+        return 1
+    print(f"{url}: {answer.status_code} {answer.text.strip()}")
+    return 0 if answer.status_code == 200 else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -446,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--subject", metavar="S")
     listing.add_argument("--json", action="store_true", help="as the admin API's GET /grants answers")
     listing.set_defaults(run=_grants, scope=None)
+
+    health = commands.add_parser(
+        "health", help="ask the admin listener whether the gateway serves (the image's health check)",
+        description="GET /healthz on the admin.listen address of the config: exit 0 on 200, else 1 with the reason.",
+    )
+    with_config(health)
+    health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="seconds to wait for the answer (default: 2)")
+    health.set_defaults(run=_health)
 
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",

@@ -263,17 +263,38 @@ def _grants(reader: Reader, node: yaml.Node, base: Path) -> GrantSettings:
     return GrantSettings(**settings)
 
 
+def admin_address(path: str | Path) -> tuple[str, int] | None:
+    """The admin listener's (host, port), read alone from gateway.yaml (None: it has none), so
+    that a table or key file being edited does not make a serving gateway look unhealthy.
+
+    :raises ConfigError: gateway.yaml, or its admin.listen, does not read.
+    """
+    reader = Reader()
+    root = reader.parse(Path(path))
+    try:
+        if root is not None:
+            admin = reader.mapping(root, "gateway config").get("admin")
+            listen = reader.mapping(admin[1], "admin").get("listen") if admin is not None else None
+            return _listen(reader, listen[1]) if listen is not None else None
+    except Invalid as invalid:
+        reader.report(invalid.node, invalid.message)
+    raise ConfigError(reader.problems)
+
+
+def _listen(reader: Reader, node: yaml.Node) -> tuple[str, int]:
+    text = reader.string(node, "admin.listen")
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(node, f"admin.listen must be host:port, e.g. 127.0.0.1:9901, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _admin(reader: Reader, node: yaml.Node, base: Path) -> AdminSettings:
     entries = reader.mapping(node, "admin", _ADMIN_KEYS)
     settings: dict[str, Any] = {}
     if "listen" in entries:
         with reader.reporting():
-            listen_node = entries["listen"][1]
-            text = reader.string(listen_node, "admin.listen")
-            host, _, port = text.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise Invalid(listen_node, f"admin.listen must be host:port, e.g. 127.0.0.1:9901, not {text!r}")
-            settings["listen"] = (host.strip("[]"), int(port))
+            settings["listen"] = _listen(reader, entries["listen"][1])
             if "token_file" not in entries:
                 raise Invalid(entries["listen"][0], "admin.listen needs admin.token_file: every admin path but health needs a bearer token")
     if "token_file" in entries:
