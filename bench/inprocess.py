@@ -2,6 +2,7 @@
 
     python bench/inprocess.py [--requests 32000] [--concurrency 32] [--repeats 5]
     python bench/inprocess.py --instructions      # instructions per request, counted by valgrind
+    python bench/inprocess.py --mode metrics      # with metrics on (json-log: with JSON access logs)
 
 Calls the ASGI app directly (no server, no wrk) for `--concurrency` concurrent callers on uvloop,
 against the same nginx upstream and route table as bench/run.py, and prints the CPU microseconds
@@ -14,6 +15,10 @@ counts (it adds the server, the sockets to the client, and the peers).
 with different request counts, and prints the difference in instructions executed divided by the
 difference in requests: what one more request costs. Unlike CPU time it barely moves between
 runs (under 0.5 %), whatever else the machine does, so it can judge a change of 1 %.
+
+`--mode` says what the gateway notes of each request: nothing (`plain`, the default), its
+metrics (`metrics`, as with the admin listener on), or a JSON access line (`json-log`, written to
+a file in the temporary folder, as `--access-log --log-format json` writes it to stderr).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import re
 import shutil
@@ -93,11 +99,30 @@ async def drive(app, requests: list[tuple[dict, bytes, int]], count: int, concur
     await asyncio.gather(*(caller(first) for first in range(concurrency)))
 
 
-async def measure(config: Path, tokens: material.Tokens, distinct: list[str], settings: argparse.Namespace) -> None:
+MODES = ("plain", "metrics", "json-log")
+
+
+def build_app(config: Path, mode: str):
+    """The gateway of `config`, noting each request as `mode` says (see --mode)."""
+    from gateway import logs, metrics
     from gateway.app import Gateway
     from gateway.loading import load_config
 
-    app = Gateway(load_config(config))
+    recorder = None
+    if mode == "metrics":
+        directory = config.parent / "metrics"
+        directory.mkdir(exist_ok=True)
+        recorder = metrics.enable(directory)
+    elif mode == "json-log":
+        logs.configure("info", "json", access_log=True)
+        handler = logging.FileHandler(config.parent / "access.log")
+        handler.setFormatter(logs.JsonFormatter())
+        logging.getLogger().handlers = [handler]
+    return Gateway(load_config(config), metrics=recorder, access_log=mode == "json-log")
+
+
+async def measure(config: Path, tokens: material.Tokens, distinct: list[str], settings: argparse.Namespace) -> None:
+    app = build_app(config, settings.mode)
     await app.runtime.start()
     cases = workloads(tokens, distinct)
     print(f"{'workload':<12}{'CPU us/request':>16}{'gc runs per 10k (gen 0/1/2)':>32}")
@@ -124,12 +149,9 @@ async def measure(config: Path, tokens: material.Tokens, distinct: list[str], se
 COUNTED = (600, 2600)
 
 
-async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str], workload: str, count: int, concurrency: int) -> None:
+async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str], workload: str, count: int, concurrency: int, mode: str) -> None:
     """One child run for `--instructions`: warm, then `count` requests of one workload."""
-    from gateway.app import Gateway
-    from gateway.loading import load_config
-
-    app = Gateway(load_config(config))
+    app = build_app(config, mode)
     await app.runtime.start()
     requests = workloads(tokens, distinct)[workload]
     await drive(app, requests, WARM, concurrency)
@@ -140,14 +162,14 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
 WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants", "graphql")
 
 
-def instructions(work: Path, concurrency: int, chosen: list[str]) -> None:
+def instructions(work: Path, concurrency: int, mode: str, chosen: list[str]) -> None:
     """Per workload, instructions per request: two runs under callgrind, differenced."""
     print(f"{'workload':<12}{'instructions/request':>22}")
     for workload in chosen:
         totals = []
         for count in COUNTED:
             command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-                       "--child", str(work), workload, str(count), "--concurrency", str(concurrency)]
+                       "--child", str(work), workload, str(count), "--concurrency", str(concurrency), "--mode", mode]
             # a fixed hash seed: dict and set layouts, hence instruction counts, are the same each run
             done = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, timeout=900)
             found = re.search(r"Collected : (\d+)", done.stderr)
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers (default 32)")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per workload; the least is reported (default 5)")
     parser.add_argument("--instructions", action="store_true", help="count instructions per request with valgrind instead of timing")
+    parser.add_argument("--mode", default="plain", choices=MODES, help="what each request notes: nothing (default), metrics, a JSON access line")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"which to run, comma-separated (default {','.join(WORKLOADS)})")
     parser.add_argument("--child", nargs=3, metavar=("WORK", "WORKLOAD", "COUNT"), help=argparse.SUPPRESS)
     settings = parser.parse_args(argv)
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((work / "tokens.json").read_text())
         tokens = material.Tokens(read=saved["read"], write=saved["write"], rules=saved["rules"], grants=saved["grants"])
         distinct = (work / "distinct.txt").read_text().split()
-        uvloop.run(counted_run(work / "gateway" / "gateway.yaml", tokens, distinct, workload, count, settings.concurrency))
+        uvloop.run(counted_run(work / "gateway" / "gateway.yaml", tokens, distinct, workload, count, settings.concurrency, settings.mode))
         return 0
     if settings.instructions and shutil.which("valgrind") is None:
         print("--instructions needs valgrind: apt-get install -y valgrind")
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             service.wait_listening(30)
         config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
         if settings.instructions:
-            instructions(work, settings.concurrency, settings.workloads)
+            instructions(work, settings.concurrency, settings.mode, settings.workloads)
         else:
             uvloop.run(measure(config, tokens, distinct, settings))
     finally:

@@ -219,8 +219,10 @@ def mint_distinct_tokens(private_pem: bytes, count: int, path: Path) -> float:
 def write_gateway_config(
     directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE, grants: bool = False,
     graphql: bool = False,
+    admin_port: int | None = None,
 ) -> Path:
-    """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table."""
+    """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table;
+    with `admin_port`, the admin listener, and so the metrics, are on."""
     (directory / "routes").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     (directory / "keys" / "jwks.json").write_text(json.dumps(keys.jwks))
@@ -238,6 +240,9 @@ def write_gateway_config(
         lines = [f"  GET /generated/r{i}/items/{{id}}: s{i}" for i in range(generated_routes)]
         table = f"name: generated\nupstream: http://127.0.0.1:{upstream_port}/v3\nprefix: /generated-api\nroutes:\n" + "\n".join(lines) + "\n"
         (directory / "routes" / "generated.yaml").write_text(table)
+    if admin_port is not None:
+        (directory / "admin.token").write_text("bench-admin-token-0123456789\n")
+        store += f"admin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: admin.token\n"
     config = directory / "gateway.yaml"
     config.write_text(f"""\
 routes: routes/

@@ -76,6 +76,28 @@ def summarize(runs: list[dict], targets: list[str]) -> list[dict]:
     return rows
 
 
+# gateway-uvicorn-1w with metrics on, and with JSON access logs: each against it, in the same round
+PLAIN_GATEWAY = "gateway-uvicorn-1w"
+OBSERVED_GATEWAYS = ["gateway-uvicorn-1w-metrics", "gateway-uvicorn-1w-jsonlog"]
+
+
+def summarize_observability(runs: list[dict], targets: list[str]) -> list[dict]:
+    """Per workload x connections, the throughput of each observed gateway as a ratio to the plain
+    one in the same round (median across rounds)."""
+    rows = []
+    for row in summarize(runs, [target for target in OBSERVED_GATEWAYS if target in targets]):
+        ratios = []
+        for run in runs:
+            if (run["target"], run["workload"], run["connections"]) != (row["target"], row["workload"], row["connections"]) or "failure" in run:
+                continue
+            plain = _baseline(runs, PLAIN_GATEWAY, run)
+            if plain and plain["rps"]:
+                ratios.append(run["rps"] / plain["rps"])
+        rows.append({"workload": row["workload"], "connections": row["connections"], "target": row["target"], "rps": row["rps"],
+                     f"ratio_to_{PLAIN_GATEWAY}": _median(ratios), "cpu_s_per_10k": row["cpu_s_per_10k"]})
+    return rows
+
+
 def summarize_routes(runs: list[dict]) -> list[dict]:
     counts = sorted({run["routes"] for run in runs})
     base = counts[0] if counts else None
@@ -169,6 +191,10 @@ def markdown(results: dict) -> str:
         f"processes (not the upstream's, not wrk's) per 10,000 requests.", "",
         "## Throughput and latency", "",
         *throughput_table(results["summary"]), "",
+        f"## Metrics and access logs (x {PLAIN_GATEWAY} in the same round)", "",
+        *_table(["workload", "conns", "target", "req/s", f"× {PLAIN_GATEWAY}", "CPU s/10k req"], [
+            [row["workload"], str(row["connections"]), row["target"], _number(row["rps"]), _number(row[f"ratio_to_{PLAIN_GATEWAY}"], 3),
+             _number(row["cpu_s_per_10k"], 3)] for row in results.get("observability", [])], text_columns=3), "",
         "## Memory and routes", "",
         *memory_tables(results["held_connections"], results["uploads"], results["routes_summary"], results["routes_meta"], settings), "",
         "## Sanity check (status codes before benchmarking)", "",

@@ -43,7 +43,7 @@ FIRST_SEEN_CONNECTIONS = 32
 EXPECTED_FIRST_SEEN_RATE = 15_000  # req/s, generous: sizes the pool of distinct tokens
 GATEWAY_CACHE_SIZE = 10_000  # tokens.cache_size in the generated gateway.yaml
 TARGET_NAMES = ["nginx-proxy", "haproxy-1t", "haproxy-2t", "naive", "gateway-uvicorn-1w", "gateway-granian-1w",
-                "gateway-uvicorn-2w", "gateway-granian-2w"]
+                "gateway-uvicorn-2w", "gateway-granian-2w", "gateway-uvicorn-1w-metrics", "gateway-uvicorn-1w-jsonlog"]
 
 
 # --- settings ---
@@ -183,6 +183,13 @@ def define_targets(work: Path, material, keys, upstream_port: int) -> list[Targe
     for server, workers in (("uvicorn", 1), ("granian", 1), ("uvicorn", 2), ("granian", 2)):
         port = procs.free_port()
         add(f"gateway-{server}-{workers}w", gateway_serve(gateway_config, port, server, workers), port)
+    # what metrics and the access log cost: gateway-uvicorn-1w with the admin listener (metrics on
+    # by default), and with --access-log --log-format json (its lines go to the target's log file)
+    port = procs.free_port()
+    with_metrics = material.write_gateway_config(work / "gateway-metrics", keys, upstream_port, admin_port=procs.free_port())
+    add("gateway-uvicorn-1w-metrics", gateway_serve(with_metrics, port), port)
+    port = procs.free_port()
+    add("gateway-uvicorn-1w-jsonlog", [*gateway_serve(gateway_config, port), "--access-log", "--log-format", "json"], port)
     return targets
 
 
@@ -536,6 +543,7 @@ def benchmark(settings: Settings, work: Path, services: list[procs.Service]) -> 
         "sanity": sanity,
         "runs": runs,
         "summary": report.summarize(runs, names),
+        "observability": report.summarize_observability(runs, names),
         "held_connections": held,
         "uploads": uploads,
         "routes_runs": route_runs,

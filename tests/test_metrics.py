@@ -25,7 +25,7 @@ from gateway.keys import KeyStore
 from gateway.loading import ConfigError, load_config
 from tests.support import KEYS, RecordingUpstream, free_port, mint, write_config
 from tests.test_admin import TOKEN, with_admin
-from tests.test_cli import GATEWAY, _wait_for
+from tests.test_cli import GATEWAY, _wait_for, serving
 from tests.test_grants import Wallet, write
 
 pytestmark = pytest.mark.anyio
@@ -251,3 +251,15 @@ def test_two_workers_metrics_are_summed_on_the_admin_listener_and_never_on_the_p
         output = process.communicate(timeout=20)[0]
         upstream.close()
     assert not list(tmp_path.glob("gateway-metrics-*")), output
+
+
+def test_with_admin_metrics_false_nothing_is_counted_or_served(tmp_path: Path) -> None:
+    admin_port = free_port()
+    folder = tmp_path / "served"  # `serving` writes its own config in tmp_path: this one is named after it
+    folder.mkdir()
+    config = with_admin(write_config(folder), admin_port)
+    config.write_text(config.read_text() + "  metrics: false\n")
+    with serving(tmp_path, "--config", str(config)) as (base, _):
+        assert httpx.get(f"{base}/api/nowhere").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{admin_port}/metrics").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{admin_port}/healthz").status_code == 200
