@@ -9,7 +9,7 @@ when it stops. The admin listener's process reads every file and builds the metr
 with prometheus-client (`Collector`), so `/metrics` is at most about a second behind.
 
     gateway_requests_total{api,method,route,decision,status}   every request, forwarded or refused
-    gateway_request_duration_seconds                            histogram: request in to answer sent
+    gateway_request_duration_seconds                            histogram: request in to its answer's last byte sent
     gateway_upstream_duration_seconds                           histogram: request sent upstream to its answer's head
     gateway_token_cache_total{result}                           hit: verified before, recalled; miss: verified now (or found invalid)
     gateway_jwks_fetch_total{result}                            success, failure
@@ -228,7 +228,7 @@ class Collector:
         for labels, count in sorted(requests.items()):
             family.add_metric(labels, count)
         yield family
-        for name, help_text in (("request_duration", "Seconds from a request's arrival to its answer's head."),
+        for name, help_text in (("request_duration", "Seconds from a request's arrival to the last byte of its answer."),
                                 ("upstream_duration", "Seconds from a request sent upstream to the head of the upstream's answer.")):
             counts, seconds = durations[name]
             cumulative, buckets = 0, []
