@@ -39,6 +39,7 @@ from typing import Any
 
 import watchfiles
 
+from gateway import metrics
 from gateway.app import Gateway
 from gateway.loading import ConfigError, load_config
 from gateway.runtime import Runtime
@@ -65,15 +66,6 @@ class ReloadOutcome:
 
     def document(self) -> dict[str, Any]:
         return {"result": self.result, "at": rfc3339(self.at), "problems": list(self.problems)}
-
-
-_listeners: list[Callable[[ReloadOutcome], None]] = []
-
-
-def on_reload(listener: Callable[[ReloadOutcome], None]) -> None:
-    """Call `listener` with the outcome of every reload in this process, as it ends: the hook
-    for `gateway_config_reload_total{result}` and `gateway_config_last_reload_success`."""
-    _listeners.append(listener)
 
 
 def rfc3339(timestamp: float) -> str:
@@ -227,8 +219,10 @@ class Reloader:
             self.counts[outcome.result] += 1
             if self._files() != files_before:
                 self._rewatch.set()
-        for listener in _listeners:
-            listener(outcome)
+        if outcome.result == SUCCESS:
+            metrics.reload_succeeded()
+        else:
+            metrics.reload_failed()
         self.reported()
         return outcome
 

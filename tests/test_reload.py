@@ -26,7 +26,8 @@ import pytest
 from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.loading import load_config
-from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, RunDir, ServingReloads, on_reload
+from gateway import metrics
+from gateway.reload import FAILURE, SUCCESS, RunDir, ServingReloads
 from tests.support import KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
 from tests.test_admin import AUTH, TOKEN, with_admin
 
@@ -423,17 +424,23 @@ def get_with(base: str, token: str) -> httpx.Response:
     return httpx.get(f"{base}/api/items/7", headers={"authorization": f"Bearer {token}"}, timeout=10)
 
 
-def test_each_outcome_reaches_the_listeners(tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]]) -> None:
-    heard: list[ReloadOutcome] = []
-    on_reload(heard.append)
-    config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
-    server, service = reloads(config)
-    write_table(config, BROKEN, "")
-    assert reload_now(service).result == FAILURE
-    write_table(config, TABLE_B, "http://upstream.test")
-    assert reload_now(service).result == SUCCESS
-    assert [outcome.result for outcome in heard[-2:]] == [FAILURE, SUCCESS]
-    assert heard[-2].problems[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:2: upstream must be")
+def test_each_outcome_reaches_the_reload_metrics(tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]]) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    recorder = metrics.enable(directory)
+    try:
+        config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
+        server, service = reloads(config)
+        write_table(config, BROKEN, "")
+        failed = reload_now(service)
+        assert failed.result == FAILURE
+        assert failed.problems[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:2: upstream must be")
+        assert (recorder.reloads["failure"], recorder.reloads["success"], recorder.last_reload[0]) == (1, 0, 0)
+        write_table(config, TABLE_B, "http://upstream.test")
+        assert reload_now(service).result == SUCCESS
+        assert (recorder.reloads["failure"], recorder.reloads["success"], recorder.last_reload[0]) == (1, 1, 1)
+    finally:
+        metrics.disable()
 
 
 def keys_or_404(request: Received, connection: Any) -> None:
