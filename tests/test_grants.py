@@ -199,6 +199,42 @@ def test_a_table_that_needs_live_state_needs_a_store(tmp_path: Path) -> None:
 
 # --- the decision through the app ------------------------------------------------------------
 
+async def test_the_first_requests_of_a_new_caller_make_one_store_read(wallet: Wallet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many of a new (client, subject)'s requests arrive together, the store is read once;
+    later ones are answered from memory; another subject is one read more."""
+    grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
+    await wallet.fresh()
+    store = wallet.app.runtime.grants.store  # type: ignore[union-attr]
+    reads: list[tuple[str, str | None, str | None]] = []
+    read = store.view
+
+    async def counted(api: str, client: str | None, subject: str | None) -> Any:
+        reads.append((api, client, subject))
+        return await read(api, client, subject)
+
+    monkeypatch.setattr(store, "view", counted)
+    answers = await asyncio.gather(*(wallet.ask("GET /w/accounts/details", "accounts_details:read") for _ in range(20)))
+    assert [forwarded for _, _, forwarded in answers] == [True] * 20
+    assert reads == [("wallet", "app", "ana")]
+    assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
+    assert len(reads) == 1
+    bob = {"sub": "bob", "client_id": "app"}
+    await asyncio.gather(*(wallet.ask("GET /w/accounts/details", "accounts_details:read", bob) for _ in range(5)))
+    assert reads == [("wallet", "app", "ana"), ("wallet", "app", "bob")]
+
+
+async def test_callers_waiting_on_a_failed_read_are_refused_too(wallet: Wallet, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = wallet.app.runtime.grants.store  # type: ignore[union-attr]
+
+    async def failing(api: str, client: str | None, subject: str | None) -> Any:
+        await asyncio.sleep(0.05)  # long enough for every request to wait on this read
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(store, "view", failing)
+    answers = await asyncio.gather(*(wallet.ask("GET /w/accounts/details", "accounts_details:read") for _ in range(5)))
+    assert [(status, body["error"], forwarded) for status, body, forwarded in answers] == [(503, "temporarily_unavailable", False)] * 5
+
+
 async def test_client_grants_count_while_active(wallet: Wallet) -> None:
     status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
     assert (status, body["error"], forwarded) == (403, "forbidden", False)

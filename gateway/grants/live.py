@@ -53,6 +53,7 @@ class LiveGrants:
         self.refresh = refresh
         self.max_views = max_views
         self._views: OrderedDict[Key, GrantView] = OrderedDict()
+        self._reading: dict[Key, asyncio.Future[GrantView]] = {}  # views being read, for the callers that want them meanwhile
         self._version: object = None
         self._generation = 0  # counts the times every view was dropped
         self.error: str | None = "not started"  # why the store cannot be read now; None when it can
@@ -76,7 +77,8 @@ class LiveGrants:
         return view
 
     async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
-        """The caller's view, from memory or the store.
+        """The caller's view, from memory or the store: one read, however many requests of a new
+        caller arrive while it is under way.
 
         :raises StoreUnavailable: the store cannot be read.
         """
@@ -85,10 +87,23 @@ class LiveGrants:
             return view
         if self.error is not None:
             raise StoreUnavailable(self.error)
+        key = (api, client, subject)
+        reading = self._reading.get(key)
+        if reading is not None:
+            return await asyncio.shield(reading)
+        reading = self._reading[key] = asyncio.get_running_loop().create_future()
         generation = self._generation
-        view = await self.store.view(api, client, subject)
+        try:
+            view = await self.store.view(api, client, subject)
+        except BaseException as exc:
+            reading.set_exception(exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"the read was interrupted: {exc!r}"))
+            reading.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._reading[key]
+        reading.set_result(view)
         if generation == self._generation:  # not kept if a change was heard of while it was read
-            self._views[(api, client, subject)] = view
+            self._views[key] = view
             if len(self._views) > self.max_views:
                 self._views.popitem(last=False)
         return view
