@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
-SCRIPTS = {"rules": "path", "grants": "path"}  # workloads that share a script; the others have their own
+SCRIPTS = {"rules": "path", "grants": "path", "graphql": "path"}  # workloads that share a script; the others have their own
 HOST = "127.0.0.1"
 
 

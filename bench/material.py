@@ -91,7 +91,7 @@ GRANTS_PATH = "/ledger/accounts/A1/details"
 GRANTS_SCOPE = "accounts_details:read"
 RULES_SCOPE = "transactions:read:in transactions:write id:B1"
 
-# A GraphQL route (inprocess.py only) beside the REST ones: the same webhooks behind POST /graphql,
+# A GraphQL route beside the REST ones: the same webhooks behind POST /graphql,
 # with an SDL, so a repeated document costs a cache lookup and the field checks
 GRAPHQL_ROUTES = """\
 name: webhooks-graphql

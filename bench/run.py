@@ -35,9 +35,10 @@ import procs  # noqa: E402
 
 WORKLOADS = ["get", "post", "refused", "first_seen"]
 PLAIN_WORKLOADS = ["get", "post"]  # the targets without token checks only answer or forward
-# the gateway's own features, each beside its plain GET: catalog rules in play on every request,
-# and live grants (a client grant and a user grant, both read from the grant store's views)
-FEATURE_WORKLOADS = ["rules", "grants"]
+# the gateway's own features, each beside the same target's plain REST request: catalog rules in
+# play on every request and live grants (a client grant and a user grant, both read from the grant
+# store's views) beside `get`; a repeated GraphQL document beside `post`
+FEATURE_WORKLOADS = ["rules", "grants", "graphql"]
 FEATURE_CONNECTIONS = 32
 FIRST_SEEN_CONNECTIONS = 32
 EXPECTED_FIRST_SEEN_RATE = 15_000  # req/s, generous: sizes the pool of distinct tokens
@@ -152,10 +153,11 @@ class Target:
     name: str
     service: procs.Service
     checks_tokens: bool
+    features: bool = False  # a gateway whose config has the feature workloads' tables
 
     @property
     def workloads(self) -> list[str]:
-        if self.name.startswith("gateway-"):
+        if self.features:
             return WORKLOADS + FEATURE_WORKLOADS
         return WORKLOADS if self.checks_tokens else PLAIN_WORKLOADS
 
@@ -163,11 +165,11 @@ class Target:
 def define_targets(work: Path, material, keys, upstream_port: int) -> list[Target]:
     """Every target but the upstream, with its config written; none started yet."""
     public_pem = work / "public.pem"
-    gateway_config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True)
+    gateway_config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
     targets: list[Target] = []
 
-    def add(name: str, command: list[str], port: int, checks_tokens: bool = True, env: dict | None = None) -> None:
-        targets.append(Target(name, procs.Service(name, command, port, work / f"{name}.log", env), checks_tokens))
+    def add(name: str, command: list[str], port: int, checks_tokens: bool = True, env: dict | None = None, features: bool = False) -> None:
+        targets.append(Target(name, procs.Service(name, command, port, work / f"{name}.log", env), checks_tokens, features))
 
     port = procs.free_port()
     add("nginx-proxy", ["nginx", "-p", str(work), "-e", str(work / "nginx-proxy-start.log"),
@@ -182,7 +184,7 @@ def define_targets(work: Path, material, keys, upstream_port: int) -> list[Targe
              "NAIVE_ISSUER": material.ISSUER, "NAIVE_AUDIENCE": material.AUDIENCE})
     for server, workers in (("uvicorn", 1), ("granian", 1), ("uvicorn", 2), ("granian", 2)):
         port = procs.free_port()
-        add(f"gateway-{server}-{workers}w", gateway_serve(gateway_config, port, server, workers), port)
+        add(f"gateway-{server}-{workers}w", gateway_serve(gateway_config, port, server, workers), port, features=True)
     # what metrics and the access log cost: gateway-uvicorn-1w with the admin listener (metrics on
     # by default), and with --access-log --log-format json (its lines go to the target's log file)
     port = procs.free_port()
@@ -288,6 +290,8 @@ def print_sanity(cases: list[dict], answers: dict, failed: list[str]) -> None:
 def script_args(workload: str, tokens: dict[str, str], first_seen_file: Path, cursor: int, connections: int) -> list[str]:
     import material
 
+    if workload == "graphql":
+        return [tokens["read"], material.GRAPHQL_PATH, "POST", material.GRAPHQL_BODY.decode()]
     if workload in FEATURE_WORKLOADS:
         return [tokens[workload], {"rules": material.RULES_PATH, "grants": material.GRANTS_PATH}[workload]]
     if workload == "post":
