@@ -185,7 +185,7 @@ async def test_metrics_are_served_without_a_token_and_only_when_on(tmp_path: Pat
     config = load_config(with_admin(write(tmp_path)))
     recorder.flush()
     for directory, status in ((recorder.directory, 200), (None, 404)):
-        app = AdminApp(config, None, TOKEN, directory)
+        app = AdminApp(config, None, TOKEN, metrics_directory=directory)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as admin:
             answer = await admin.get("/metrics")
             assert answer.status_code == status

@@ -182,7 +182,7 @@ def test_grants_and_conditions_are_checked_against_the_tables(tmp_path: Path) ->
 """)
     assert problems(cases, SHIPPED_CONFIG) == [
         f"{cases}:4: grant: 'accounts:details' is neither a scope of this API's catalog nor the _offline form of one that offers it (moneyhub)",
-        f"{cases}:5: grant: no route table is named 'bank' (tables: adyen-checkout, adyen-management, banqup, moneyhub, paysera-wallet)",
+        f"{cases}:5: grant: no route table is named 'bank' (tables: adyen-checkout, adyen-management, banqup, fluz, moneyhub, paysera-wallet)",
         f"{cases}:6: grant: give expires or ttl, not both",
         f"{cases}:7: grant expires must be an RFC 3339 time with its zone, unquoted, e.g. 2026-12-31T23:59:59Z, not 'next week'",
         f"{cases}:8: grant: missing key 'scope'",
