@@ -12,7 +12,6 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -20,16 +19,11 @@ from gateway import logs
 from gateway.loading.lint import warnings
 from gateway.loading import ConfigError, admin_address, load_config
 from gateway.settings import Config
-from gateway.authentication import Authenticator
-from gateway.decision import Evaluation, RouteMatch, evaluate, is_public, route, view_needed
-from gateway.errors import Refusal, render
+from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store
-from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
+from gateway.grants.store import GrantStore, StoreUnavailable
 from gateway.validation import grant_scope_problem
-from gateway.keys import KeyStore
-from gateway.scopes import SCOPE_TOKEN
 from gateway.server import SERVERS
-from gateway.tokens import VerifiedToken
 from gateway.validation import STAGES, validate_scopes
 
 _DESCRIPTION = """\
@@ -81,130 +75,28 @@ def _explain(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    path, _, query = args.path.partition("?")
-    lines = [f"request:   {args.method} {args.path}"]
-    realm = "gateway"
     try:
-        match = route(config.tables, args.method.upper(), path.encode("utf-8"), query.encode("utf-8"))
-        compiled = match.route
-        realm = compiled.api.name
-        lines.append(f"path:      segments {list(match.path.segments)}")
-        lines.append(f"route:     {compiled.method} {compiled.template}  (table {compiled.api.name}, {compiled.source})")
-        if match.params:
-            lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
-        lines.append(f"requires:  {compiled.requirement.describe()}")
-        target = f"{compiled.api.upstream.origin.scheme}://{compiled.api.upstream.authority.decode()}{match.upstream_target.decode()}"
-        if not is_public(match):
-            token = _explain_token(args, config, lines)
-            view = _explain_view(config, match, token, lines)
-            evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
-            _explain_steps(lines, match, token, evaluation)
-            if evaluation.refusal is not None:
-                raise evaluation.refusal
-        lines.append(f"decision:  forward to {target}")
-        print("\n".join(lines))
-        return 0
-    except Refusal as refusal:
-        status, headers, _ = render(refusal, realm)
-        lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
-        for name, value in headers:
-            if name == b"www-authenticate":
-                lines.append(f"header:    WWW-Authenticate: {value.decode()}")
-        print("\n".join(lines))
-        return 1
+        caller = Caller(args.scopes, parse_claims(args.claims), args.token)
+        body = _body(args.body)
+        explanation = asyncio.run(explain(config, args.method, args.path, caller, body=body, content_type=args.content_type))
+    except UsageError as exc:
+        print(exc)
+        return 2
+    print("\n".join(explanation.lines))
+    return 0 if explanation.refusal is None else 1
 
 
-def _explain_steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation) -> None:
-    """Each step of the effective scopes and the decision, as `evaluate` took it."""
-    route = match.route
-    catalog = route.api.catalog
-    if route.requirement.bound:
-        lines.append(f"bound:     {evaluation.requirement.describe()} (the path's parameters in the requirement)")
-    assessment = evaluation.assessment
-    if catalog.entries:
-        for reading in assessment.readings:
-            ignored = " (ignored)" if reading.scope is None and not reading.problem and not catalog.refuse_unknown else ""
-            lines.append(f"scope:     {reading.describe()}{ignored}")
-    if assessment.refusal is not None:
-        lines.append(f"rules:     broken: {assessment.refusal}")
-        return
-    if catalog.entries:
-        lines.append("rules:     none broken")
-    if evaluation.grant_type is not None:
-        lines.append(f"grant:     {evaluation.grant_type} (claim {evaluation.grant_type and 'or subject'})")
-    if route.user is not None:
-        lines.append(f"user:      the route acts on user {match.params[route.user]!r} (parameter {route.user}); the token's subject is {token.subject!r}")
-    for scope in sorted(evaluation.live_counted):
-        lines.append(f"live:      {scope} counts: its grants are active")
-    for missing in evaluation.live_missing:
-        lines.append(f"live:      {missing}")
-    for scope in sorted(evaluation.pending_optional):
-        lines.append(f"condition: {scope} is pending: its optional form counts once the user meets {scope}'s condition")
-    for scope in evaluation.stepped_up:
-        lines.append(f"step-up:   {scope} counts: the token's authentication is recent and strong enough")
-    for scope, step_up in evaluation.pending_step_up:
-        age = f" within {step_up.max_age:g} s" if step_up.max_age is not None else ""
-        lines.append(f"step-up:   {scope} is pending: it counts only after an authentication with acr {' or '.join(step_up.acr)}{age}")
-    if evaluation.refusal is not None and not evaluation.effective and evaluation.grant is None and route.user is not None and evaluation.grant_type != "client_credentials":
-        return
-    lines.append(f"effective: {' '.join(sorted(evaluation.effective)) or '(none)'}")
-    counted = assessment.counted | frozenset(evaluation.stepped_up)
-    implied = sorted(evaluation.effective - counted)
-    if implied:
-        lines.append(f"implied:   {' '.join(implied)} (from the scopes catalog of {route.api.name})")
+def _body(text: str | None) -> bytes | None:
+    """--body: the text itself, or with @FILE that file's bytes.
 
-
-def _explain_view(config: Config, match: RouteMatch, token: VerifiedToken, lines: list[str]) -> GrantView | None:
-    """The grant-store view the decision needs, read from the configured store (None: none needed)."""
-    caller = view_needed(match, token, config.tokens.grant_type_claim)
-    if caller is None or config.grants.store is None:
-        return None
-
-    async def read() -> GrantView:
-        store = open_store(config.grants.store, config.grants.base)  # type: ignore[arg-type]
-        try:
-            return await store.view(match.route.api.name, *caller)
-        finally:
-            await store.aclose()
-
+    :raises UsageError: the file cannot be read.
+    """
+    if text is None or not text.startswith("@"):
+        return None if text is None else text.encode("utf-8")
     try:
-        view = asyncio.run(read())
-    except StoreUnavailable as exc:
-        raise SystemExit(f"the grant store cannot be read: {exc}") from None
-    lines.append(f"grants:    read from {config.grants.store} for client {caller[0]}, user {caller[1]}")
-    return view
-
-
-def _explain_token(args: argparse.Namespace, config: Config, lines: list[str]) -> VerifiedToken:
-    if args.scopes is not None:
-        scopes = frozenset(args.scopes.split())
-        for scope in scopes:
-            if not SCOPE_TOKEN.fullmatch(scope):
-                raise SystemExit(f"--scopes: {scope!r} is not a valid scope")
-        claims = _claims(args.claims)
-        lines.append(f"token:     scopes {' '.join(sorted(scopes)) or '(none)'} (from --scopes; signature and claims not checked)")
-        subject, client = claims.get("sub"), claims.get("client_id", claims.get("azp"))
-        return VerifiedToken(scopes, subject, client, float("inf"), json.dumps(claims).encode())
-    header = [f"Bearer {args.token}".encode("latin-1")] if args.token is not None else []
-    tokens = config.tokens
-    keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
-    verified = asyncio.run(Authenticator(tokens, keys).authenticate(header, b""))
-    claim = next((name for name in tokens.scope_claims if name in verified.claims), None)
-    lines.append(f"token:     valid; sub={verified.subject} client={verified.client}; scopes {' '.join(sorted(verified.scopes)) or '(none)'}"
-                 + (f" (from claim {claim!r})" if claim else ""))
-    return verified
-
-
-def _claims(text: str | None) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        claims = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--claims: not JSON ({exc})") from None
-    if not isinstance(claims, dict):
-        raise SystemExit("--claims: a JSON object of claims, e.g. '{\"sub\": \"u1\", \"acr\": \"sms\"}'")
-    return claims
+        return Path(text[1:]).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--body: {exc.strerror}: {text[1:]}") from None
 
 
 def _scopes_validate(args: argparse.Namespace) -> int:
@@ -398,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain", help="show how one request would be decided",
-        description="Which route matches METHOD PATH, what it requires, and the decision with its reason. "
+        description="The whole trace of METHOD PATH: the canonical path, the routes whose template matches it and the one "
+        "that matched, what it requires, where the caller's scopes came from, each step of the scope catalog with the grants "
+        "read from the store, a GraphQL operation's fields or a response's members, and the decision with its status and challenge. "
         "Give the caller's scopes with --scopes, or a real token with --token (verified against the configured keys). "
-        "Exit 0 if the request would be forwarded, 1 if refused, 2 if the config does not load.",
+        "Exit 0 if the request would be forwarded, 1 if refused, 2 if the config does not load or an option is wrong.",
     )
     with_config(explain)
     explain.add_argument("method", metavar="METHOD", help="HTTP method, e.g. GET")
@@ -409,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--scopes", metavar='"A B"', help="space-separated scopes the caller holds")
     who.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
     explain.add_argument("--claims", metavar="JSON", help='with --scopes: other claims of the caller, e.g. \'{"sub": "u1", "acr": "sms", "auth_time": 1700000000}\'')
+    explain.add_argument("--body", metavar="TEXT", help="the request body, or @FILE for a file's (a GraphQL route reads it)")
+    explain.add_argument("--content-type", metavar="TYPE", help="the request's Content-Type, e.g. application/json")
     explain.set_defaults(run=_explain)
 
     test = commands.add_parser(

@@ -114,6 +114,8 @@ class Evaluation:
     live_counted: frozenset[str] = frozenset()  # scopes that count through the grant store
     pending_optional: frozenset[str] = frozenset()  # optional forms whose condition is not met yet
     live_missing: tuple[str, ...] = ()  # each grant missing, expired or revoked, in words
+    # each grant the decision read from the grant-store view, in words, and its state (None: missing)
+    grants_read: tuple[tuple[str, GrantState | None], ...] = ()
     effective: frozenset[str] = frozenset()
     grant: Grant | None = None
     refusal: Refusal | None = None
@@ -166,11 +168,10 @@ def evaluate(
     if acting_for is not None:
         # a client-credentials token acts on a user only through that user's offline grants to
         # the client (the grant store): its own scopes, step-up ones included, do not count here
-        counted = frozenset(
-            scope.removesuffix("_offline") for scope, state in view.user_grants.items()
-            if scope.endswith("_offline") and scope.removesuffix("_offline") in catalog.entries and state.active(now)
-        )
+        offline = [(scope, state) for scope, state in view.user_grants.items() if scope.endswith("_offline") and scope.removesuffix("_offline") in catalog.entries]
+        counted = frozenset(scope.removesuffix("_offline") for scope, state in offline if state.active(now))
         evaluation.live_counted = counted
+        evaluation.grants_read = tuple((f"the offline grant {scope} by {user} to client {token.client}", state) for scope, state in offline)
         step_ups = ()
     elif assessment.live:
         _live_step(evaluation, view, token.client, token.subject, now)
@@ -195,6 +196,7 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
     counted: set[str] = set()
     pending: set[str] = set()
     missing: list[str] = []
+    read: list[tuple[str, GrantState | None]] = []
     for reading, grants in evaluation.assessment.live:
         scope = reading.scope
         assert scope is not None
@@ -205,6 +207,7 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
             needed.append((view.user_grants.get(scope), f"the user grant of {scope} by {subject} to client {client}"))
         if "offline" in reading.form:
             needed.append((view.user_grants.get(f"{scope}_offline"), f"the offline grant {scope}_offline by {subject} to client {client}"))
+        read.extend((what, state) for state, what in needed)
         problems = [_grant_problem(state, what, now) for state, what in needed]
         problems = [problem for problem in problems if problem is not None]
         missing.extend(problems)
@@ -218,6 +221,7 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
     evaluation.live_counted = frozenset(counted)
     evaluation.pending_optional = frozenset(pending)
     evaluation.live_missing = tuple(missing)
+    evaluation.grants_read = tuple(read)
 
 
 def _all_live_active(assessment: Assessment, view: GrantView, now: float) -> bool:
@@ -240,6 +244,19 @@ def _grant_problem(state: GrantState | None, what: str, now: float) -> str | Non
     if state.expires_at is not None and now >= state.expires_at:
         return f"{what} expired at {_when(state.expires_at)}"
     return None
+
+
+def grant_state(state: GrantState | None, now: float) -> str:
+    """A grant's state in words, for explanations: active, expired, revoked or missing."""
+    if state is None:
+        return "missing"
+    if state.revoked_at is not None:
+        return f"revoked at {_when(state.revoked_at)}"
+    if state.expires_at is None:
+        return "active, no expiry"
+    if now >= state.expires_at:
+        return f"expired at {_when(state.expires_at)}"
+    return f"active until {_when(state.expires_at)}"
 
 
 def _when(timestamp: float) -> str:

@@ -27,11 +27,15 @@ class ResponseFields:
     body_limit: None = None  # the request body streams as usual
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
-        effective = grant.scopes if grant is not None else frozenset()
-        refused = frozenset(member for member, requirement in self.requirements.items() if not requirement.met_by(effective))
+        refused = self.refused(grant.scopes if grant is not None else frozenset())
         if not refused:
             return Forwarding()  # everything may be seen: streamed, not buffered
         return Forwarding(rewrite=lambda status, headers, answer, limit: _without(refused, status, headers, answer, limit))
+
+
+    def refused(self, effective: frozenset[str]) -> frozenset[str]:
+        """The members a caller with these effective scopes may not see."""
+        return frozenset(member for member, requirement in self.requirements.items() if not requirement.met_by(effective))
 
 
 def is_json(headers: Headers) -> bool:

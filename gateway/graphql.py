@@ -142,24 +142,39 @@ class GraphQLRoute:
         :raises Unauthorized: a field that needs a token, on a public route called without one.
         """
         get = scope["method"] in ("GET", "HEAD")
-        if get:
-            parts, batch = self._read_get(scope, body)
-            operations: tuple[Operation, ...] = (self.analyse(parts[0].text, parts[0].operation_name),)
-        else:
-            body = body or b""
-            media_type = self._post_media_type(scope)
-            # a small body is remembered whole: a repeated request skips JSON parsing too
-            read = self.read if len(body) <= MAX_REMEMBERED_BODY else self._read_post
-            parts, batch, operations = read(media_type, body)
-        if get and any(operation.kind is not OperationType.QUERY for operation in operations):
-            raise _bad_request(f"a {operations[0].kind.value} cannot be sent with GET: use POST", "BAD_REQUEST")
+        parts, batch, operations = self.operations(scope, body)
         scopes = grant.scopes if grant is not None else None
         refused = [self._refused(operation, scopes) for operation in operations]
         if not any(refused):
-            return Forwarding() if get else Forwarding(body=body)
+            return Forwarding() if get else Forwarding(body=body or b"")
         if self.mode == "reject":
             raise _refusal(refused, grant is None, batch)
         return self._filtered(scope, parts, operations, refused, batch, grant is None, get)
+
+    def operations(self, scope: Scope, body: bytes | None) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
+        """The request's parts, whether it is a batch, and the analysis of each part's operation.
+
+        :raises InvalidRequest: as `prepare` (the request cannot be read, or its document is not
+            valid or over a limit).
+        """
+        if scope["method"] in ("GET", "HEAD"):
+            parts, batch = self._read_get(scope, body)
+            operations: tuple[Operation, ...] = (self.analyse(parts[0].text, parts[0].operation_name),)
+            if operations[0].kind is not OperationType.QUERY:
+                raise _bad_request(f"a {operations[0].kind.value} cannot be sent with GET: use POST", "BAD_REQUEST")
+            return parts, batch, operations
+        body = body or b""
+        media_type = self._post_media_type(scope)
+        # a small body is remembered whole: a repeated request skips JSON parsing too
+        read = self.read if len(body) <= MAX_REMEMBERED_BODY else self._read_post
+        return read(media_type, body)
+
+    def field_checks(self, operation: Operation, scopes: frozenset[str] | None) -> list[tuple[str, tuple[str, ...], Requirement | None, bool]]:
+        """Each field of `operation` that is checked: its `Type.field`, its response path, its
+        requirement (None: none covers it) and whether `scopes` meet it (None: no token). For
+        explanations: the request itself is checked by `prepare`."""
+        refused = {item.key for item in self._refused(operation, scopes)}
+        return [(key, path, self.requirements.get(key), key not in refused) for key, path in operation.needs]
 
     # --- reading the request ---------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ def test_explain_shows_route_requirement_and_a_forward(tmp_path: Path) -> None:
     assert "route:     GET /merchants/{merchantId}/webhooks  (table payments, " in result.stdout
     assert "params:    merchantId=M1" in result.stdout
     assert "requires:  psp.webhook:read" in result.stdout
-    assert "implied:   psp.webhook:read" in result.stdout
+    assert "step 5, implications: psp.webhook:read (implied by the catalog of payments)" in result.stdout
     assert "decision:  forward to http://upstream.test:8080/v3/merchants/M1/webhooks?x=1" in result.stdout
 
 
@@ -76,7 +76,8 @@ def test_explain_says_why_a_request_is_refused_and_exits_1(tmp_path: Path, args:
 def test_explain_verifies_a_real_token(tmp_path: Path) -> None:
     result = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint("psp.webhook:read"))
     assert result.returncode == 0, result.stdout
-    assert "token:     valid; sub=user-1 client=client-1; scopes psp.webhook:read (from claim 'scope')" in result.stdout
+    assert "token:     valid; sub=user-1 client=client-1" in result.stdout
+    assert "scopes:    \"psp.webhook:read\", from claim 'scope' (tokens.scope_claims)" in result.stdout
     expired = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint(lifetime=-3600))
     assert expired.returncode == 1 and "401 invalid_token: token expired at" in expired.stdout
 
@@ -260,20 +261,20 @@ def test_explain_shows_each_step_of_the_effective_scopes(tmp_path: Path) -> None
     config = str(write_config(tmp_path, table=RULES_TABLE))
     result = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "3f95524e-70aa-4663-8548-763583e08909 email_optional openid")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "scope:     3f95524e-70aa-4663-8548-763583e08909 -> entity_read (alias)" in result.stdout
-    assert "scope:     email_optional -> email, its optional form" in result.stdout
-    assert "scope:     openid: not in the catalog (ignored)" in result.stdout
-    assert "rules:     none broken" in result.stdout
+    assert "step 1, aliases and forms:\n           3f95524e-70aa-4663-8548-763583e08909 -> entity_read (alias)\n" in result.stdout
+    assert "           email_optional -> email, its optional form\n" in result.stdout
+    assert "           openid: not in the catalog (ignored)\n" in result.stdout
+    assert "step 2, rules: none broken" in result.stdout
     assert "effective: email entity_read" in result.stdout
 
     refused = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "id:B1 id:all")
     assert refused.returncode == 1
-    assert "rules:     broken: at most one of id:{bank_id}, id:all may be held at once; the token holds id:B1 and id:all" in refused.stdout
+    assert "step 2, rules: broken: at most one of id:{bank_id}, id:all may be held at once; the token holds id:B1 and id:all" in refused.stdout
     assert 'decision:  403 invalid_scope' in refused.stdout and 'error="invalid_scope"' in refused.stdout
 
     step_up = run("explain", "--config", config, "POST", "/bank/convert", "--scopes", "convert_currency", "--claims", '{"sub": "u1", "acr": "pwd"}')
     assert step_up.returncode == 1
-    assert "step-up:   convert_currency is pending: it counts only after an authentication with acr sms within 300 s" in step_up.stdout
+    assert "step 4, step-up:\n           convert_currency is pending: it counts only after an authentication with acr sms within 300 s" in step_up.stdout
     assert 'acr_values="sms", max_age="300"' in step_up.stdout
 
     other_user = run("explain", "--config", config, "GET", "/bank/users/u2", "--scopes", "email", "--claims", '{"sub": "u1", "client_id": "c1"}')

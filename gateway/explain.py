@@ -1,0 +1,328 @@
+"""`gateway explain`: one request's decision, step by step, as the app takes it.
+
+    the canonical path -> candidate routes and the one that matched -> the requirement
+    -> the caller's scopes and the claim they came from -> DESIGN.md's five catalog steps, with
+       each grant read from the store -> GraphQL fields or response members -> the decision,
+       its status and its challenge
+
+Every verdict comes from the functions the app calls (`route`, `evaluate`, the route's exchange);
+this module only puts them into words.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.authentication import Authenticator
+from gateway.catalog import CLIENT_CREDENTIALS
+from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_state, is_public, route, view_needed
+from gateway.errors import InvalidScope, NotFound, Refusal, TemporarilyUnavailable, render
+from gateway.exchange import read_body
+from gateway.fields import ResponseFields
+from gateway.grants.live import open_store
+from gateway.grants.store import GrantView, StoreUnavailable
+from gateway.graphql import GraphQLRoute
+from gateway.keys import KeyStore
+from gateway.paths import canonicalise
+from gateway.scopes import SCOPE_TOKEN
+from gateway.settings import Config
+from gateway.tables import Route
+from gateway.tokens import VerifiedToken
+from gateway.types import Scope
+
+# continuation lines line up under the values of `label:    value` lines
+_INDENT = " " * 11
+
+
+class UsageError(Exception):
+    """The request to explain is not given correctly (exit 2)."""
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who sends the request: `scopes` (and other `claims`) taken as given, or a `token` to verify."""
+
+    scopes: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+
+
+@dataclass(slots=True)
+class Explanation:
+    lines: list[str]
+    refusal: Refusal | None  # None: forwarded
+
+    @property
+    def status(self) -> int | None:
+        """The gateway's own answer's status; None when the request is forwarded."""
+        return None if self.refusal is None else self.refusal.status
+
+
+def parse_claims(text: str | None) -> dict[str, Any]:
+    """:raises UsageError: `text` is not a JSON object."""
+    if text is None:
+        return {}
+    try:
+        claims = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--claims: not JSON ({exc})") from None
+    if not isinstance(claims, dict):
+        raise UsageError("--claims: a JSON object of claims, e.g. '{\"sub\": \"u1\", \"acr\": \"sms\"}'")
+    return claims
+
+
+async def explain(
+    config: Config, method: str, target: str, caller: Caller, *, body: bytes | None = None, content_type: str | None = None,
+) -> Explanation:
+    """The decision for `method` `target` (path and query, as sent) from `caller`, in words.
+
+    :param body: the request body (a GraphQL route reads it).
+    :raises UsageError: a scope given that is not a valid scope.
+    """
+    method = method.upper()
+    path, _, query = target.partition("?")
+    lines = [f"request:   {method} {target}"]
+    realm = "gateway"
+    try:
+        canonical = canonicalise(path.encode("utf-8"))
+        lines.append(f"path:      {canonical.raw.decode('ascii', 'backslashreplace')}, segments {list(canonical.segments)}")
+        candidates = config.tables.candidates(canonical.segments)
+        try:
+            match = route(config.tables, method, path.encode("utf-8"), query.encode("utf-8"))
+        except NotFound:
+            _no_route(lines, method, candidates)
+            raise
+        compiled = match.route
+        realm = compiled.api.name
+        lines.append(f"route:     {_named(compiled)}")
+        _candidates(lines, method, candidates, compiled)
+        if match.params:
+            lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
+        lines.append(f"requires:  {compiled.requirement.describe()}")
+        grant = None
+        if not is_public(match):
+            token = await _token(config, caller, query.encode("utf-8"), lines)
+            view, read_from = await _view(config, match, token)
+            evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
+            _steps(lines, match, token, evaluation, read_from, config.tokens.grant_type_claim)
+            if evaluation.refusal is not None:
+                raise evaluation.refusal
+            grant = evaluation.grant
+        exchange = compiled.exchange
+        if isinstance(exchange, GraphQLRoute):
+            await _graphql(lines, exchange, method, query, body, content_type, grant)
+        elif isinstance(exchange, ResponseFields):
+            _response_fields(lines, exchange, grant.scopes if grant is not None else frozenset())
+        upstream = compiled.api.upstream
+        lines.append(f"decision:  forward to {upstream.origin.scheme}://{upstream.authority.decode()}{match.upstream_target.decode()}")
+        return Explanation(lines, None)
+    except Refusal as refusal:
+        status, headers, _ = render(refusal, realm)
+        lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
+        for name, value in headers:
+            if name == b"www-authenticate":
+                lines.append(f"header:    WWW-Authenticate: {value.decode()}")
+        return Explanation(lines, refusal)
+
+
+def _named(compiled: Route) -> str:
+    return f"{compiled.method} {compiled.template}  (table {compiled.api.name}, {compiled.source})"
+
+
+def _candidates(lines: list[str], method: str, candidates: tuple[Route, ...], matched: Route) -> None:
+    """Every route whose template matches the path, most specific first, and why each other one was not taken."""
+    for candidate in candidates:
+        if candidate is matched:
+            why = "matched" if candidate.method == method else f"matched: {method} is answered by the {candidate.method} route"
+        else:
+            why = "another method" if candidate.method != matched.method else "less specific than the route matched"
+        lines.append(f"candidate: {_named(candidate)}: {why}")
+
+
+def _no_route(lines: list[str], method: str, candidates: tuple[Route, ...]) -> None:
+    if not candidates:
+        lines.append("route:     none: no route of any method has a template matching this path")
+        return
+    methods = sorted({candidate.method for candidate in candidates})
+    lines.append(f"route:     none for {method}: this path has routes for {', '.join(methods)} only, and a wrong method is "
+                 "answered as an unknown path (404), revealing no method")
+    for candidate in candidates:
+        lines.append(f"candidate: {_named(candidate)}: another method")
+
+
+async def _token(config: Config, caller: Caller, query: bytes, lines: list[str]) -> VerifiedToken:
+    """The caller as the decision sees it, and where its scopes came from."""
+    if caller.scopes is not None:
+        scopes = frozenset(caller.scopes.split())
+        for scope in scopes:
+            if not SCOPE_TOKEN.fullmatch(scope):
+                raise UsageError(f"--scopes: {scope!r} is not a valid scope")
+        claims = caller.claims
+        lines.append(f"token:     given with --scopes (signature and claims not checked)"
+                     + (f"; claims {json.dumps(claims, sort_keys=True)}" if claims else ""))
+        lines.append(f"scopes:    {' '.join(sorted(scopes)) or '(none)'}, from --scopes {caller.scopes!r}")
+        subject, client = claims.get("sub"), claims.get("client_id", claims.get("azp"))
+        return VerifiedToken(scopes, subject, client, float("inf"), json.dumps(claims).encode())
+    header = [f"Bearer {caller.token}".encode("latin-1")] if caller.token is not None else []
+    tokens = config.tokens
+    keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
+    verified = await Authenticator(tokens, keys).authenticate(header, query)
+    claims = verified.claims
+    lines.append(f"token:     valid; sub={verified.subject} client={verified.client}")
+    found = [name for name in tokens.scope_claims if claims.get(name) is not None]
+    if not found:
+        lines.append(f"scopes:    (none): the token has no {' or '.join(repr(name) for name in tokens.scope_claims)} claim (tokens.scope_claims)")
+    for name in found:
+        lines.append(f"scopes:    {json.dumps(claims[name])}, from claim {name!r} (tokens.scope_claims)")
+    if len(found) > 1:
+        lines.append(f"{_INDENT}together: {' '.join(sorted(verified.scopes))}")
+    return verified
+
+
+async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tuple[GrantView | None, str | None]:
+    """The grant-store view the decision needs, read from the configured store, and whose it is
+    in words (None, None: none is needed).
+
+    :raises TemporarilyUnavailable: the store cannot be read, as the app answers then.
+    """
+    caller = view_needed(match, token, config.tokens.grant_type_claim)
+    if caller is None or config.grants.store is None:
+        return None, None
+    store = open_store(config.grants.store, config.grants.base)  # type: ignore[arg-type]
+    try:
+        view = await store.view(match.route.api.name, *caller)
+    except StoreUnavailable as exc:
+        raise TemporarilyUnavailable(f"the grant store cannot be read: {exc}", retry_after=1) from None
+    finally:
+        await store.aclose()
+    return view, f"read from {config.grants.store} for client {caller[0]}, user {caller[1]}"
+
+
+def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation, read_from: str | None, grant_type_claim: str) -> None:
+    """DESIGN.md's steps of the effective scopes, in its order, as `evaluate` took them."""
+    compiled = match.route
+    catalog = compiled.api.catalog
+    assessment = evaluation.assessment
+    if compiled.requirement.bound:
+        lines.append(f"bound:     {evaluation.requirement.describe()} (the path's parameters in the requirement)")
+    if not catalog.entries:
+        lines.append(f"step 1, aliases and forms: nothing to do: table {compiled.api.name} has no scope catalog, so scopes are read as written")
+        lines.append("step 2, rules: nothing to do: no catalog")
+    else:
+        lines.append("step 1, aliases and forms:")
+        for reading in assessment.readings:
+            ignored = " (ignored)" if reading.scope is None and not reading.problem and not catalog.refuse_unknown else ""
+            lines.append(f"{_INDENT}{reading.describe()}{ignored}")
+        if not assessment.readings:
+            lines.append(f"{_INDENT}nothing to do: the token holds no scope")
+        if assessment.refusal is not None:
+            lines.append(f"step 2, rules: broken: {assessment.refusal}")
+            return
+        lines.append("step 2, rules: none broken")
+    if evaluation.grant_type is not None:
+        lines.append(f"{_INDENT}grant type {evaluation.grant_type}: {_grant_type_source(token, grant_type_claim)}")
+        if isinstance(evaluation.refusal, InvalidScope):
+            return
+    user = compiled.user
+    acting = user is not None and evaluation.grant_type == CLIENT_CREDENTIALS
+    if user is not None:
+        lines.append(f"user:      the route acts on user {match.params[user]!r} (parameter {user}); "
+                     + ("a client-credentials token acts only through that user's offline grants to its client" if acting
+                        else f"the token's subject is {token.subject!r}"))
+        if not acting and token.subject != match.params[user]:
+            lines.append(f"{_INDENT}another user's resource: answered as if it did not exist")
+            return
+    _live(lines, evaluation, read_from, acting)
+    _step_up(lines, evaluation)
+    counted = assessment.counted | evaluation.live_counted | frozenset(evaluation.stepped_up)
+    implied = sorted(evaluation.effective - counted)
+    lines.append(f"step 5, implications: {' '.join(implied)} (implied by the catalog of {compiled.api.name})" if implied
+                 else "step 5, implications: nothing implied")
+    lines.append(f"effective: {' '.join(sorted(evaluation.effective)) or '(none)'}")
+
+
+def _grant_type_source(token: VerifiedToken, claim: str) -> str:
+    """Where `VerifiedToken.grant_type` read the grant type from, in words."""
+    value = token.claims.get(claim)
+    if isinstance(value, str) and value:
+        return f"from claim {claim!r} (tokens.grant_type_claim)"
+    if token.subject is None:
+        reason = "the token has no subject"
+    elif token.subject == token.client:
+        reason = "its subject is its client"
+    else:
+        reason = "its subject is not its client"
+    return f"inferred: no claim {claim!r}, and {reason}"
+
+
+def _live(lines: list[str], evaluation: Evaluation, read_from: str | None, acting: bool) -> None:
+    """Step 3: each grant and condition read from the store, with its state."""
+    if read_from is None:
+        lines.append("step 3, live grants: nothing to do: no scope of the token counts only through the grant store")
+        return
+    lines.append(f"step 3, live grants: {read_from}")
+    now = time.time()
+    for what, state in evaluation.grants_read:
+        lines.append(f"{_INDENT}{what}: {grant_state(state, now)}")
+    if acting and not evaluation.grants_read:
+        lines.append(f"{_INDENT}the user has no offline grant to this client")
+    for reading, _ in evaluation.assessment.live:
+        # a condition is read once the form's grants are active: then it counts, or waits for it
+        condition = evaluation.catalog.entries[reading.entry].condition if reading.entry is not None else None
+        if "optional" in reading.form and condition is not None:
+            if reading.scope in evaluation.pending_optional:
+                lines.append(f"{_INDENT}the condition of {reading.scope} ({condition}): not met: {reading.raw} waits for it")
+            elif reading.scope in evaluation.live_counted:
+                lines.append(f"{_INDENT}the condition of {reading.scope} ({condition}): met")
+    lines.append(f"{_INDENT}counts: {' '.join(sorted(evaluation.live_counted)) or '(nothing)'}")
+
+
+def _step_up(lines: list[str], evaluation: Evaluation) -> None:
+    if not evaluation.stepped_up and not evaluation.pending_step_up:
+        lines.append("step 4, step-up: nothing to do: no step-up scope in play")
+        return
+    lines.append("step 4, step-up:")
+    for scope in evaluation.stepped_up:
+        lines.append(f"{_INDENT}{scope} counts: the token's authentication is recent and strong enough")
+    for scope, step_up in evaluation.pending_step_up:
+        age = f" within {step_up.max_age:g} s" if step_up.max_age is not None else ""
+        lines.append(f"{_INDENT}{scope} is pending: it counts only after an authentication with acr {' or '.join(step_up.acr)}{age}")
+
+
+async def _graphql(
+    lines: list[str], exchange: GraphQLRoute, method: str, query: str, body: bytes | None, content_type: str | None, grant: Grant | None,
+) -> None:
+    """The operation chosen, each field that can run against its requirement, and what `prepare`
+    (the app's own check) makes of the request.
+
+    :raises Refusal: as the app refuses the request.
+    """
+    headers = [(b"content-type", content_type.encode("latin-1"))] if content_type is not None else []
+    scope: Scope = {"type": "http", "method": method, "query_string": query.encode("utf-8"), "headers": headers}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body or b"", "more_body": False}
+
+    read = await read_body(receive, exchange.body_limit) if exchange.body_limit is not None else None
+    _, _, operations = exchange.operations(scope, read)
+    scopes = grant.scopes if grant is not None else None
+    for operation in operations:
+        name = operation.operation.name.value if operation.operation.name is not None else "(anonymous)"
+        lines.append(f"graphql:   {operation.kind.value} {name}")
+        for key, path, requirement, met in exchange.field_checks(operation, scopes):
+            needs = "no requirement covers it (deny by default)" if requirement is None else f"requires {requirement.describe()}"
+            lines.append(f"{_INDENT}{key} at {'.'.join(path)}: {needs}: {'met' if met else 'refused'}")
+    refused = any(not met for operation in operations for *_, met in exchange.field_checks(operation, scopes))
+    await exchange.prepare(scope, read, grant)
+    if refused:
+        lines.append(f"{_INDENT}filter mode: the refused fields are removed, and answered as null with an error each")
+
+
+def _response_fields(lines: list[str], exchange: ResponseFields, effective: frozenset[str]) -> None:
+    removed = exchange.refused(effective)
+    for member, requirement in exchange.requirements.items():
+        verdict = "removed from a JSON answer" if member in removed else "kept"
+        lines.append(f"field:     {member}: requires {requirement.describe()}: {verdict}")
