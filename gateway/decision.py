@@ -46,6 +46,9 @@ class Grant:
     subject: str | None
     client: str | None
     scopes: frozenset[str]
+    # why a live scope of the token does not count (a grant missing, revoked or expired, in words):
+    # for the refusals of what the route's exchange checks below the route (GraphQL fields)
+    reasons: tuple[str, ...] = ()
 
 
 def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:
@@ -184,7 +187,7 @@ def evaluate(
     effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
     if requirement.met_by(effective):
-        evaluation.grant = Grant(token.subject, token.client, effective)
+        evaluation.grant = Grant(token.subject, token.client, effective, evaluation.live_missing)
         return evaluation
     evaluation.refusal = _refusal(match, requirement, evaluation, acting_for)
     return evaluation

@@ -147,9 +147,10 @@ class GraphQLRoute:
         refused = [self._refused(operation, scopes) for operation in operations]
         if not any(refused):
             return Forwarding() if get else Forwarding(body=body or b"")
+        reasons = grant.reasons if grant is not None else ()
         if self.mode == "reject":
-            raise _refusal(refused, grant is None, batch)
-        return self._filtered(scope, parts, operations, refused, batch, grant is None, get)
+            raise _refusal(refused, grant is None, batch, reasons)
+        return self._filtered(scope, parts, operations, refused, batch, grant is None, get, reasons)
 
     def operations(self, scope: Scope, body: bytes | None) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
         """The request's parts, whether it is a batch, and the analysis of each part's operation.
@@ -338,6 +339,7 @@ class GraphQLRoute:
 
     def _filtered(
         self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, anonymous: bool, get: bool,
+        reasons: tuple[str, ...],
     ) -> Forwarding:
         """The request without its refused fields, and the answer's rewrite that puts them back as null."""
         members: list[dict[str, Any]] = []
@@ -351,7 +353,7 @@ class GraphQLRoute:
             removed = [(node, key, path) for node, key, path in operation.occurrences if key in keys]
             text, used = _pruned(operation, {id(node) for node, _, _ in removed})
             if text is None:  # nothing left to ask: refused as in reject mode
-                raise _refusal(refused, anonymous, batch)
+                raise _refusal(refused, anonymous, batch, reasons)
             members.append(_rewritten_members(part, text, used))
             at = {path: key for _, key, path in removed}
             answers.append((list(at), [_error(keys[key], path, anonymous) for path, key in at.items()]))
@@ -675,8 +677,10 @@ def _error(refused: _Refused, path: tuple[str, ...], anonymous: bool) -> dict[st
     return {"message": message, "path": list(path), "extensions": {"code": "UNAUTHENTICATED" if anonymous else "FORBIDDEN", "required": required}}
 
 
-def _refusal(refused: list[list[_Refused]], anonymous: bool, batch: bool) -> Refusal:
-    """403 (401 without a token) naming every refused field of every operation and what it needs."""
+def _refusal(refused: list[list[_Refused]], anonymous: bool, batch: bool, reasons: tuple[str, ...] = ()) -> Refusal:
+    """403 (401 without a token) naming every refused field of every operation and what it needs,
+    and, as a route's refusal does, each grant of the token's live scopes that is missing, revoked
+    or expired."""
     errors = []
     for index, found in enumerate(refused):
         for item in found:
@@ -688,4 +692,5 @@ def _refusal(refused: list[list[_Refused]], anonymous: bool, batch: bool) -> Ref
     if anonymous:
         return Unauthorized(f"the operation needs a token: {described}", errors=errors)
     first = next((item.requirement for found in refused for item in found if item.requirement is not None), None)
-    return Forbidden(f"the operation selects fields the token may not use: {described}", scope=first.first_alternative() if first else "", errors=errors)
+    why = "".join(f"; {reason}" for reason in reasons)
+    return Forbidden(f"the operation selects fields the token may not use: {described}{why}", scope=first.first_alternative() if first else "", errors=errors)

@@ -38,10 +38,12 @@ SEED: list[tuple[str, list[Any]]] = [
         # the token carries the scope, the store holds neither grant: the field does not count
         Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT), description=("Mutation.makeDeposit requires MAKE_DEPOSIT",)),
         Grant("MAKE_DEPOSIT"),                       # the global (client) grant alone
-        Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
+        Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
+             description=("Mutation.makeDeposit requires MAKE_DEPOSIT; the user grant of MAKE_DEPOSIT by user-1 to client client-1 does not exist",)),
         Revoke("MAKE_DEPOSIT"),
         Grant("MAKE_DEPOSIT", subject="user-1"),     # the user grant alone
-        Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
+        Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
+             description=("; the client grant of MAKE_DEPOSIT to client client-1 was revoked at ",)),
         Grant("MAKE_DEPOSIT"),                       # both
         Case(f"POST {G}", "MAKE_DEPOSIT", "forward", json=DEPOSIT, forwarded_scopes="MAKE_DEPOSIT"),
         # both grants, but the token does not carry the scope
@@ -56,7 +58,8 @@ SEED: list[tuple[str, list[Any]]] = [
         Grant("LIST_OFFERS", subject="user-1", ttl=3),
         Case(f"POST {G}", "LIST_OFFERS", "forward", json=op("{ offers(first: 2) { id merchant cashback } }")),
         Wait(4),
-        Says(Case(f"POST {G}", "LIST_OFFERS", "403 forbidden", json=op("{ offers(first: 2) { id } }")), description=("Query.offers requires LIST_OFFERS",)),
+        Says(Case(f"POST {G}", "LIST_OFFERS", "403 forbidden", json=op("{ offers(first: 2) { id } }")),
+             description=("Query.offers requires LIST_OFFERS", "; the user grant of LIST_OFFERS by user-1 to client client-1 expired at ")),
     ]),
     ("An expired grant will automatically revoke the application's access to the specified resources.", [
         Grant("LIST_PAYMENT"),
