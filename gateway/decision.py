@@ -46,9 +46,30 @@ class Grant:
     subject: str | None
     client: str | None
     scopes: frozenset[str]
-    # why a live scope of the token does not count (a grant missing, revoked or expired, in words):
-    # for the refusals of what the route's exchange checks below the route (GraphQL fields)
-    reasons: tuple[str, ...] = ()
+    # what did not count, when the step-by-step decision allowed it: for refusing what the route's
+    # exchange checks below the route (GraphQL fields) as the route itself would be refused
+    uncounted: Uncounted | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Uncounted:
+    """The token's scopes that did not count for an allowed request, and why."""
+
+    catalog: Catalog
+    pending_step_up: tuple[tuple[str, StepUp], ...]  # count after a recent, strong enough authentication
+    pending_optional: frozenset[str]  # count once the user meets their condition
+    reasons: tuple[str, ...]  # each grant of a live scope missing, revoked or expired, in words
+
+
+def refusal_below_route(grant: Grant, requirements: list[Requirement], what: str) -> Refusal | None:
+    """The 401 step-up or the 404 a route would answer if `requirements` (unmet by `grant`'s
+    scopes) were its own, when every one of them would be met after a step-up, or once the user
+    meets optional scopes' conditions; None: forbidden (the caller names what is missing, and
+    adds `grant.uncounted.reasons`)."""
+    uncounted = grant.uncounted
+    if uncounted is None:
+        return None
+    return _waiting(uncounted.catalog, requirements, grant.scopes, uncounted.pending_step_up, uncounted.pending_optional, what)
 
 
 def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:
@@ -187,7 +208,10 @@ def evaluate(
     effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
     if requirement.met_by(effective):
-        evaluation.grant = Grant(token.subject, token.client, effective, evaluation.live_missing)
+        uncounted = None
+        if evaluation.pending_step_up or evaluation.pending_optional or evaluation.live_missing:
+            uncounted = Uncounted(catalog, evaluation.pending_step_up, evaluation.pending_optional, evaluation.live_missing)
+        evaluation.grant = Grant(token.subject, token.client, effective, uncounted)
         return evaluation
     evaluation.refusal = _refusal(match, requirement, evaluation, acting_for)
     return evaluation
@@ -270,33 +294,45 @@ def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation
     """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then an optional scope
     whose condition is not met (404), then forbidden (404 if hidden)."""
     route = match.route
-    catalog = route.api.catalog
-    if evaluation.pending_step_up:
-        pending = frozenset(scope for scope, _ in evaluation.pending_step_up)
-        stepped = catalog.with_implications(evaluation.effective | pending)
-        for alternative in requirement.alternatives:
-            if alternative <= stepped:
-                needed = [step_up for scope, step_up in evaluation.pending_step_up if catalog.with_implications(frozenset({scope})) & alternative]
-                acr_values = _acr_values(needed)
-                ages = [step_up.max_age for step_up in needed if step_up.max_age is not None]
-                names = " and ".join(scope for scope, step_up in evaluation.pending_step_up if step_up in needed)
-                return InsufficientUserAuthentication(
-                    f"{route.method} {route.template} needs {names}, which counts only after a recent authentication"
-                    f" with acr {' or '.join(acr_values)}" + (f" within {min(ages):g} seconds" if ages else "")
-                    + ": authenticate again and retry with the new token",
-                    acr_values=" ".join(acr_values), max_age=min(ages) if ages else None,
-                )
-    if evaluation.pending_optional:
-        fulfilled = catalog.with_implications(evaluation.effective | evaluation.pending_optional)
-        if any(alternative <= fulfilled for alternative in requirement.alternatives):
-            return NotFound(
-                f"{' and '.join(sorted(evaluation.pending_optional))}: the user has not met the scope's condition yet",
-                pending=sorted(evaluation.pending_optional),
-            )
+    waiting = _waiting(route.api.catalog, [requirement], evaluation.effective, evaluation.pending_step_up, evaluation.pending_optional,
+                       f"{route.method} {route.template}")
+    if waiting is not None:
+        return waiting
     reasons = list(evaluation.live_missing)
     if acting_for is not None:
         reasons.insert(0, f"a client-credentials token acts on user {acting_for} only through that user's active offline grants to this client")
     return _forbidden(match, requirement, evaluation.effective, reasons)
+
+
+def _waiting(
+    catalog: Catalog, requirements: list[Requirement], effective: frozenset[str],
+    pending_step_up: tuple[tuple[str, StepUp], ...], pending_optional: frozenset[str], what: str,
+) -> Refusal | None:
+    """401 when a step-up would meet every one of `requirements`; else 404 when the conditions of
+    the pending optional scopes would; else None (forbidden)."""
+    if pending_step_up:
+        stepped = catalog.with_implications(effective | frozenset(scope for scope, _ in pending_step_up))
+        chosen = [next((alternative for alternative in requirement.alternatives if alternative <= stepped), None) for requirement in requirements]
+        if all(alternative is not None for alternative in chosen):
+            wanted = frozenset().union(*chosen)  # type: ignore[arg-type]
+            needed = [step_up for scope, step_up in pending_step_up if catalog.with_implications(frozenset({scope})) & wanted]
+            acr_values = _acr_values(needed)
+            ages = [step_up.max_age for step_up in needed if step_up.max_age is not None]
+            names = " and ".join(scope for scope, step_up in pending_step_up if step_up in needed)
+            return InsufficientUserAuthentication(
+                f"{what} needs {names}, which counts only after a recent authentication"
+                f" with acr {' or '.join(acr_values)}" + (f" within {min(ages):g} seconds" if ages else "")
+                + ": authenticate again and retry with the new token",
+                acr_values=" ".join(acr_values), max_age=min(ages) if ages else None,
+            )
+    if pending_optional:
+        fulfilled = catalog.with_implications(effective | pending_optional)
+        if all(any(alternative <= fulfilled for alternative in requirement.alternatives) for requirement in requirements):
+            return NotFound(
+                f"{' and '.join(sorted(pending_optional))}: the user has not met the scope's condition yet",
+                pending=sorted(pending_optional),
+            )
+    return None
 
 
 def _forbidden(match: RouteMatch, requirement: Requirement, effective: frozenset[str], reasons: list[str] | None = None) -> Refusal:

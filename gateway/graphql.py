@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from graphql import (
@@ -37,14 +37,12 @@ from graphql.validation import (
     UniqueVariableNamesRule,
 )
 
+from gateway.decision import Grant, refusal_below_route
 from gateway.errors import Forbidden, InvalidRequest, Refusal, Unauthorized, UnsupportedMediaType
 from gateway.exchange import Forwarding
 from gateway.fields import decoded, is_json
 from gateway.scopes import Access, Requirement
 from gateway.types import Headers, Scope
-
-if TYPE_CHECKING:
-    from gateway.decision import Grant
 
 MODES = ("reject", "filter")
 INTROSPECTION = frozenset({"__schema", "__type"})
@@ -147,10 +145,9 @@ class GraphQLRoute:
         refused = [self._refused(operation, scopes) for operation in operations]
         if not any(refused):
             return Forwarding() if get else Forwarding(body=body or b"")
-        reasons = grant.reasons if grant is not None else ()
         if self.mode == "reject":
-            raise _refusal(refused, grant is None, batch, reasons)
-        return self._filtered(scope, parts, operations, refused, batch, grant is None, get, reasons)
+            raise _refusal(refused, grant, batch)
+        return self._filtered(scope, parts, operations, refused, batch, grant, get)
 
     def operations(self, scope: Scope, body: bytes | None) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
         """The request's parts, whether it is a batch, and the analysis of each part's operation.
@@ -338,8 +335,7 @@ class GraphQLRoute:
     # --- filter mode ---------------------------------------------------------------------------------
 
     def _filtered(
-        self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, anonymous: bool, get: bool,
-        reasons: tuple[str, ...],
+        self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, grant: Grant | None, get: bool,
     ) -> Forwarding:
         """The request without its refused fields, and the answer's rewrite that puts them back as null."""
         members: list[dict[str, Any]] = []
@@ -353,10 +349,10 @@ class GraphQLRoute:
             removed = [(node, key, path) for node, key, path in operation.occurrences if key in keys]
             text, used = _pruned(operation, {id(node) for node, _, _ in removed})
             if text is None:  # nothing left to ask: refused as in reject mode
-                raise _refusal(refused, anonymous, batch, reasons)
+                raise _refusal(refused, grant, batch)
             members.append(_rewritten_members(part, text, used))
             at = {path: key for _, key, path in removed}
-            answers.append((list(at), [_error(keys[key], path, anonymous) for path, key in at.items()]))
+            answers.append((list(at), [_error(keys[key], path, grant is None) for path, key in at.items()]))
         query: bytes | None = None
         body: bytes | None = None
         if get:
@@ -677,10 +673,12 @@ def _error(refused: _Refused, path: tuple[str, ...], anonymous: bool) -> dict[st
     return {"message": message, "path": list(path), "extensions": {"code": "UNAUTHENTICATED" if anonymous else "FORBIDDEN", "required": required}}
 
 
-def _refusal(refused: list[list[_Refused]], anonymous: bool, batch: bool, reasons: tuple[str, ...] = ()) -> Refusal:
-    """403 (401 without a token) naming every refused field of every operation and what it needs,
-    and, as a route's refusal does, each grant of the token's live scopes that is missing, revoked
-    or expired."""
+def _refusal(refused: list[list[_Refused]], grant: Grant | None, batch: bool) -> Refusal:
+    """What a route would answer if the refused fields' requirements were its own: 401 without a
+    token; 401 step-up or 404 when every refused field would count after a step-up or once the
+    user meets a condition; else 403, naming every refused field of every operation and what it
+    needs, and each grant of the token's live scopes that is missing, revoked or expired."""
+    anonymous = grant is None
     errors = []
     for index, found in enumerate(refused):
         for item in found:
@@ -689,8 +687,14 @@ def _refusal(refused: list[list[_Refused]], anonymous: bool, batch: bool, reason
                 error["extensions"]["batch_index"] = index
             errors.append(error)
     described = "; ".join(error["message"] for error in errors)
-    if anonymous:
+    if grant is None:
         return Unauthorized(f"the operation needs a token: {described}", errors=errors)
-    first = next((item.requirement for found in refused for item in found if item.requirement is not None), None)
-    why = "".join(f"; {reason}" for reason in reasons)
+    requirements = [item.requirement for found in refused for item in found]
+    if None not in requirements:
+        waiting = refusal_below_route(grant, requirements, f"the operation ({described})")  # type: ignore[arg-type]
+        if waiting is not None:
+            waiting.extra["errors"] = errors
+            return waiting
+    why = "".join(f"; {reason}" for reason in grant.uncounted.reasons) if grant.uncounted is not None else ""
+    first = next((requirement for requirement in requirements if requirement is not None), None)
     return Forbidden(f"the operation selects fields the token may not use: {described}{why}", scope=first.first_alternative() if first else "", errors=errors)

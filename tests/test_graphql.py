@@ -5,9 +5,11 @@ allowed request reaches it byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -362,3 +364,68 @@ async def test_filter_mode_forwards_a_persisted_query_it_pruned_as_a_document(fi
     response = await filtering.send("POST", "/graphql", body("{ status payments { id } }", extensions={"persistedQuery": {"version": 1, "sha256Hash": sha("{ status payments { id } }")}}), JSON, "")
     assert response.json()["data"] == {"status": "ok", "payments": None}
     assert forwarded_document(bank) == {"query": "{\n  status\n}"}  # the hash named the whole document: dropped
+
+
+# --- fields refused as a route would be: step-up (401) and pending conditions (404) ------------------
+
+WAITING = """\
+name: bank
+upstream: {upstream}
+scopes:
+  LIST_PAYMENT:
+    step_up: {acr: [sms], max_age: 300}
+  LIST_OFFERS:
+    suffixes: [optional]
+    condition: User must accept the offers' terms
+  READ_EMAIL:
+  MAKE_DEPOSIT:
+  REVEAL_CARD:
+  ADMIN:
+routes:
+  POST /graphql:
+    scopes: authenticated
+    graphql: {schema: bank.graphql, fields: {Query.offers: LIST_OFFERS}}
+"""
+
+
+@pytest.fixture
+async def waiting(tmp_path: Path, bank: GraphQLUpstream) -> Any:
+    bank.received.clear()
+    config = write_config(tmp_path, upstream=bank.url, table=WAITING, proxy="grants:\n  store: sqlite:///grants.db\n  refresh: 0.05\n")
+    shutil.copy(SDL, tmp_path / "routes" / "bank.graphql")
+    app = Gateway(load_config(config))
+    await app.runtime.start()
+    yield app
+    await app.runtime.aclose()
+
+
+async def ask_as(app: Gateway, query: str, scopes: str, **claims: Any) -> httpx.Response:
+    token = mint(scopes, lifetime=600, sub="ana", client_id="app", **claims)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as client:
+        return await client.post("/graphql", content=body(query), headers={**JSON, "authorization": f"Bearer {token}"})
+
+
+async def test_a_field_that_counts_after_a_step_up_is_answered_401_with_the_challenge(waiting: Gateway, bank: GraphQLUpstream) -> None:
+    refused = await ask_as(waiting, "{ payments { id } }", "LIST_PAYMENT")
+    assert (refused.status_code, refused.json()["error"]) == (401, "insufficient_user_authentication")
+    assert 'acr_values="sms"' in refused.headers["www-authenticate"] and 'max_age="300"' in refused.headers["www-authenticate"]
+    assert refused.json()["errors"][0]["path"] == ["payments"] and not bank.received
+    stepped_up = await ask_as(waiting, "{ payments { id } }", "LIST_PAYMENT", acr="sms", auth_time=int(time.time()))
+    assert stepped_up.status_code == 200 and len(bank.received) == 1
+
+
+async def test_a_field_whose_optional_scope_waits_for_its_condition_is_answered_404(waiting: Gateway, bank: GraphQLUpstream) -> None:
+    refused = await ask_as(waiting, "{ offers { id } }", "LIST_OFFERS_optional")
+    assert (refused.status_code, refused.json()["error"], refused.json()["pending"]) == (404, "not_found", ["LIST_OFFERS"])
+    assert not bank.received
+    await waiting.runtime.grants.store.set_condition("bank", "ana", "LIST_OFFERS", True)  # type: ignore[union-attr]
+    await asyncio.sleep(0.2)
+    assert (await ask_as(waiting, "{ offers { id } }", "LIST_OFFERS_optional")).status_code == 200 and len(bank.received) == 1
+
+
+async def test_fields_that_neither_a_step_up_nor_a_condition_would_all_allow_are_forbidden(waiting: Gateway, bank: GraphQLUpstream) -> None:
+    both = await ask_as(waiting, "{ payments { id } offers { id } }", "LIST_PAYMENT LIST_OFFERS_optional")
+    assert (both.status_code, both.json()["error"]) == (403, "forbidden")
+    email = await ask_as(waiting, "{ payments { id } me { email } }", "LIST_PAYMENT")
+    assert (email.status_code, email.json()["error"]) == (403, "forbidden")
+    assert not bank.received
