@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.metrics import Recorder
-from gateway.types import Message, Scope, Send
+from gateway.types import Scope
 
 if TYPE_CHECKING:
     from gateway.decision import RouteMatch
@@ -39,11 +39,12 @@ def _sane(value: bytes) -> bool:
 
 
 class Record:
-    """One request being answered: when it came, its id, and what was sent back."""
+    """One request being answered: when it came, its id, and the status it was answered with (set
+    by whoever sends the answer's head: the forwarder, or the app for its own answers)."""
 
-    __slots__ = ("observer", "started", "request_id", "id_header", "status", "upstream_seconds", "_send")
+    __slots__ = ("observer", "started", "request_id", "id_header", "status", "upstream_seconds")
 
-    def __init__(self, observer: Observer, send: Send, request_id: str | None, id_header: tuple[bytes, bytes] | None) -> None:
+    def __init__(self, observer: Observer, request_id: str | None, id_header: tuple[bytes, bytes] | None) -> None:
         self.observer = observer
         self.started = time.perf_counter()
         self.request_id = request_id
@@ -51,12 +52,6 @@ class Record:
         self.id_header = id_header
         self.status = 0
         self.upstream_seconds: float | None = None  # set by the forwarder
-        self._send = send
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self._send(message)
 
 
 class Observer:
@@ -75,18 +70,18 @@ class Observer:
         self._prefix = os.urandom(8).hex()
         self._counter = itertools.count(1)
 
-    def begin(self, scope: Scope, send: Send) -> Record:
+    def begin(self, scope: Scope) -> Record:
         """The record of a request that just arrived. With the access log on, the request gets
         its id: the client's, or a new one, which replaces any the client sent in `scope`."""
         if not self.access_log:
-            return Record(self, send, None, None)
+            return Record(self, None, None)
         sent = [value for name, value in scope["headers"] if name.lower() == REQUEST_ID]
         if len(sent) == 1 and _sane(sent[0]):
-            return Record(self, send, sent[0].decode("ascii"), None)
+            return Record(self, sent[0].decode("ascii"), None)
         made = f"{self._prefix}-{next(self._counter):x}"
         if sent:  # several, too long, or not visible ASCII: the upstream gets the gateway's instead
             scope["headers"] = [(name, value) for name, value in scope["headers"] if name.lower() != REQUEST_ID]
-        return Record(self, send, made, (REQUEST_ID, made.encode("ascii")))
+        return Record(self, made, (REQUEST_ID, made.encode("ascii")))
 
     def finish(self, record: Record, method: str, path: bytes, match: RouteMatch | None, verified: VerifiedToken | None,
                forwarded: bool, reason: str) -> None:

@@ -82,8 +82,7 @@ class Gateway:
         observer = self.observer
         record = None
         if observer is not None:
-            record = observer.begin(scope, send)
-            send = record.send
+            record = observer.begin(scope)
         match = verified = None
         forwarded = False
         reason = "forwarded"
@@ -179,8 +178,10 @@ async def _grant_view(grants: LiveGrants, api: str, caller: tuple[str | None, st
 
 async def _answer(send: Send, refusal: Refusal, realm: str, record: Record | None = None) -> None:
     status, headers, body = render(refusal, realm)
-    if record is not None and record.request_id is not None:
-        headers.append((REQUEST_ID, record.request_id.encode("ascii")))
+    if record is not None:
+        record.status = status
+        if record.request_id is not None:
+            headers.append((REQUEST_ID, record.request_id.encode("ascii")))
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -315,8 +315,10 @@ class Forwarder:
                 record.upstream_seconds = time.perf_counter() - started
         try:
             if forwarding is not None and forwarding.rewrite is not None:
-                await self._send_rewritten(response, send, api, forwarding)
+                await self._send_rewritten(response, send, api, forwarding, record)
                 return
+            if record is not None:
+                record.status = response.status
             await send({
                 "type": "http.response.start",
                 "status": response.status,
@@ -338,7 +340,7 @@ class Forwarder:
         finally:
             await response.aclose()
 
-    async def _send_rewritten(self, response: UpstreamResponse, send: Send, api: Api, forwarding: Forwarding) -> None:
+    async def _send_rewritten(self, response: UpstreamResponse, send: Send, api: Api, forwarding: Forwarding, record: Record | None) -> None:
         """The answer read whole (bounded), rewritten, and sent with its own length."""
         assert forwarding.rewrite is not None
         chunks: list[bytes] = []
@@ -355,5 +357,7 @@ class Forwarder:
         headers = [(name, value) for name, value in downstream_response_headers(response.headers) if name != b"content-length"]
         status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks), limit)
         headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if record is not None:
+            record.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
