@@ -1,30 +1,30 @@
-"""The `gateway` command: serve, check, explain, test, demo. A thin layer over the functions the app
-itself calls: `check` is the loader, `explain` is the decision, `test` is the app under test."""
+"""The `gateway` command: serve, check, explain, test, health, grants, scopes, demo. A thin layer
+over the functions the app itself calls: `check` is the loader, `explain` is the decision, `test`
+is the app under test."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import time
-from datetime import datetime, timezone
 import importlib.util
+import json
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
 from gateway import logs
-from gateway.loading.lint import warnings
-from gateway.loading import ConfigError, admin_address, load_config
-from gateway.settings import Config
 from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store
 from gateway.grants.store import GrantStore, StoreUnavailable
-from gateway.validation import grant_scope_problem
+from gateway.loading import ConfigError, admin_address, load_config
+from gateway.loading.lint import warnings
 from gateway.server import SERVERS
-from gateway.validation import STAGES, validate_scopes
+from gateway.settings import Config
+from gateway.validation import STAGES, grant_scope_problem, validate_scopes
 
 _DESCRIPTION = """\
 A reverse proxy that enforces OAuth scopes per route. It verifies each request's bearer token,
