@@ -10,7 +10,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import httpx
 from gateway import logs
 from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store
-from gateway.grants.store import GrantStore, StoreUnavailable
+from gateway.grants.store import GrantState, GrantStore, StoreUnavailable
 from gateway.loading import ConfigError, admin_address, load_config
 from gateway.loading.lint import warnings
 from gateway.server import SERVERS
@@ -103,8 +103,17 @@ def _scopes_validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    client_grants = None
+    if args.client is not None and config.grants.store is not None:
+        # what the store holds for the client now: a scope that needs a client grant is checked against it
+        try:
+            client_grants = asyncio.run(_client_grants(open_store(config.grants.store, config.grants.base), args.api, args.client))
+        except StoreUnavailable as exc:
+            print(f"the grant store cannot be read: {exc}")
+            return 2
     try:
-        check = validate_scopes(config, args.api, args.scopes, client=args.client, grant_type=args.grant_type, stage=args.stage)
+        check = validate_scopes(config, args.api, args.scopes, client=args.client, client_grants=client_grants,
+                                grant_type=args.grant_type, stage=args.stage)
     except KeyError as exc:
         print(exc.args[0])
         return 2
@@ -116,6 +125,13 @@ def _scopes_validate(args: argparse.Namespace) -> int:
         print(f"valid: {' '.join(check.scopes) or '(no scopes)'}")
         return 0
     return 1
+
+
+async def _client_grants(store: GrantStore, api: str, client: str) -> Mapping[str, GrantState]:
+    try:
+        return (await store.view(api, client, None)).client_grants
+    finally:
+        await store.aclose()
 
 
 def _grants(args: argparse.Namespace) -> int:

@@ -5,10 +5,13 @@ gateway's catalog can be the one source of truth (Moneyhub and Paysera both answ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.catalog import CLIENT_CREDENTIALS, Catalog
+from gateway.decision import grant_state
+from gateway.grants.store import GrantState
 from gateway.scopes import SCOPE_TOKEN
 from gateway.settings import Config
 
@@ -30,13 +33,15 @@ class ScopeCheck:
 
 def validate_scopes(
     config: Config, api: str, scopes: str | Iterable[str], *, client: str | None = None,
-    grant_type: str = "authorization_code", stage: str = "token",
+    client_grants: Mapping[str, GrantState] | None = None, grant_type: str = "authorization_code", stage: str = "token",
 ) -> ScopeCheck:
     """Apply `api`'s catalog rules to a scope request.
 
     :param scopes: a space-separated scope string (RFC 6749 3.3) or the scopes themselves.
-    :param client: the requesting client (client grants are checked against the grant store once
-        it exists; today a table that needs it does not load).
+    :param client: the requesting client, as named in problems.
+    :param client_grants: that client's grants on `api` (the grant store's view): a scope that
+        counts only through a client grant is refused unless it is active, as Moneyhub refuses a
+        scope not enabled for the client. None: not checked.
     :param grant_type: the grant the token would be issued by (`client-credentials` reads as
         `client_credentials`).
     :param stage: `authorize`, `token` or `refresh`: a step-up scope is granted only at `refresh`
@@ -54,10 +59,16 @@ def validate_scopes(
     readings = [catalog.read(scope) for scope in dict.fromkeys(scope for scope in requested if scope)]
     problems = list(catalog.broken_rules(readings)) if catalog.entries else []
     grant_type = CLIENT_CREDENTIALS if grant_type == "client-credentials" else grant_type
+    now = time.time()
     for reading in readings:
         if reading.scope is None:
             continue
         entry = catalog.entries[reading.entry]  # type: ignore[index]
+        grants = catalog.grants if entry.grants is None else entry.grants
+        if client_grants is not None and "client" in grants:
+            state = client_grants.get(reading.scope)
+            if state is None or not state.active(now):
+                problems.append(f"{reading.scope} is not enabled for client {client}: its client grant is {grant_state(state, now)}")
         if entry.grant_types is not None and grant_type not in entry.grant_types:
             problems.append(f"{reading.scope} is only for the {' or '.join(sorted(entry.grant_types))} grant, not {grant_type}")
         if entry.step_up is not None and stage != "refresh":

@@ -177,6 +177,24 @@ async def test_an_unreadable_store_refuses_and_recovers_by_itself(tmp_path: Path
         await live.aclose()
 
 
+def test_scopes_validate_refuses_a_scope_not_enabled_for_the_client(tmp_path: Path) -> None:
+    config = write(tmp_path)
+
+    def validate(*args: str) -> tuple[int, str]:
+        done = run("scopes", "validate", "--config", str(config), "--api", "wallet", *args)
+        return done.returncode, done.stdout
+
+    assert validate("--client", "app", "accounts_details:read balance") == (
+        1, "invalid_scope: accounts_details:read is not enabled for client app: its client grant is missing\n")
+    assert validate("accounts_details:read") == (0, "valid: accounts_details:read\n")  # no client named: not checked
+    grants(config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", "--expires", "2020-01-01T00:00:00Z")
+    assert validate("--client", "app", "accounts_details:read")[1] == (
+        "invalid_scope: accounts_details:read is not enabled for client app: its client grant is expired at 2020-01-01T00:00:00+00:00\n")
+    grants(config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
+    assert validate("--client", "app", "accounts_details:read") == (0, "valid: accounts_details:read\n")
+    assert validate("--client", "other", "accounts_details:read")[0] == 1
+
+
 def test_store_urls(tmp_path: Path) -> None:
     assert open_store("sqlite:///grants.db", tmp_path).path == tmp_path / "grants.db"  # type: ignore[attr-defined]
     assert open_store(f"sqlite:///{tmp_path}/x.db", Path("/elsewhere")).path == tmp_path / "x.db"  # type: ignore[attr-defined]
