@@ -31,7 +31,6 @@ import hmac
 import json
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -43,6 +42,7 @@ from gateway.grants.live import open_store
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.reload import FAILURE, Reloader, RunDir
 from gateway.settings import Config
+from gateway.times import parse_rfc3339, rfc3339
 from gateway.types import Receive, Scope, Send
 from gateway.validation import grant_scope_problem
 
@@ -302,14 +302,11 @@ def _expiry(body: Any) -> float | None:
     if not isinstance(value, str):
         raise InvalidRequest("expires_at must be an RFC 3339 time such as 2026-12-31T23:59:59Z, or null")
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"expires_at {value!r} is not an RFC 3339 time such as 2026-12-31T23:59:59Z") from None
-    if moment.tzinfo is None:
-        raise InvalidRequest(f"expires_at {value!r} has no time zone: end it with Z or +HH:MM")
-    return moment.timestamp()
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"expires_at {exc}") from None
 
 
 def _grant(record: GrantRecord) -> dict[str, Any]:
-    expires = None if record.expires_at is None else datetime.fromtimestamp(record.expires_at, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    expires = None if record.expires_at is None else rfc3339(record.expires_at)
     return {"api": record.api, "client": record.client, "subject": record.subject, "scope": record.scope, "expires_at": expires}

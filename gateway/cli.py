@@ -10,20 +10,20 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
 from gateway import logs
 from gateway.explain import Caller, UsageError, explain, parse_claims
-from gateway.grants.live import open_store
-from gateway.grants.store import GrantState, GrantStore, StoreUnavailable
+from gateway.grants.live import open_store, read_view
+from gateway.grants.store import GrantStore, StoreUnavailable
 from gateway.loading import ConfigError, admin_address, load_config
 from gateway.loading.lint import warnings
 from gateway.server import SERVERS
 from gateway.settings import Config
+from gateway.times import parse_rfc3339, rfc3339
 from gateway.validation import STAGES, grant_scope_problem, validate_scopes
 
 _DESCRIPTION = """\
@@ -38,8 +38,7 @@ def _load(config_path: str) -> Config | None:
     try:
         return load_config(config_path)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem)
+        print(error)  # a line per problem, `file:line: message`
         return None
 
 
@@ -107,7 +106,7 @@ def _scopes_validate(args: argparse.Namespace) -> int:
     if args.client is not None and config.grants.store is not None:
         # what the store holds for the client now: a scope that needs a client grant is checked against it
         try:
-            client_grants = asyncio.run(_client_grants(open_store(config.grants.store, config.grants.base), args.api, args.client))
+            client_grants = asyncio.run(read_view(config.grants.store, config.grants.base, args.api, args.client, None)).client_grants
         except StoreUnavailable as exc:
             print(f"the grant store cannot be read: {exc}")
             return 2
@@ -125,13 +124,6 @@ def _scopes_validate(args: argparse.Namespace) -> int:
         print(f"valid: {' '.join(check.scopes) or '(no scopes)'}")
         return 0
     return 1
-
-
-async def _client_grants(store: GrantStore, api: str, client: str) -> Mapping[str, GrantState]:
-    try:
-        return (await store.view(api, client, None)).client_grants
-    finally:
-        await store.aclose()
 
 
 def _grants(args: argparse.Namespace) -> int:
@@ -203,16 +195,13 @@ def _expiry(args: argparse.Namespace) -> float | None:
 
 def _rfc3339_argument(text: str) -> float:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time, e.g. 2026-12-31T23:59:59Z") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: end it with Z or +HH:MM")
-    return moment.timestamp()
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rfc3339(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if timestamp is None else rfc3339(timestamp)
 
 
 def _grant_name(args: argparse.Namespace) -> str:
@@ -231,8 +220,7 @@ def _test(args: argparse.Namespace) -> int:
         cases = load_cases(args.cases, config)
         harness = Harness(config)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem)
+        print(error)  # a line per problem, `file:line: message`
         return 2
     except ValueError as exc:
         print(f"{args.config}: {exc}")
@@ -246,12 +234,13 @@ def _test(args: argparse.Namespace) -> int:
         return 1
     print(f"OK: {len(cases)} cases passed in {args.cases}")
     return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     try:
         address = admin_address(args.config)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem)
+        print(error)  # a line per problem, `file:line: message`
         return 1
     if address is None:
         print(f"{args.config} sets no admin.listen: the health check asks the admin listener's /healthz")

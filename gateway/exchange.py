@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import InvalidRequest
+from gateway.scopes import Requirement
 from gateway.types import Headers, Receive, Scope
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class Exchange(Protocol):
     # request bytes read whole before `prepare`, at most; None: `prepare` gets no body and the
     # client's streams to the upstream
     body_limit: int | None
+    # what it checks below the route (a response member, a GraphQL field) -> its requirement
+    requirements: Mapping[str, Requirement]
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
         """How to forward this request.

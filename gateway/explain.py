@@ -22,7 +22,7 @@ from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_stat
 from gateway.errors import InvalidScope, NotFound, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import read_body
 from gateway.fields import ResponseFields
-from gateway.grants.live import open_store
+from gateway.grants.live import read_view
 from gateway.grants.store import GrantView, StoreUnavailable
 from gateway.graphql import GraphQLRoute
 from gateway.keys import KeyStore
@@ -191,13 +191,10 @@ async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tupl
     caller = view_needed(match, token, config.tokens.grant_type_claim)
     if caller is None or config.grants.store is None:
         return None, None
-    store = open_store(config.grants.store, config.grants.base)  # type: ignore[arg-type]
     try:
-        view = await store.view(match.route.api.name, *caller)
+        view = await read_view(config.grants.store, config.grants.base, match.route.api.name, *caller)
     except StoreUnavailable as exc:
         raise TemporarilyUnavailable(f"the grant store cannot be read: {exc}", retry_after=1) from None
-    finally:
-        await store.aclose()
     return view, f"read from {config.grants.store} for client {caller[0]}, user {caller[1]}"
 
 

@@ -33,7 +33,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from gateway.app import Gateway
 from gateway.loading import ConfigError, load_config
 from gateway.runtime import Runtime
 from gateway.settings import Config
+from gateway.times import rfc3339
 
 logger = logging.getLogger("gateway.reload")
 
@@ -66,10 +66,6 @@ class ReloadOutcome:
 
     def document(self) -> dict[str, Any]:
         return {"result": self.result, "at": rfc3339(self.at), "problems": list(self.problems)}
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class RunDir:

@@ -72,6 +72,20 @@ def test_tables_without_likely_mistakes_print_only_the_summary(tmp_path: Path) -
     assert result.returncode == 0 and result.stdout.startswith("OK: 1 route tables, 3 routes")
 
 
+def test_scopes_required_below_the_route_are_used(tmp_path: Path) -> None:
+    """A GraphQL field's or a response member's scope is used although no route requires it."""
+    table = (
+        "name: t\nupstream: http://t.internal\nscopes:\n  deposit:\n  email:\n  unused:\nroutes:\n"
+        "  POST /graphql: {scopes: authenticated, graphql: {fields: {Mutation.makeDeposit: deposit}}}\n"
+        "  GET /me: {scopes: authenticated, response_fields: {email: email}}\n"
+    )
+    result = run("check", "--config", str(write_config(tmp_path, table=table)))
+    assert result.stdout.splitlines()[:-1] == [
+        f"{tmp_path / 'routes' / 'payments.yaml'}:6: warning: scope unused of the catalog is used by no route"
+        " (none requires it, nor a scope it implies or that requires it)",
+    ]
+
+
 def test_a_ca_file_that_does_not_read_is_a_file_line_error_for_check_and_serve(tmp_path: Path) -> None:
     config = write_config(tmp_path, proxy=f"proxy:\n  connect_timeout: 2\n  ca_file: {KEYS / 'rsa.pub.pem'}\n")
     expected = f"{config}:9: proxy.ca_file: {KEYS / 'rsa.pub.pem'} is not a PEM bundle of CA certificates"

@@ -45,6 +45,19 @@ def open_store(url: str, base: Path) -> GrantStore:
     raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {url!r}")
 
 
+async def read_view(url: str, base: Path, api: str, client: str | None, subject: str | None) -> GrantView:
+    """One view, from the store `url` names, opened for this read and closed after it: for a
+    command (`explain`, `scopes validate`), never for serving, which keeps its views (`LiveGrants`).
+
+    :raises StoreUnavailable: the store cannot be read.
+    """
+    store = open_store(url, base)
+    try:
+        return await store.view(api, client, subject)
+    finally:
+        await store.aclose()
+
+
 class LiveGrants:
     """The views of one grant store, for every request of one process."""
 

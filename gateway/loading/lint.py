@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from gateway.catalog import Catalog
-from gateway.fields import ResponseFields
 from gateway.loading.nodes import Problem, line_of
 from gateway.routing import Tables, parse_template
 from gateway.tables import Api, Route
@@ -108,7 +107,7 @@ def _used(catalog: Catalog, routes: Iterator[Route]) -> set[str]:
     required: set[str] = set()
     for route in routes:
         requirements = [route.requirement]
-        if isinstance(route.exchange, ResponseFields):
+        if route.exchange is not None:  # response members and GraphQL fields use scopes too
             requirements.extend(route.exchange.requirements.values())
         for requirement in requirements:
             for alternative in requirement.alternatives:
