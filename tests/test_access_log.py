@@ -259,7 +259,7 @@ async def test_a_refused_request_s_path_cannot_forge_a_log_line(tmp_path: Path, 
             async def receive() -> dict[str, Any]:
                 return {"type": "http.request", "body": b"", "more_body": False}
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
                 sent.append(message)
 
             await app(scope, receive, send)
