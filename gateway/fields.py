@@ -92,7 +92,7 @@ def _without(refused: frozenset[str], head: bool, status: int, headers: Headers,
     if status == 206 or any(name == b"content-range" for name, _ in headers):
         raise BadGateway("the upstream answered with a part of its answer (206, Content-Range), which cannot be filtered for this caller")
     kept_headers = [(name, value) for name, value in headers if name not in _UNFILTERED_ONLY]
-    if head or status in _BODILESS or status < 200 or not answer:
+    if head or status in _BODILESS or not answer:
         # no member to remove; its length is unknown until filtered, so it is not told
         return status, kept_headers, b""
     types = [value.split(b";")[0].strip().lower() for name, value in headers if name == b"content-type"]

@@ -24,10 +24,11 @@ from typing import Any
 
 FORMATS = ("text", "json")
 
-# C0 controls, DEL, C1 controls (NEL among them), LINE SEPARATOR, PARAGRAPH SEPARATOR
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls, DEL, C1 controls (NEL among them), LINE SEPARATOR, PARAGRAPH SEPARATOR, and lone
+# surrogates (a byte a server decoded with surrogateescape), which no stream could encode
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # what json.dumps leaves raw with ensure_ascii=False (it escapes C0 itself)
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
