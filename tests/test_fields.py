@@ -15,7 +15,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.loading import ConfigError, load_config
 from gateway.types import Headers
-from tests.support import Behaviour, Received, RecordingUpstream, answer, mint, write_config
+from tests.support import Behaviour, Received, RecordingUpstream, answer, mint, raw_exchange, request_bytes, start_gateway, write_config
 
 pytestmark = pytest.mark.anyio
 PROFILE = {"id": 7, "email": "ana@example.test", "phone": "+370600", "address": {"city": "Vilnius"}, "locale": "lt"}
@@ -280,3 +280,47 @@ async def test_digests_of_the_unfiltered_answer_are_not_passed_on(tmp_path: Path
     digests = [JSON, (b"content-md5", b"abc"), (b"digest", b"sha-256=abc"), (b"content-digest", b"sha-256=:abc:")]
     _, headers, _ = await ask(tmp_path, "email", SECRET, digests)
     assert not {b"content-md5", b"digest", b"content-digest"} & headers.keys()
+
+
+def by_case(request: Received, connection: socket.socket) -> None:
+    """The upstream of the served gateway: what it answers depends on the request."""
+    case = (request.header(b"x-case") or [b""])[0]
+    if request.method == b"HEAD":
+        head_only(200, [JSON, (b"content-length", b"%d" % len(SECRET))])(request, connection)
+    elif case == b"206":
+        answer(206, SECRET[:30], [JSON, (b"content-range", b"bytes 0-29/%d" % len(SECRET))])(request, connection)
+    elif case == b"text":
+        answer(200, SECRET, [(b"content-type", b"text/plain")])(request, connection)
+    else:
+        answer(200, SECRET, [JSON])(request, connection)
+
+
+def raw_head(port: int, request: bytes) -> bytes:
+    """The bytes a HEAD request gets back, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while data := connection.recv(65536):
+            received += data
+    return received
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_a_served_gateway_never_passes_a_member_on(tmp_path: Path, server: str) -> None:
+    upstream = RecordingUpstream(by_case)
+    served = start_gateway(write_config(tmp_path, upstream=upstream.url, table=TABLE), server)
+    token = ("authorization", f"Bearer {mint('email', lifetime=600)}")
+    try:
+        ranged = raw_exchange(served.port, request_bytes("GET", "/w/me", [token, ("range", "bytes=0-5"), ("if-range", '"v1"')]))
+        assert ranged.status == 200 and json.loads(ranged.body) == {"id": 7, "email": "ana@example.test", "locale": "lt"}
+        assert ranged.header(b"content-length") == b"%d" % len(ranged.body)
+        assert upstream.received[-1].header(b"range") == [] and upstream.received[-1].header(b"if-range") == []
+        for case in ("206", "text"):
+            refused = raw_exchange(served.port, request_bytes("GET", "/w/me", [token, ("x-case", case)]))
+            assert_refused(refused.status, refused.body)
+        head, _, body = raw_head(served.port, request_bytes("HEAD", "/w/me", [token])).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b""
+        assert b"content-length: %d" % len(SECRET) not in head.lower()
+    finally:
+        served.close()
+        upstream.close()
