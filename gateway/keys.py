@@ -28,6 +28,7 @@ logger = logging.getLogger("gateway.keys")
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}  # as a JWK's `crv` names them
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
 _MIN_RSA_BITS = 2048
 _MIN_HMAC_BYTES = 32
@@ -64,7 +65,7 @@ def kind(key: VerificationKey) -> str:
     elif isinstance(key.key, rsa.RSAPublicKey):
         what = f"an RSA key of {key.key.key_size} bits"
     elif isinstance(key.key, ec.EllipticCurvePublicKey):
-        what = f"an EC {key.key.curve.name} key"
+        what = f"an EC {_CURVES.get(key.key.curve.name, key.key.curve.name)} key"
     elif isinstance(key.key, ed25519.Ed25519PublicKey):
         what = "an Ed25519 key"
     elif isinstance(key.key, ed448.Ed448PublicKey):
@@ -83,7 +84,7 @@ def unusable(key: VerificationKey, allowed: Iterable[str]) -> str | None:
     return f"{kind(key)} verifies no algorithm tokens.algorithms allows ({', '.join(allowed) or 'none'})"
 
 
-def usable_keys(keys: Iterable[VerificationKey], allowed: Iterable[str], origin: str) -> tuple[list[VerificationKey], list[str]]:
+def usable_keys(keys: Iterable[VerificationKey], allowed: Iterable[str]) -> tuple[list[VerificationKey], list[str]]:
     """The keys some `allowed` algorithm can use, and one warning per key that none can.
 
     :raises ValueError: none can: every token would be refused.
@@ -98,7 +99,7 @@ def usable_keys(keys: Iterable[VerificationKey], allowed: Iterable[str], origin:
         else:
             left_out.append(f"key{'' if key.kid is None else f' (kid {key.kid!r})'}: {why}")
     if not kept:
-        raise ValueError(f"no key of {origin} is usable, so every token would be refused: {'; '.join(left_out)}")
+        raise ValueError(f"no key is usable, so every token would be refused: {'; '.join(left_out)}")
     return kept, left_out
 
 
@@ -306,7 +307,7 @@ class KeyStore:
         origin = f"jwks_url {self.jwks_url}"
         keys, skipped = keys_from_jwks(jwks_document(bytes(body)), origin)
         if self.algorithms is not None:
-            keys, left_out = usable_keys(keys, self.algorithms, origin)
+            keys, left_out = usable_keys(keys, self.algorithms)
             skipped += [f"{origin}: {warning}" for warning in left_out]
         for warning in skipped:
             logger.warning("%s", warning)

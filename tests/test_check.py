@@ -105,7 +105,7 @@ def test_check_refuses_a_key_no_allowed_algorithm_can_use_at_its_line(tmp_path: 
     checked = run("check", "--config", str(config))
     assert checked.returncode == 1, checked.stdout
     assert checked.stdout.splitlines() == [(
-        f"{config}:4: tokens.public_keys {KEYS / 'ec.pub.pem'}: an EC secp256r1 key (ES256) verifies no algorithm tokens.algorithms"
+        f"{config}:4: tokens.public_keys {KEYS / 'ec.pub.pem'}: an EC P-256 key (ES256) verifies no algorithm tokens.algorithms"
         " allows (RS256), so every token would be refused"
     )]
 

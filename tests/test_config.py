@@ -247,14 +247,14 @@ def tokens(lines: str) -> str:
 # (gateway.yaml's tokens lines, the line of the problem, words the message must hold); {keys} is
 # the test keys' folder, {here} the config's
 UNUSABLE_KEYS = [
-    ("algorithms: [RS256]; public_keys: [{keys}/ec.pub.pem]", 4, "an EC secp256r1 key (ES256) verifies no algorithm tokens.algorithms allows (RS256)"),
+    ("algorithms: [RS256]; public_keys: [{keys}/ec.pub.pem]", 4, "an EC P-256 key (ES256) verifies no algorithm tokens.algorithms allows (RS256)"),
     ("algorithms: [ES256]; public_keys: [{keys}/rsa.pub.pem]", 4, "an RSA key of 2048 bits (PS256, PS384, PS512, RS256, RS384, RS512) verifies no algorithm"),
-    ("algorithms: [ES256]; public_keys: [{keys}/ec384.pub.pem]", 4, "an EC secp384r1 key (ES384) verifies no algorithm tokens.algorithms allows (ES256)"),
+    ("algorithms: [ES256]; public_keys: [{keys}/ec384.pub.pem]", 4, "an EC P-384 key (ES384) verifies no algorithm tokens.algorithms allows (ES256)"),
     ("algorithms: [RS256, RS384, PS256]; public_keys: [{keys}/ed25519.pub.pem]", 4, "an Ed25519 key (EdDSA) verifies no algorithm"),
     ("algorithms: [RS256]; public_keys:; - {keys}/rsa.pub.pem; - {keys}/ed25519.pub.pem", 6, "an Ed25519 key (EdDSA)"),
-    ("algorithms: [ES256]; jwks_file: {here}/rsa.jwks.json", 4, "no key of tokens.jwks_file"),
+    ("algorithms: [ES256]; jwks_file: {here}/rsa.jwks.json", 4, "rsa.jwks.json: no key is usable, so every token would be refused: key (kid 'rsa-1'): an RSA key"),
     ("algorithms: [RS384]; jwks_file: {here}/rsa.jwks.json", 4, "kid 'rsa-1'): an RSA key of 2048 bits (RS256) verifies no algorithm"),  # its JWK's alg
-    ("algorithms: [RS256, PS256]; jwks_file: {here}/ec.jwks.json", 4, "kid 'ec-1'): an EC secp256r1 key (ES256) verifies no algorithm"),
+    ("algorithms: [RS256, PS256]; jwks_file: {here}/ec.jwks.json", 4, "kid 'ec-1'): an EC P-256 key (ES256) verifies no algorithm"),
     ("algorithms: [EdDSA]; jwks_file: {keys}/jwks.json", 4, "so every token would be refused"),
     ("algorithms: [RS256]; hmac_secret_file: {keys}/hmac.secret", 4, "lists no HS256/HS384/HS512"),
     ("hmac_secret_file: {keys}/hmac.secret", 3, "lists no HS256/HS384/HS512"),  # not among the defaults
@@ -302,6 +302,6 @@ def test_a_jwks_s_keys_no_allowed_algorithm_can_use_are_left_out_with_a_warning(
     loaded = load_config(config)
     assert [key.kid for key in loaded.tokens.static_keys] == ["rsa-1"]
     assert loaded.warnings == ((
-        f"{config}:4: warning: tokens.jwks_file {KEYS}/jwks.json: key (kid 'ec-1'): an EC secp256r1 key (ES256) verifies no algorithm "
+        f"{config}:4: warning: tokens.jwks_file {KEYS}/jwks.json: key (kid 'ec-1'): an EC P-256 key (ES256) verifies no algorithm "
         "tokens.algorithms allows (RS256), left out"
     ),)

@@ -137,7 +137,7 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]
             try:
                 found, skipped = keys_from_jwks(jwks_document(data), f"jwks_file {file}")
                 if algorithms is not None:
-                    found, left_out = usable_keys(found, algorithms, f"tokens.jwks_file {file}")
+                    found, left_out = usable_keys(found, algorithms)
                     skipped += [f"jwks_file {file}: {warning}, left out" for warning in left_out]
             except ValueError as exc:
                 raise Invalid(node, f"tokens.jwks_file {file}: {exc}") from None
