@@ -15,7 +15,17 @@ import pytest
 from gateway.app import Gateway
 from gateway.loading import ConfigError, load_config
 from gateway.types import Headers
-from tests.support import Behaviour, Received, RecordingUpstream, answer, mint, raw_exchange, request_bytes, start_gateway, write_config
+from tests.support import (
+    Behaviour,
+    Received,
+    RecordingUpstream,
+    answer,
+    mint,
+    raw_exchange,
+    request_bytes,
+    start_gateway,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 PROFILE = {"id": 7, "email": "ana@example.test", "phone": "+370600", "address": {"city": "Vilnius"}, "locale": "lt"}

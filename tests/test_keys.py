@@ -15,7 +15,17 @@ import httpx
 import pytest
 
 from gateway.keys import KeyStore
-from tests.support import AUDIENCE, ISSUER, KEYS, Behaviour, Received, RecordingUpstream, answer, mint, write_config
+from tests.support import (
+    AUDIENCE,
+    ISSUER,
+    KEYS,
+    Behaviour,
+    Received,
+    RecordingUpstream,
+    answer,
+    mint,
+    write_config,
+)
 from tests.test_reload import serving
 
 pytestmark = pytest.mark.anyio
