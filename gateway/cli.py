@@ -59,7 +59,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    found = warnings(config.tables)
+    found = [*config.warnings, *map(str, warnings(config.tables))]
     for warning in found:
         print(warning)
     counts = {api.name: 0 for api in config.tables.apis}

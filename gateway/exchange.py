@@ -39,6 +39,9 @@ class Forwarding:
     # bytes (a longer answer is a 502), and rewritten
     rewrite: Rewrite | None = None
     query: bytes | None = None  # the query string to send instead of the client's; None: the client's
+    # the upstream is asked for the whole answer (Range and If-Range are not forwarded), as it
+    # always is with `rewrite`
+    whole: bool = False
 
 
 class Exchange(Protocol):

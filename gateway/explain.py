@@ -168,7 +168,7 @@ async def _token(config: Config, caller: Caller, query: bytes, lines: list[str])
         return VerifiedToken(scopes, subject, client, float("inf"), json.dumps(claims).encode())
     header = [f"Bearer {caller.token}".encode("latin-1")] if caller.token is not None else []
     tokens = config.tokens
-    keys = KeyStore(tokens.static_keys, tokens.jwks_url, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
+    keys = KeyStore(tokens.static_keys, tokens.jwks_url, algorithms=tokens.algorithms, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
     verified = await Authenticator(tokens, keys).authenticate(header, query)
     claims = verified.claims
     lines.append(f"token:     valid; sub={verified.subject} client={verified.client}")

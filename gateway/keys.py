@@ -28,6 +28,7 @@ logger = logging.getLogger("gateway.keys")
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}  # as a JWK's `crv` names them
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
 _MIN_RSA_BITS = 2048
 _MIN_HMAC_BYTES = 32
@@ -57,6 +58,64 @@ def _algorithms_for(public_key: Any) -> frozenset[str]:
     raise ValueError(f"unsupported key type {type(public_key).__name__}")
 
 
+def kind(key: VerificationKey) -> str:
+    """What a key is, in words, for messages: `an EC P-256 key (ES256)`."""
+    if isinstance(key.key, bytes):
+        what = "an HMAC secret"
+    elif isinstance(key.key, rsa.RSAPublicKey):
+        what = f"an RSA key of {key.key.key_size} bits"
+    elif isinstance(key.key, ec.EllipticCurvePublicKey):
+        what = f"an EC {_CURVES.get(key.key.curve.name, key.key.curve.name)} key"
+    elif isinstance(key.key, ed25519.Ed25519PublicKey):
+        what = "an Ed25519 key"
+    elif isinstance(key.key, ed448.Ed448PublicKey):
+        what = "an Ed448 key"
+    else:
+        what = "a key"
+    return f"{what} ({', '.join(sorted(key.algorithms)) or 'no algorithm'})"
+
+
+def unusable(key: VerificationKey, allowed: Iterable[str]) -> str | None:
+    """Why no token can be verified with `key` under the `allowed` algorithms (the config's
+    `tokens.algorithms`), or None when one can."""
+    allowed = tuple(allowed)
+    if key.algorithms & frozenset(allowed):
+        return None
+    return f"{kind(key)} verifies no algorithm tokens.algorithms allows ({', '.join(allowed) or 'none'})"
+
+
+def usable_keys(keys: Iterable[VerificationKey], allowed: Iterable[str]) -> tuple[list[VerificationKey], list[str]]:
+    """The keys some `allowed` algorithm can use, and one warning per key that none can.
+
+    :raises ValueError: none can: every token would be refused.
+    """
+    allowed = tuple(allowed)
+    kept: list[VerificationKey] = []
+    left_out: list[str] = []
+    for key in keys:
+        why = unusable(key, allowed)
+        if why is None:
+            kept.append(key)
+        else:
+            left_out.append(f"key{'' if key.kid is None else f' (kid {key.kid!r})'}: {why}")
+    if not kept:
+        raise ValueError(f"no key is usable, so every token would be refused: {'; '.join(left_out)}")
+    return kept, left_out
+
+
+def jwks_document(data: bytes) -> Any:
+    """The JSON document of a JWKS file or answer.
+
+    :raises ValueError: not JSON; a PEM file is told apart, so the message can point at `public_keys`.
+    """
+    if data.lstrip().startswith(b"-----BEGIN"):
+        raise ValueError("this is a PEM file, not a JWKS (JSON); list a PEM public key under tokens.public_keys")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+
+
 def _public(key: Any) -> Any:
     # a JWKS or PEM that carries a private key still only ever verifies
     return key.public_key() if hasattr(key, "public_key") else key
@@ -67,6 +126,8 @@ def keys_from_jwks(document: Any, origin: str) -> tuple[list[VerificationKey], l
 
     :raises ValueError: the document is not a JWKS or holds no usable key.
     """
+    if isinstance(document, Mapping) and "kty" in document and "keys" not in document:
+        raise ValueError('a single JWK, not a JWKS document: wrap it as {"keys": [...]}')
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
         raise ValueError('not a JWKS document (expected {"keys": [...]})')
     keys: list[VerificationKey] = []
@@ -99,6 +160,13 @@ def keys_from_jwks(document: Any, origin: str) -> tuple[list[VerificationKey], l
 
 def key_from_pem(data: bytes, origin: str) -> VerificationKey:
     """:raises ValueError: not a PEM public key of a supported type and size."""
+    start = data.lstrip()
+    if start.startswith((b"{", b"[")):
+        raise ValueError("this is JSON (a JWKS?), not a PEM public key; give a JWKS as tokens.jwks_file")
+    if start.startswith(b"-----BEGIN CERTIFICATE-----"):
+        raise ValueError("this is a certificate, not a public key; extract its key with: openssl x509 -pubkey -noout -in FILE")
+    if b"PRIVATE KEY-----" in start[:64]:
+        raise ValueError("this is a private key; give its public key only (openssl pkey -pubout -in FILE)")
     try:
         public_key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -152,19 +220,22 @@ class KeyStore:
     """Static keys plus, when `jwks_url` is set, a remote JWKS that is fetched at start, again when
     older than `max_age`, and again on an unknown kid at most once per `refetch_interval`. A fetch
     gets `fetch_timeout` seconds in all (connect, headers and body) and 1 MiB of body; a failed
-    fetch keeps the last good keys. `generation` changes whenever the usable keys change."""
+    fetch keeps the last good keys, and so does one whose keys no allowed algorithm can use.
+    `generation` changes whenever the usable keys change."""
 
     def __init__(
         self,
         static_keys: Iterable[VerificationKey],
         jwks_url: str | None = None,
         *,
+        algorithms: Iterable[str] | None = None,  # tokens.algorithms; None: any a key supports
         refetch_interval: float = 30.0,
         max_age: float = 600.0,
         fetch_timeout: float = 5.0,
     ) -> None:
         self._static = tuple(static_keys)
         self.jwks_url = jwks_url
+        self.algorithms = None if algorithms is None else tuple(algorithms)
         self.refetch_interval = refetch_interval
         self.max_age = max_age
         self._fetch_timeout = fetch_timeout
@@ -233,11 +304,11 @@ class KeyStore:
                 body = await self._download(self.jwks_url)
         except TimeoutError:
             raise ValueError(f"no complete answer within {self._fetch_timeout:g} s") from None
-        try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not JSON ({exc})") from None
-        keys, skipped = keys_from_jwks(document, f"jwks_url {self.jwks_url}")
+        origin = f"jwks_url {self.jwks_url}"
+        keys, skipped = keys_from_jwks(jwks_document(bytes(body)), origin)
+        if self.algorithms is not None:
+            keys, left_out = usable_keys(keys, self.algorithms)
+            skipped += [f"{origin}: {warning}" for warning in left_out]
         for warning in skipped:
             logger.warning("%s", warning)
         return keys

@@ -4,6 +4,13 @@ server's (uvicorn's, granian's), in every process `gateway serve` starts.
 `json` writes one object per line: `time` (UTC, RFC 3339), `level`, `logger`, `message`, and the
 line's fields (a record's `fields` mapping: the access log's, say). `text` writes
 `LEVEL logger: message` with the fields after it as `name=value`.
+
+A record is one line whatever its values hold: a logged value may come from a client (a path
+decoded from `%0A`, a header), so the formatters, not the call sites, escape every control
+character (C0, DEL, C1) and the Unicode line and paragraph separators, which some log readers
+take for line ends. `json` writes them as JSON's escapes (the value reads back unchanged);
+`text` as Python's (`\\n`, `\\x1b`, `\\u2028`). A traceback (text) follows on lines of its
+own, each indented, so none of them can pass for a record.
 """
 
 from __future__ import annotations
@@ -11,10 +18,31 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 FORMATS = ("text", "json")
+
+# C0 controls, DEL, C1 controls (NEL among them), LINE SEPARATOR, PARAGRAPH SEPARATOR, and lone
+# surrogates (a byte a server decoded with surrogateescape), which no stream could encode
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# what json.dumps leaves raw with ensure_ascii=False (it escapes C0 itself)
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    character = match.group()
+    if character in _SHORT:
+        return _SHORT[character]
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """`text` with every control character and Unicode line break written as an escape."""
+    return _UNSAFE.sub(_escaped, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,21 +60,29 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        # only inside strings can these be: their escapes read back as the same value
+        return _UNSAFE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 class TextFormatter(logging.Formatter):
     """`LEVEL logger: message name=value ...`; a value with a space or a quote is JSON-quoted."""
 
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = escape(f"{record.levelname} {record.name}: {record.getMessage()}")
         fields = getattr(record, "fields", None)
-        if not fields:
-            return text
-        return text + "".join(f" {name}={_text_value(value)}" for name, value in fields.items())
+        if fields:
+            text += "".join(f" {escape(str(name))}={_text_value(value)}" for name, value in fields.items())
+        extra = []
+        if record.exc_info:
+            extra.append(self.formatException(record.exc_info))
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        for block in extra:
+            text += "".join(f"\n    {escape(line)}" for line in block.split("\n"))
+        return text
 
 
 def _text_value(value: Any) -> str:

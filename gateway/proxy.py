@@ -34,6 +34,7 @@ METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-method-override", b"
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"})
 # the ASGI server already answered `Expect: 100-continue` when the body was first read
 _REQUEST_ONLY_DROP = frozenset({b"host", b"expect"})
+_PARTIAL = frozenset({b"range", b"if-range"})
 # every request header the gateway does more with than pass on: one set lookup for the others
 _HANDLED = HOP_BY_HOP | METHOD_OVERRIDE | IDENTITY | FORWARDING | _REQUEST_ONLY_DROP | {b"content-length"}
 
@@ -170,6 +171,14 @@ def downstream_response_headers(headers: Headers) -> Headers:
     return kept
 
 
+def _whole_answer(headers: Headers, identity_only: bool) -> Headers:
+    """Request headers that ask for the whole answer: without Range and If-Range (a slice cannot
+    be rewritten), and, when it is rewritten, `Accept-Encoding: identity`, so that an upstream
+    need not pick a coding the gateway could not undo."""
+    kept = [(name, value) for name, value in headers if name not in _PARTIAL and not (identity_only and name == b"accept-encoding")]
+    return [*kept, (b"accept-encoding", b"identity")] if identity_only else kept
+
+
 class _RequestBody:
     """The client's request body, chunk by chunk. An iterator object, not an async generator:
     the upstream client may stop early (an upstream that answers first), and an unfinished
@@ -298,6 +307,8 @@ class Forwarder:
             rather than end a truncated body as if it were complete.
         """
         headers, has_body, length = upstream_request_headers(scope, self.settings, api.upstream.authority, identity)
+        if forwarding is not None and (forwarding.whole or forwarding.rewrite is not None):
+            headers = _whole_answer(headers, identity_only=forwarding.rewrite is not None)
         body: AsyncIterator[bytes] | None = _RequestBody(receive) if has_body else None
         if forwarding is not None and forwarding.body is not None:
             body, length = (_Replay(forwarding.body) if forwarding.body else None), len(forwarding.body)
@@ -315,7 +326,7 @@ class Forwarder:
                 record.upstream_seconds = time.perf_counter() - started
         try:
             if forwarding is not None and forwarding.rewrite is not None:
-                await self._send_rewritten(response, send, api, forwarding, record)
+                await self._send_rewritten(response, scope, send, api, forwarding, record)
                 return
             if record is not None:
                 record.status = response.status
@@ -340,7 +351,9 @@ class Forwarder:
         finally:
             await response.aclose()
 
-    async def _send_rewritten(self, response: UpstreamResponse, send: Send, api: Api, forwarding: Forwarding, record: Record | None) -> None:
+    async def _send_rewritten(
+        self, response: UpstreamResponse, scope: Scope, send: Send, api: Api, forwarding: Forwarding, record: Record | None,
+    ) -> None:
         """The answer read whole (bounded), rewritten, and sent with its own length."""
         assert forwarding.rewrite is not None
         chunks: list[bytes] = []
@@ -356,7 +369,8 @@ class Forwarder:
             raise _refusal_for(api, exc) from exc
         headers = [(name, value) for name, value in downstream_response_headers(response.headers) if name != b"content-length"]
         status, headers, body = forwarding.rewrite(response.status, headers, b"".join(chunks), limit)
-        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if scope["method"] != "HEAD" and status not in (204, 304):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
         if record is not None:
             record.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -34,8 +34,8 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
 
 
 def _same_keys(old: TokenSettings, new: TokenSettings) -> bool:
-    return (old.static_keys, old.jwks_url, old.jwks_refetch_interval, old.jwks_max_age) == (
-        new.static_keys, new.jwks_url, new.jwks_refetch_interval, new.jwks_max_age)
+    return (old.static_keys, old.jwks_url, old.algorithms, old.jwks_refetch_interval, old.jwks_max_age) == (
+        new.static_keys, new.jwks_url, new.algorithms, new.jwks_refetch_interval, new.jwks_max_age)
 
 
 def _same_client(old: ProxySettings, new: ProxySettings) -> bool:
@@ -67,7 +67,7 @@ class Runtime:
         kept parts, or a test's)."""
         tokens = config.tokens
         keys = keys or KeyStore(
-            tokens.static_keys, tokens.jwks_url,
+            tokens.static_keys, tokens.jwks_url, algorithms=tokens.algorithms,
             refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
         )
         upstream = upstream or upstream_client(config.proxy)

@@ -76,3 +76,4 @@ class Config:
     grants: GrantSettings = field(default_factory=GrantSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     files: tuple[Path, ...] = ()  # every file and folder it was read from (a reload watches them)
+    warnings: tuple[str, ...] = ()  # `file:line: warning: ...` of gateway.yaml (a key left out); the tables' are linted

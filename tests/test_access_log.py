@@ -4,6 +4,7 @@ and passed upstream; never a token, at any level."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
@@ -190,3 +191,108 @@ def test_the_json_format_is_one_object_per_line_with_the_exception() -> None:
 def test_serve_says_which_log_formats_exist() -> None:
     done = subprocess.run([GATEWAY, "serve", "--log-format", "xml"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "invalid choice: 'xml' (choose from 'text', 'json')" in done.stderr
+
+
+# --- log injection: a record is one line whatever a client puts into its values ------------------
+
+UNSAFE = ["\n", "\r", "\x1b", "\x85", "\u2028", "\u2029", "\x00", "\x7f", "\x9b", "\t", "\x0b", "\x0c", "\x1c", "\udcff"]
+FORGED = "INFO gateway.access: GET /api/forged 200"
+
+
+def formatted(formatter: logging.Formatter, value: str) -> str:
+    """A line whose message, field name and field value all hold `value`."""
+    record = logging.LogRecord("gateway.app", logging.DEBUG, __file__, 1, "GET %s refused", (f"/a{value}{FORGED}",), None)
+    record.fields = {"path": f"/a{value}{FORGED}", f"na{value}me": 1}
+    return formatter.format(record)
+
+
+@pytest.mark.parametrize("value", UNSAFE, ids=repr)
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_a_logged_value_never_breaks_its_line(formatter: type[logging.Formatter], value: str) -> None:
+    line = formatted(formatter(), value)
+    # splitlines() breaks at every line end any reader knows: \n, \r, \v, \f, \x1c-\x1e, NEL, LS, PS
+    assert len(line.splitlines()) == 1 and value not in line, repr(line)
+    assert all(character.isprintable() for character in line), repr(line)
+    if formatter is JsonFormatter:
+        parsed = json.loads(line)  # escaped, not changed: the value reads back as it was
+        assert parsed["message"] == f"GET /a{value}{FORGED} refused" and parsed["path"] == f"/a{value}{FORGED}"
+
+
+def test_the_text_format_shows_each_escape() -> None:
+    record = logging.LogRecord("gateway", logging.INFO, __file__, 1, "%s", ("a\nb\rc\x1bd\x85e\u2028f\u2029g\x00h",), None)
+    assert TextFormatter().format(record) == "INFO gateway: a\\nb\\rc\\x1bd\\x85e\\u2028f\\u2029g\\x00h"
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_an_exception_message_cannot_forge_a_record(formatter: type[logging.Formatter]) -> None:
+    try:
+        raise ValueError(f"bad\n{FORGED}\u2028{FORGED}\x85")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("gateway", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = formatter().format(record).split("\n")
+    assert all(line.isprintable() for line in lines)
+    # the record's own line, then (text) the traceback's, each indented
+    assert lines[0].startswith(("ERROR gateway: failed", '{"time"')) and all(line.startswith("    ") for line in lines[1:])
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_refused_request_s_path_cannot_forge_a_log_line(tmp_path: Path, upstream: RecordingUpstream, log_format: str) -> None:
+    app = Gateway(load_config(write_config(tmp_path, upstream=upstream.url)), access_log=True)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    gateway_logger = logging.getLogger("gateway")
+    level = gateway_logger.level
+    gateway_logger.addHandler(handler)
+    gateway_logger.setLevel(logging.DEBUG)
+    try:
+        for value in UNSAFE:
+            # as the server decoded it: %0A and friends, or raw bytes granian passes on
+            path = f"/api/merchants/M1{value}{FORGED}/webhooks"
+            scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+                     "raw_path": path.encode("utf-8", "surrogateescape"), "query_string": b"", "headers": [(b"host", b"gateway.test")],
+                     "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            assert sent[0]["status"] in (400, 401, 404)
+    finally:
+        gateway_logger.removeHandler(handler)
+        gateway_logger.setLevel(level)
+        await app.runtime.aclose()
+    lines = stream.getvalue().split("\n")[:-1]
+    for line in lines:
+        assert len(line.splitlines()) == 1 and line.isprintable(), repr(line)
+    if log_format == "json":
+        loggers = [(parsed["level"], parsed["logger"]) for parsed in map(json.loads, lines)]
+    else:
+        loggers = [tuple(line.split(":")[0].lower().split(" ")) for line in lines]
+    assert loggers == [("debug", "gateway"), ("info", "gateway.access")] * len(UNSAFE), lines  # a line each, no more
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_no_request_forges_a_line_of_a_served_log(tmp_path: Path, server: str, log_format: str) -> None:
+    output: list[str] = []
+    targets = [b"/api/x%0A" + FORGED.replace(" ", "%20").encode(), b"/api/x%0D%0Ay", b"/api/x%1B[31my", b"/api/x%C2%85y",
+               b"/api/x%E2%80%A8y", b"/api/x%E2%80%A9y", b"/api/x%00y", b"/api/x\xe2\x80\xa8y", b"/api/x\xc2\x85y"]
+    with serving(tmp_path, "--server", server, "--access-log", "--log-level", "debug", "--log-format", log_format, output=output) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        for target in targets:
+            raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n\r\n")
+    # read as bytes would be: no line end of any kind but the records' own
+    lines = [line for line in output[0].split("\n") if line.strip()]
+    assert sum("gateway.access" in line for line in lines) >= len(targets) - 2, output[0]  # a server may refuse raw bytes itself
+    for line in lines:
+        assert len(line.splitlines()) == 1 and line.isprintable(), repr(line)
+        assert not line.startswith(FORGED)
+        if log_format == "json":
+            json.loads(line)

@@ -94,3 +94,35 @@ def test_a_ca_file_that_does_not_read_is_a_file_line_error_for_check_and_serve(t
     served = run("serve", "--config", str(config), "--port", "0")
     assert served.returncode == 1 and served.stdout.startswith(expected), served.stdout + served.stderr
     assert "Traceback" not in served.stdout + served.stderr
+
+
+TABLE_OF_TOKENS = "name: t\nupstream: http://t.internal\nscopes:\n  a:\nroutes:\n  GET /x: a\n"
+
+
+def test_check_refuses_a_key_no_allowed_algorithm_can_use_at_its_line(tmp_path: Path) -> None:
+    tokens = f"tokens:\n  algorithms: [RS256]\n  public_keys: [{KEYS / 'ec.pub.pem'}]\n"
+    config = write_config(tmp_path, table=TABLE_OF_TOKENS, tokens=tokens)
+    checked = run("check", "--config", str(config))
+    assert checked.returncode == 1, checked.stdout
+    assert checked.stdout.splitlines() == [(
+        f"{config}:4: tokens.public_keys {KEYS / 'ec.pub.pem'}: an EC P-256 key (ES256) verifies no algorithm tokens.algorithms"
+        " allows (RS256), so every token would be refused"
+    )]
+
+
+def test_check_refuses_a_pem_given_as_jwks_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, table=TABLE_OF_TOKENS, tokens=f"tokens:\n  jwks_file: {KEYS / 'rsa.pub.pem'}\n")
+    checked = run("check", "--config", str(config))
+    assert checked.returncode == 1 and checked.stdout.splitlines() == [
+        f"{config}:3: tokens.jwks_file {KEYS / 'rsa.pub.pem'}: this is a PEM file, not a JWKS (JSON); list a PEM public key under tokens.public_keys",
+    ]
+
+
+def test_check_warns_of_a_jwks_key_left_out_and_fails_only_when_strict(tmp_path: Path) -> None:
+    tokens = f"tokens:\n  algorithms: [ES256]\n  jwks_file: {KEYS / 'jwks.json'}\n"
+    config = write_config(tmp_path, table=TABLE_OF_TOKENS, tokens=tokens)
+    checked = run("check", "--config", str(config))
+    warning = (f"{config}:4: warning: tokens.jwks_file {KEYS / 'jwks.json'}: key (kid 'rsa-1'): an RSA key of 2048 bits (RS256) verifies"
+               " no algorithm tokens.algorithms allows (ES256), left out")
+    assert checked.returncode == 0 and checked.stdout.splitlines()[:-1] == [warning], checked.stdout
+    assert run("check", "--config", str(config), "--strict").returncode == 1

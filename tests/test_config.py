@@ -1,6 +1,11 @@
+import datetime
+import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from gateway.loading import ConfigError, load_config
 from gateway.scopes import Access
@@ -216,3 +221,87 @@ def test_defaults_are_documented_values(tmp_path: Path) -> None:
 def test_a_table_of_public_routes_needs_no_keys(tmp_path: Path) -> None:
     config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  GET /status: public\n", tokens="")
     assert load_config(config).tables.needs_tokens() is False
+
+
+# --- keys: one no allowed algorithm can use, and a file given under the wrong key ----------------
+
+def key_files(folder: Path) -> None:
+    """Beside the test keys: JWKS documents of one kind each, and files a user might mistake."""
+    document = json.loads((KEYS / "jwks.json").read_text())
+    (folder / "rsa.jwks.json").write_text(json.dumps({"keys": [key for key in document["keys"] if key["kty"] == "RSA"]}))
+    (folder / "ec.jwks.json").write_text(json.dumps({"keys": [key for key in document["keys"] if key["kty"] == "EC"]}))
+    (folder / "one.jwk.json").write_text(json.dumps(document["keys"][0]))
+    private = serialization.load_pem_private_key((KEYS / "rsa.pem").read_bytes(), password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idp.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())  # type: ignore[union-attr]
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(private, hashes.SHA256()))  # type: ignore[arg-type]
+    (folder / "idp.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def tokens(lines: str) -> str:
+    return "routes: routes/\ntokens:\n" + "".join(f"  {line}\n" for line in lines.split("; "))
+
+
+# (gateway.yaml's tokens lines, the line of the problem, words the message must hold); {keys} is
+# the test keys' folder, {here} the config's
+UNUSABLE_KEYS = [
+    ("algorithms: [RS256]; public_keys: [{keys}/ec.pub.pem]", 4, "an EC P-256 key (ES256) verifies no algorithm tokens.algorithms allows (RS256)"),
+    ("algorithms: [ES256]; public_keys: [{keys}/rsa.pub.pem]", 4, "an RSA key of 2048 bits (PS256, PS384, PS512, RS256, RS384, RS512) verifies no algorithm"),
+    ("algorithms: [ES256]; public_keys: [{keys}/ec384.pub.pem]", 4, "an EC P-384 key (ES384) verifies no algorithm tokens.algorithms allows (ES256)"),
+    ("algorithms: [RS256, RS384, PS256]; public_keys: [{keys}/ed25519.pub.pem]", 4, "an Ed25519 key (EdDSA) verifies no algorithm"),
+    ("algorithms: [RS256]; public_keys:; - {keys}/rsa.pub.pem; - {keys}/ed25519.pub.pem", 6, "an Ed25519 key (EdDSA)"),
+    ("algorithms: [ES256]; jwks_file: {here}/rsa.jwks.json", 4, "rsa.jwks.json: no key is usable, so every token would be refused: key (kid 'rsa-1'): an RSA key"),
+    ("algorithms: [RS384]; jwks_file: {here}/rsa.jwks.json", 4, "kid 'rsa-1'): an RSA key of 2048 bits (RS256) verifies no algorithm"),  # its JWK's alg
+    ("algorithms: [RS256, PS256]; jwks_file: {here}/ec.jwks.json", 4, "kid 'ec-1'): an EC P-256 key (ES256) verifies no algorithm"),
+    ("algorithms: [EdDSA]; jwks_file: {keys}/jwks.json", 4, "so every token would be refused"),
+    ("algorithms: [RS256]; hmac_secret_file: {keys}/hmac.secret", 4, "lists no HS256/HS384/HS512"),
+    ("hmac_secret_file: {keys}/hmac.secret", 3, "lists no HS256/HS384/HS512"),  # not among the defaults
+]
+
+WRONG_FILES = [
+    ("jwks_file: {keys}/rsa.pub.pem", 3, "is a PEM file, not a JWKS (JSON); list a PEM public key under tokens.public_keys"),
+    ("jwks_file: {keys}/ec.pem", 3, "is a PEM file, not a JWKS"),
+    ("jwks_file: {here}/idp.crt", 3, "is a PEM file, not a JWKS"),
+    ("jwks_file: {here}/one.jwk.json", 3, 'a single JWK, not a JWKS document: wrap it as {"keys": [...]}'),
+    ("public_keys: [{keys}/jwks.json]", 3, "is JSON (a JWKS?), not a PEM public key; give a JWKS as tokens.jwks_file"),
+    ("public_keys: [{here}/one.jwk.json]", 3, "is JSON (a JWKS?), not a PEM public key"),
+    ("public_keys: [{here}/idp.crt]", 3, "is a certificate, not a public key"),
+    ("public_keys: [{keys}/rsa.pem]", 3, "is a private key; give its public key only"),
+]
+
+
+@pytest.mark.parametrize(("lines", "line", "message"), UNUSABLE_KEYS + WRONG_FILES)
+def test_a_key_that_cannot_serve_is_an_error_at_its_line(tmp_path: Path, lines: str, line: int, message: str) -> None:
+    key_files(tmp_path)
+    config = write_config(tmp_path)
+    config.write_text(tokens(lines.format(keys=KEYS, here=tmp_path)))
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    shown = [str(problem) for problem in error.value.problems]
+    assert any(text.startswith(f"{config}:{line}: ") and message in text for text in shown), shown
+
+
+@pytest.mark.parametrize(("lines", "kids"), [
+    ("algorithms: [RS256]; jwks_file: {keys}/jwks.json", ["rsa-1"]),
+    ("algorithms: [ES256]; jwks_file: {keys}/jwks.json", ["ec-1"]),
+    ("jwks_file: {keys}/jwks.json", ["rsa-1", "ec-1"]),
+    ("algorithms: [ES256]; public_keys: [{keys}/ec.pub.pem]", [None]),
+    ("algorithms: [EdDSA]; public_keys: [{keys}/ed25519.pub.pem]", [None]),
+])
+def test_usable_keys_load(tmp_path: Path, lines: str, kids: list[str | None]) -> None:
+    config = write_config(tmp_path)
+    config.write_text(tokens(lines.format(keys=KEYS)))
+    assert [key.kid for key in load_config(config).tokens.static_keys] == kids
+
+
+def test_a_jwks_s_keys_no_allowed_algorithm_can_use_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(tokens(f"algorithms: [RS256]; jwks_file: {KEYS}/jwks.json"))
+    loaded = load_config(config)
+    assert [key.kid for key in loaded.tokens.static_keys] == ["rsa-1"]
+    assert loaded.warnings == ((
+        f"{config}:4: warning: tokens.jwks_file {KEYS}/jwks.json: key (kid 'ec-1'): an EC P-256 key (ES256) verifies no algorithm "
+        "tokens.algorithms allows (RS256), left out"
+    ),)

@@ -8,12 +8,25 @@ import socket
 import time
 import tracemalloc
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
 from gateway.keys import KeyStore
-from tests.support import KEYS, Behaviour, Received, RecordingUpstream, answer
+from tests.support import (
+    AUDIENCE,
+    ISSUER,
+    KEYS,
+    Behaviour,
+    Received,
+    RecordingUpstream,
+    answer,
+    mint,
+    write_config,
+)
+from tests.test_reload import serving
 
 pytestmark = pytest.mark.anyio
 JWKS = (KEYS / "jwks.json").read_bytes()
@@ -142,3 +155,69 @@ async def test_a_jwks_just_under_the_bound_is_read(jwks_server: RecordingUpstrea
     jwks_server.behaviour = answer(200, json.dumps(document).encode())
     await within(FETCH_TIMEOUT + MARGIN, keys.refresh())
     assert keys.last_error is None and keys.keys.knows("rsa-1")
+
+
+# --- keys no allowed algorithm can use: refused at load (test_config), not ready at run time -------
+
+RSA_ONLY = json.dumps({"keys": [key for key in json.loads(JWKS)["keys"] if key["kty"] == "RSA"]}).encode()
+
+
+@pytest.mark.parametrize(("algorithms", "document"), [
+    (["ES256"], RSA_ONLY),  # an RSA JWKS where only EC is allowed
+    (["RS384"], RSA_ONLY),  # its JWK says alg RS256: that key verifies nothing else
+    (["EdDSA"], JWKS),
+])
+async def test_a_fetched_jwks_that_no_allowed_algorithm_can_use_gives_no_key(algorithms: list[str], document: bytes,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    server = RecordingUpstream(answer(200, document))
+    keys = KeyStore((), f"{server.url}/jwks", algorithms=algorithms, refetch_interval=0, fetch_timeout=FETCH_TIMEOUT)
+    try:
+        await keys.start()
+    finally:
+        server.close()
+    assert keys.keys.keys == () and keys.generation == 0
+    assert keys.last_error is not None and "is usable, so every token would be refused" in keys.last_error, keys.last_error
+
+
+async def test_a_fetched_jwks_keeps_its_usable_keys_and_warns_of_the_others(jwks_server: RecordingUpstream,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    keys = KeyStore((), f"{jwks_server.url}/jwks", algorithms=["ES256"], refetch_interval=0, fetch_timeout=FETCH_TIMEOUT)
+    await keys.start()
+    assert keys.last_error is None and [key.kid for key in keys.keys.keys] == ["ec-1"]
+    assert any("kid 'rsa-1'" in record.getMessage() and "verifies no algorithm" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_jwks_rotated_to_unusable_keys_keeps_the_last_good_ones(jwks_server: RecordingUpstream,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    keys = KeyStore((), f"{jwks_server.url}/jwks", algorithms=["RS256"], refetch_interval=0, fetch_timeout=FETCH_TIMEOUT)
+    await keys.start()
+    jwks_server.behaviour = answer(200, json.dumps({"keys": [json.loads(JWKS)["keys"][1]]}).encode())  # the EC key alone
+    await keys.refresh()
+    assert keys.last_error is not None and "is usable" in keys.last_error and keys.keys.knows("rsa-1")
+
+
+@pytest.mark.parametrize("document", [(KEYS / "rsa.pub.pem").read_bytes(), b"\n  -----BEGIN PUBLIC KEY-----\n"])
+async def test_a_fetched_pem_says_it_is_one(document: bytes) -> None:
+    server = RecordingUpstream(answer(200, document))
+    keys = KeyStore((), f"{server.url}/jwks", refetch_interval=0, fetch_timeout=FETCH_TIMEOUT)
+    try:
+        await keys.start()
+    finally:
+        server.close()
+    assert keys.last_error is not None and "PEM file, not a JWKS" in keys.last_error
+
+
+def test_readyz_is_not_ready_while_no_fetched_key_is_usable(tmp_path: Path) -> None:
+    server = RecordingUpstream(answer(200, RSA_ONLY))
+    tokens = f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  algorithms: [ES256]\n  jwks_url: {server.url}/jwks\n"
+    try:
+        with serving(write_config(tmp_path, upstream=server.url, tokens=tokens)) as served:  # it answers /api/status too
+            ready = served.ready()
+            assert ready.status_code == 503 and ready.json()["status"] == "not ready", ready.text
+            assert any("no key to verify tokens with" in reason and "is usable" in reason for reason in ready.json()["reasons"])
+            assert all(process["keys"] == 0 for process in served.processes())
+            # and every token is refused, as the readiness said
+            denied = httpx.get(f"{served.base}/api/me", headers={"authorization": f"Bearer {mint(key='ec', algorithm='ES256', kid='ec-1')}"})
+            assert denied.status_code == 401
+    finally:
+        server.close()

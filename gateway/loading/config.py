@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, VerificationKey, key_from_pem, key_from_secret, keys_from_jwks
-from gateway.loading.nodes import ConfigError, Invalid, Reader, line_of
+from gateway.keys import (
+    ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, VerificationKey, jwks_document, key_from_pem, key_from_secret, keys_from_jwks, unusable, usable_keys,
+)
+from gateway.loading.nodes import ConfigError, Invalid, Problem, Reader, line_of
 from gateway.loading.tables import load_tables
 from gateway.routing import Tables
 from gateway.grants.live import open_store
@@ -52,6 +53,7 @@ def load_config(path: str | Path) -> Config:
     if root is None:
         raise ConfigError(reader.problems)
     gateway_file = reader.file
+    warnings: list[Problem] = []
     try:
         entries = reader.mapping(root, "gateway config", _GATEWAY_KEYS)
     except Invalid as invalid:
@@ -68,7 +70,7 @@ def load_config(path: str | Path) -> Config:
             reader.read.append(routes_path)  # a folder: a table added to it is a change too
             tables = load_tables(reader, routes_path, node, live=grants.store is not None)
         reader.file = gateway_file
-    tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent), TokenSettings())
+    tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent, warnings), TokenSettings())
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
     limits = _section(reader, entries, "limits", lambda node: _limits(reader, node), LimitSettings())
     admin = _section(reader, entries, "admin", lambda node: _admin(reader, node, path.parent), AdminSettings())
@@ -83,7 +85,8 @@ def load_config(path: str | Path) -> Config:
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
     files = tuple(dict.fromkeys(reader.read))
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files)
+    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files,
+                  warnings=tuple(str(warning) for warning in warnings))
 
 
 def _section(reader: Reader, entries: Entries, name: str, read: Any, default: Any) -> Any:
@@ -96,7 +99,10 @@ def _section(reader: Reader, entries: Entries, name: str, read: Any, default: An
         return default
 
 
-def _tokens(reader: Reader, node: yaml.Node, base: Path) -> TokenSettings:
+def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]) -> TokenSettings:
+    """The token settings; a key no allowed algorithm can use is an error (every token it
+    could check would be refused), or a warning when it comes in a JWKS beside usable ones, as
+    an identity provider's JWKS may list keys for other clients or an encryption key."""
     entries = reader.mapping(node, "tokens", _TOKEN_KEYS)
     settings: dict[str, Any] = {}
     keys: list[VerificationKey] = []
@@ -129,9 +135,13 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path) -> TokenSettings:
         with reader.reporting():
             file, data = _read_file(reader, base, node, "tokens.jwks_file")
             try:
-                found, _ = keys_from_jwks(json.loads(data), f"jwks_file {file}")
+                found, skipped = keys_from_jwks(jwks_document(data), f"jwks_file {file}")
+                if algorithms is not None:
+                    found, left_out = usable_keys(found, algorithms)
+                    skipped += [f"jwks_file {file}: {warning}, left out" for warning in left_out]
             except ValueError as exc:
                 raise Invalid(node, f"tokens.jwks_file {file}: {exc}") from None
+            warnings.extend(Problem(reader.file, line_of(node), f"warning: tokens.{warning}") for warning in skipped)
             keys.extend(found)
     if (node := value("public_keys")) is not None:
         with reader.reporting():
@@ -139,9 +149,13 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path) -> TokenSettings:
                 with reader.reporting():
                     file, data = _read_file(reader, base, item, "tokens.public_keys")
                     try:
-                        keys.append(key_from_pem(data, f"public_keys {file}"))
+                        key = key_from_pem(data, f"public_keys {file}")
                     except ValueError as exc:
                         raise Invalid(item, f"tokens.public_keys {file}: {exc}") from None
+                    why = None if algorithms is None else unusable(key, algorithms)
+                    if why is not None:
+                        raise Invalid(item, f"tokens.public_keys {file}: {why}, so every token would be refused")
+                    keys.append(key)
     if (node := value("hmac_secret_file")) is not None:
         with reader.reporting():
             hmac = [name for name in algorithms or () if name in HMAC_ALGORITHMS]
