@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="validate the config and every route table",
         description="Load everything as `serve` would. Exit 0 with a one-line summary, or exit 1 with one 'file:line: problem' line per problem. "
-        "Likely mistakes that still load (a route shadowed by a more specific one, a catalog scope no route uses, an empty table) "
+        "Likely mistakes that still load (two routes that cross, neither more specific, and decide differently; an undescribed catalog scope no route uses; an empty table) "
         "are printed as 'file:line: warning: ...' before the summary.",
     )
     with_config(check)

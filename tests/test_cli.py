@@ -29,10 +29,8 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_check_prints_a_summary_and_exits_0(tmp_path: Path) -> None:
     result = run("check", "--config", str(write_config(tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
-    warning, summary = result.stdout.splitlines()
-    # the test table's special webhook is a route a parameter would otherwise match: a warning, not an error
-    assert warning.endswith("payments.yaml:16: warning: GET /merchants/{merchantId}/webhooks/{webhookId} is shadowed by the more specific "
-                            f"GET /merchants/{{merchantId}}/webhooks/special ({tmp_path / 'routes' / 'payments.yaml'}:17): the requests both match go there")
+    # the test table's special webhook beside GET .../webhooks/{webhookId} is no warning: each takes its own paths
+    (summary,) = result.stdout.splitlines()
     assert re.fullmatch(r"OK: 1 route tables, 9 routes \(payments: 9\) from .*gateway.yaml", summary)
 
 
@@ -226,7 +224,7 @@ def test_the_demo_serves_an_allowed_a_forbidden_and_a_not_found_call() -> None:
         assert httpx.get(details, headers=bank).status_code == 200
         # the printed mint command signs with the demo's key for its config: a write token creates a webhook
         mint = next(line.strip() for line in output.splitlines() if line.strip().startswith("gateway token mint"))
-        minted = subprocess.run([GATEWAY, *shlex.split(mint)[1:]], capture_output=True, text=True, timeout=60)
+        minted = subprocess.run([GATEWAY, *shlex.split(mint)[1:]], capture_output=True, text=True, timeout=60, check=False)
         assert minted.returncode == 0, minted.stderr
         assert httpx.post(webhooks, headers={"Authorization": f"Bearer {minted.stdout.strip()}"}, json={}).status_code == 200
     finally:
