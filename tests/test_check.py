@@ -48,8 +48,8 @@ def test_check_prints_each_warning_as_file_line_and_exits_0_unless_strict(tmp_pa
         # /orders/recent beside /orders/{orderId}, /items/top/orders/{orderId} beside /items/{itemId}/orders/{orderId}:
         # literals beside parameters, each route reachable as written, no warning; but /orders/recent/items goes to
         # /orders/recent/{view} (orders:admin), not to /orders/{orderId}/items (orders:read), by segment order alone
-        f"{shop}:15: warning: GET /orders/{{orderId}}/items crosses GET /orders/recent/{{view}} ({shop}:20): neither is more specific, "
-        "and the requests both match (such as /shop/orders/recent/items) go there, its literal segment coming first",
+        (f"{shop}:15: warning: GET /orders/{{orderId}}/items crosses GET /orders/recent/{{view}} ({shop}:20): neither is more specific, "
+         "and the requests both match (such as /shop/orders/recent/items) go there, its literal segment coming first"),
         # /items/top/stock: GET /items/top/{rank} takes it, but it decides as GET /items/{itemId}/stock would: no warning
     ]
     result = run("check", "--config", str(config))
@@ -70,8 +70,8 @@ def test_a_route_crossed_from_another_table_names_that_table(tmp_path: Path) -> 
     wide = tmp_path / "routes" / "payments.yaml"
     # another upstream takes /shop/orders/list: the requirements being the same does not make the routes alike
     assert result.stdout.splitlines()[:-1] == [
-        f"{wide}:5: warning: GET /{{section}}/list crosses GET /{{id}} of table narrow ({narrow}:5): neither is more specific, "
-        "and the requests both match (such as /shop/orders/list) go there, its literal segment coming first",
+        (f"{wide}:5: warning: GET /{{section}}/list crosses GET /{{id}} of table narrow ({narrow}:5): neither is more specific, "
+         "and the requests both match (such as /shop/orders/list) go there, its literal segment coming first"),
     ]
     # a literal route of narrow for /list refines wide's: each takes its own paths, and nothing crosses any more
     narrow.write_text("name: narrow\nupstream: http://narrow.internal\nprefix: /shop/orders\nroutes:\n  GET /list: public\n  GET /{id}: public\n")
@@ -105,8 +105,8 @@ def test_described_scopes_no_route_uses_are_the_providers_vocabulary(tmp_path: P
     table = "name: t\nupstream: http://t.internal\nscopes:\n  a:\n  openid:\n    description: an OpenID Connect login\n  stale:\nroutes:\n  GET /x: a\n"
     result = run("check", "--config", str(write_config(tmp_path, table=table)))
     assert result.stdout.splitlines()[:-1] == [
-        f"{tmp_path / 'routes' / 'payments.yaml'}:7: warning: scope stale of the catalog is used by no route"
-        " (none requires it, nor a scope it implies or that requires it)",
+        (f"{tmp_path / 'routes' / 'payments.yaml'}:7: warning: scope stale of the catalog is used by no route"
+         " (none requires it, nor a scope it implies or that requires it)"),
     ]
 
 
