@@ -125,6 +125,11 @@ class Assessment:
     live_conditions: tuple[str, ...] = ()
     effective_with_live: frozenset[str] | None = None
 
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """The token's scopes the catalog lacks, left out (`unknown_scopes: ignore`)."""
+        return tuple(reading.raw for reading in self.readings if reading.scope is None and not reading.problem)
+
 
 class Catalog:
     """An API's scopes and rules, compiled. An empty catalog leaves a token's scopes as they are."""
