@@ -207,9 +207,9 @@ def test_a_step_up_that_counts_has_no_shortfall(shop: Path) -> None:
 def test_a_hidden_route_says_it_hides_and_what_is_missing(shop: Path) -> None:
     lines = trace(shop, "GET", "/s/secrets/s1", "--scopes", "orders:read bogus", *ANA, code=1)
     assert lines[-2:] == [
-        "hidden:    GET /secrets/{secretId} says hide: true, so this refusal is answered 404 as if the route did not exist; it is "
-        "403 forbidden: GET /secrets/{secretId} requires orders:write; the token grants orders:read (missing orders:write); "
-        "ignored: bogus, not in the catalog of shop",
+        ("hidden:    GET /secrets/{secretId} says hide: true, so this refusal is answered 404 as if the route did not exist; it is "
+         "403 forbidden: GET /secrets/{secretId} requires orders:write; the token grants orders:read (missing orders:write); "
+         "ignored: bogus, not in the catalog of shop"),
         "decision:  404 not_found: no route for GET /s/secrets/s1",
     ]
     # allowed: nothing hidden
