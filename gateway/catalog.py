@@ -1,5 +1,5 @@
-"""Scope catalogs: what a token's scope strings mean for one API (DESIGN.md, "Scope catalogs and
-scope rules" and "Effective scopes and the decision").
+"""Scope catalogs: what a token's scope strings mean for one API (docs/route-tables.md, "Scope
+catalogs and rules" and "Live grants").
 
     token scopes -> 1. normalise: aliases, suffix forms (_offline, _optional), parameter instances
                  -> 2. rules: suffixes offered and in order, exclusive groups, requires,
@@ -243,7 +243,7 @@ class Catalog:
         )
 
     def _live_needs(self, live: list[tuple[Reading, frozenset[str]]]) -> tuple[tuple[tuple[bool, str], ...], tuple[str, ...]]:
-        """The grants and conditions that make every live scope count (DESIGN.md, step 3)."""
+        """The grants and conditions that make every live scope count (step 3 of the decision)."""
         needs: list[tuple[bool, str]] = []
         conditions: list[str] = []
         for reading, grants in live:

@@ -127,7 +127,7 @@ def authorize(
 
 @dataclass(slots=True)
 class Evaluation:
-    """Every step of one decision, in DESIGN.md's order: what `explain` shows, and what
+    """Every step of one decision, in the order docs/route-tables.md gives: what `explain` shows, and what
     `authorize` decides with when its shortcut does not apply."""
 
     catalog: Catalog
@@ -224,7 +224,7 @@ def evaluate(
 
 def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subject: str | None, now: float) -> None:
     """Step 3: which of the token's live scopes count, which wait for a condition, and why the
-    others do not (DESIGN.md: active means present, not revoked, and not past `expires_at`)."""
+    others do not (docs/route-tables.md: active means present, not revoked, and not past `expires_at`)."""
     counted: set[str] = set()
     pending: set[str] = set()
     missing: list[str] = []
@@ -296,7 +296,7 @@ def _when(timestamp: float) -> str:
 
 
 def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation, acting_for: str | None) -> Refusal:
-    """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then an optional scope
+    """Why an unmet requirement is refused, in the order docs/route-tables.md gives: step-up, then an optional scope
     whose condition is not met (404), then forbidden (404 if hidden)."""
     route = match.route
     waiting = _waiting(route.api.catalog, [requirement], evaluation.effective, evaluation.pending_step_up, evaluation.pending_optional,

@@ -47,7 +47,7 @@ routes:
   GET /merchants/{{merchantId}}: [psp.accountsettings:write, psp.onlinepayment:write]
 """
 
-# the scope rules of DESIGN.md on one table: Banqup's scope IDs, Moneyhub's exclusive groups,
+# the scope rules of the five providers of routes/ on one table: Banqup's scope IDs, Moneyhub's exclusive groups,
 # Paysera's SMS-confirmed extended scope, and a route on the caller's own user
 _BANK_TABLE = """\
 name: bank

@@ -1,7 +1,7 @@
 """`gateway explain`: one request's decision, step by step, as the app takes it.
 
     the canonical path -> candidate routes and the one that matched -> the requirement
-    -> the caller's scopes and the claim they came from -> DESIGN.md's five catalog steps, with
+    -> the caller's scopes and the claim they came from -> the five catalog steps, with
        each grant read from the store -> GraphQL fields or response members -> the decision,
        its status and its challenge
 
@@ -203,7 +203,7 @@ async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tupl
 
 
 def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation, read_from: str | None, grant_type_claim: str) -> None:
-    """DESIGN.md's steps of the effective scopes, in its order, as `evaluate` took them."""
+    """The steps of the effective scopes, in their order (docs/route-tables.md), as `evaluate` took them."""
     compiled = match.route
     catalog = compiled.api.catalog
     assessment = evaluation.assessment
