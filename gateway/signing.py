@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.keys import HMAC_ALGORITHMS, RSA_ALGORITHMS, VerificationKey, key_from_secret
+from gateway.keys import HMAC_ALGORITHMS, MIN_RSA_BITS, RSA_ALGORITHMS, VerificationKey, key_from_secret
 
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _SIGNERS = jwt.algorithms.get_default_algorithms()
@@ -136,9 +136,13 @@ def read_key_file(path: Path) -> SigningKey:
     except ValueError:
         raise ValueError(f"{path}: not a PEM private key (gateway keys init writes one)") from None
     if isinstance(private, rsa.RSAPrivateKey):
+        if private.key_size < MIN_RSA_BITS:
+            raise ValueError(f"{path}: an RSA key of {private.key_size} bits is too short: the gateway verifies with {MIN_RSA_BITS} bits or more")
         algorithm = "RS256"
     elif isinstance(private, ec.EllipticCurvePrivateKey):
         algorithm = next((name for name, curve in _CURVES.items() if curve.name == private.curve.name), "")
+        if not algorithm:
+            raise ValueError(f"{path}: an EC key on curve {private.curve.name} cannot sign tokens here (P-256, P-384 or P-521 can)")
     elif isinstance(private, ed25519.Ed25519PrivateKey):
         algorithm = "EdDSA"
     else:

@@ -6,11 +6,14 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 import respx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.app import Gateway
 from gateway.cli import main
@@ -141,6 +144,25 @@ def test_mint_refuses_what_would_make_a_wrong_token_and_exits_2(
     status, out, err = run(capsys, *arguments)
     assert (status, out) == (2, ""), out
     assert message in err
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    (rsa.generate_private_key(public_exponent=65537, key_size=1024), "an RSA key of 1024 bits is too short"),
+    (ec.generate_private_key(ec.SECP256K1()), "an EC key on curve secp256k1 cannot sign tokens here"),
+])
+def test_mint_refuses_a_key_the_gateway_would_not_verify_with(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: Any, message: str) -> None:
+    pem = tmp_path / "weak.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    status, out, err = run(capsys, "token", "mint", "--key", str(pem))
+    assert (status, out) == (2, "") and message in err, err
+
+
+def test_mint_refuses_an_encrypted_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pem = tmp_path / "locked.pem"
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")))
+    status, out, err = run(capsys, "token", "mint", "--key", str(pem))
+    assert (status, out) == (2, "") and "the private key is encrypted" in err
 
 
 def test_mint_refuses_a_key_the_config_does_not_accept(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
