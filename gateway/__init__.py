@@ -1,4 +1,4 @@
-"""A reverse proxy that enforces OAuth scopes per route (see README.md and DESIGN.md)."""
+"""A reverse proxy that enforces OAuth scopes per route (see README.md and docs/)."""
 
 from gateway.app import Gateway
 from gateway.loading import ConfigError, Problem, load_config

@@ -2,7 +2,7 @@
 request id, and the request's metrics. The app calls `begin` when a request arrives and
 `finish` once it is answered; with neither on, it calls nothing.
 
-The access line (DESIGN.md, "Operating it") has `request_id`, `method`, `path` (without the query,
+The access line (docs/operating.md, "Logs") has `request_id`, `method`, `path` (without the query,
 which may hold secrets), `api`, `route`, `decision` (`forward` or `refuse`), `reason` (the
 refusal's `error`, or `forwarded`), `status`, `duration_ms`, `upstream_ms`, `subject` and `client`;
 never a credential. The request id is the client's `X-Request-Id` when it is one value of 1 to 200

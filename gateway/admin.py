@@ -1,4 +1,4 @@
-"""The admin listener's ASGI app (DESIGN.md, "Live grants" and "Operating it"): grants and
+"""The admin listener's ASGI app (docs/admin-api.md): grants and
 conditions over HTTP, and the health of the process. Never served on the proxy's port.
 
     GET    /healthz                                       200 while the process serves (no token)

@@ -1,5 +1,5 @@
-"""Scope catalogs: what a token's scope strings mean for one API (DESIGN.md, "Scope catalogs and
-scope rules" and "Effective scopes and the decision").
+"""Scope catalogs: what a token's scope strings mean for one API (docs/route-tables.md, "Scope
+catalogs and rules" and "Live grants").
 
     token scopes -> 1. normalise: aliases, suffix forms (_offline, _optional), parameter instances
                  -> 2. rules: suffixes offered and in order, exclusive groups, requires,
@@ -125,6 +125,11 @@ class Assessment:
     live_conditions: tuple[str, ...] = ()
     effective_with_live: frozenset[str] | None = None
 
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """The token's scopes the catalog lacks, left out (`unknown_scopes: ignore`)."""
+        return tuple(reading.raw for reading in self.readings if reading.scope is None and not reading.problem)
+
 
 class Catalog:
     """An API's scopes and rules, compiled. An empty catalog leaves a token's scopes as they are."""
@@ -238,7 +243,7 @@ class Catalog:
         )
 
     def _live_needs(self, live: list[tuple[Reading, frozenset[str]]]) -> tuple[tuple[tuple[bool, str], ...], tuple[str, ...]]:
-        """The grants and conditions that make every live scope count (DESIGN.md, step 3)."""
+        """The grants and conditions that make every live scope count (step 3 of the decision)."""
         needs: list[tuple[bool, str]] = []
         conditions: list[str] = []
         for reading, grants in live:

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check, explain, test, health, grants, scopes, demo. A thin layer
+"""The `gateway` command: serve, check, explain, test, health, grants, scopes, keys, token, demo. A thin layer
 over the functions the app itself calls: `check` is the loader, `explain` is the decision, `test`
 is the app under test."""
 
@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from gateway.loading import ConfigError, admin_address, load_config
 from gateway.loading.lint import warnings
 from gateway.server import SERVERS
 from gateway.settings import Config
+from gateway.signing import KEY_FILE_ALGORITHMS, init_key_files, read_key_file
 from gateway.times import parse_rfc3339, rfc3339
 from gateway.validation import STAGES, grant_scope_problem, validate_scopes
 
@@ -32,6 +35,20 @@ works out the caller's scopes, and either forwards the request to the upstream A
 itself (400, 401, 403, 404). Route tables (YAML) map METHOD /path/template to the scopes that
 grant it; gateway.yaml says where the tables and the token keys are.
 """
+
+
+# exit status of a command that could not run at all (no config file, a bad option), as argparse's
+_USAGE = 2
+_MAX_TTL = 10 * 365 * 24 * 3600  # a test token's lifetime; far beyond it, exp would leave the years a date can hold
+
+
+def _missing_config(path: str) -> str | None:
+    """What to say when the config file is not there (None: it is)."""
+    if Path(path).exists():
+        return None
+    where = f"no {path} in {Path.cwd()}" if not Path(path).is_absolute() and os.sep not in path else f"{path}: no such file"
+    return (f"{where}: give the gateway's config with --config FILE, "
+            "or run `gateway demo` to see a working one (it writes a config, keys and a route table to a folder it names)")
 
 
 def _load(config_path: str) -> Config | None:
@@ -257,6 +274,73 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if answer.status_code == 200 else 1
 
 
+def _keys_init(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    try:
+        key = init_key_files(folder, args.alg)
+    except FileExistsError:
+        print(f"{folder / 'private.pem'} exists already: it is left as it is (tokens signed with it stay valid). "
+              "Remove it first, or give another --dir", file=sys.stderr)
+        return _USAGE
+    except OSError as exc:
+        print(f"{args.dir}: {exc.strerror}", file=sys.stderr)
+        return _USAGE
+    print(f"wrote {folder / 'private.pem'} (the {key.algorithm} signing key, readable by you only) "
+          f"and {folder / 'jwks.json'} (its public key, kid {key.kid})")
+    print(f"gateway.yaml: tokens: {{jwks_file: {folder / 'jwks.json'}, algorithms: [{key.algorithm}]}}")
+    return 0
+
+
+def _token_mint(args: argparse.Namespace) -> int:
+    """Print a token signed with --key for the config's issuer and audience."""
+    try:
+        key = read_key_file(Path(args.key))
+    except OSError as exc:
+        print(f"--key {args.key}: {exc.strerror} (`gateway keys init` writes keys/private.pem)", file=sys.stderr)
+        return _USAGE
+    except ValueError as exc:
+        print(f"--key {exc}", file=sys.stderr)
+        return _USAGE
+    if not math.isfinite(args.ttl) or not 0 < args.ttl <= _MAX_TTL:
+        print(f"--ttl: a number of seconds above 0 and at most {_MAX_TTL} (ten years), not {args.ttl}", file=sys.stderr)
+        return _USAGE
+    try:
+        extra = parse_claims(args.claims)
+        json.dumps(extra, allow_nan=False)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return _USAGE
+    except ValueError:
+        print("--claims: NaN and Infinity are not JSON numbers", file=sys.stderr)
+        return _USAGE
+    config_path = args.config if args.config is not None else ("gateway.yaml" if Path("gateway.yaml").exists() else None)
+    issuer, audience, scope_claim = args.issuer, None, "scope"
+    if config_path is not None:
+        if (missing := _missing_config(config_path)) is not None:
+            print(missing, file=sys.stderr)
+            return _USAGE
+        config = _load(config_path)
+        if config is None:
+            return _USAGE
+        tokens = config.tokens
+        if key.algorithm not in tokens.algorithms:
+            print(f"{args.key} signs {key.algorithm}, which tokens.algorithms of {config_path} does not accept "
+                  f"({', '.join(tokens.algorithms)})", file=sys.stderr)
+            return _USAGE
+        issuer = issuer if issuer is not None else tokens.issuer
+        audience = tokens.audience[0] if tokens.audience else None
+        scope_claim = tokens.scope_claims[0] if tokens.scope_claims else scope_claim
+        if tokens.jwks_url is None and tokens.static_keys and all(k.kid not in (None, key.kid) for k in tokens.static_keys):
+            print(f"warning: no key of {config_path} has kid {key.kid}: the gateway will refuse this token (invalid_token)", file=sys.stderr)
+    now = int(time.time())
+    claims: dict[str, object] = {"iss": issuer, "aud": audience, "sub": args.sub, "client_id": args.client,
+                                 scope_claim: args.scopes, "iat": now, "exp": now + math.ceil(args.ttl)}
+    claims = {name: value for name, value in claims.items() if value is not None}
+    claims.update(extra)
+    print(key.sign(claims))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -286,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="validate the config and every route table",
         description="Load everything as `serve` would. Exit 0 with a one-line summary, or exit 1 with one 'file:line: problem' line per problem. "
-        "Likely mistakes that still load (a route shadowed by a more specific one, a catalog scope no route uses, an empty table) "
+        "Likely mistakes that still load (two routes that cross, neither more specific, and decide differently; an undescribed catalog scope no route uses; an empty table) "
         "are printed as 'file:line: warning: ...' before the summary.",
     )
     with_config(check)
@@ -378,6 +462,35 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="seconds to wait for the answer (default: 2)")
     health.set_defaults(run=_health)
 
+    keys = commands.add_parser("keys", help="make a signing key for trying the gateway", description="Signing keys for trials and tests.")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    init = key_commands.add_parser(
+        "init", help="write a new signing key and its JWKS",
+        description="Write DIR/private.pem (a new private key, mode 0600) and DIR/jwks.json (its public key, for tokens.jwks_file), "
+        "the kid being the key's RFC 7638 thumbprint. An existing private.pem is never overwritten (exit 2).",
+    )
+    init.add_argument("--dir", default="keys", help="the folder to write to (default: keys)")
+    init.add_argument("--alg", default="RS256", choices=KEY_FILE_ALGORITHMS, help="the signing algorithm (default: RS256)")
+    init.set_defaults(run=_keys_init)
+
+    token = commands.add_parser("token", help="mint a test token", description="Tokens for trials and tests.")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    mint = token_commands.add_parser(
+        "mint", help="print a token signed with a key file",
+        description="Print a JWT signed with --key (its kid the key's thumbprint, its alg from the key's type), whose iss and aud "
+        "are the config's tokens.issuer and first tokens.audience, and whose scopes go in the first of tokens.scope_claims. "
+        "The config is --config, else gateway.yaml when there is one. Exit 2 when the key, the config or an option is wrong.",
+    )
+    mint.add_argument("--key", required=True, metavar="PEM", help="the private key, e.g. keys/private.pem (gateway keys init)")
+    mint.add_argument("--config", metavar="FILE", help="the gateway config whose issuer and audience the token carries (default: gateway.yaml, if any)")
+    mint.add_argument("--issuer", metavar="ISS", help="the iss claim, in place of the config's")
+    mint.add_argument("--scopes", default="", metavar='"A B"', help="space-separated scopes (default: none)")
+    mint.add_argument("--sub", default="test-user", metavar="S", help="the subject, the user (default: test-user)")
+    mint.add_argument("--client", default="test-client", metavar="C", help="the client_id (default: test-client)")
+    mint.add_argument("--claims", metavar="JSON", help='other claims, added last, e.g. \'{"acr": "sms", "auth_time": 1700000000}\'')
+    mint.add_argument("--ttl", type=float, default=3600, metavar="SECONDS", help="seconds until exp (default: 3600)")
+    mint.set_defaults(run=_token_mint)
+
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",
         description="Start a demo upstream and the gateway in front of it, with throwaway keys, and print curl commands to try.",
@@ -391,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    # every command that reads a config says the same when there is none (token mint reads it only if given)
+    if args.run is not _token_mint and (missing := _missing_config(args.config) if hasattr(args, "config") else None) is not None:
+        print(missing, file=sys.stderr)
+        return _USAGE
     return args.run(args)
 
 

@@ -8,6 +8,7 @@ so the CLI's `explain` and the tests call exactly what the gateway runs.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -108,7 +109,7 @@ def authorize(
     if assessment.simple and route.plain:
         if route.requirement.met_by(assessment.effective):
             return Grant(token.subject, token.client, assessment.effective)
-        raise _forbidden(match, route.requirement, assessment.effective)
+        raise _hidden(match, _forbidden(match, route.requirement, assessment.effective, assessment.ignored))
     # the usual live request: only the grant store in play, and every grant it needs active
     effective = assessment.effective_with_live
     if effective is not None and route.plain and view is not None and _all_live_active(assessment, view, time.time() if now is None else now):
@@ -126,7 +127,7 @@ def authorize(
 
 @dataclass(slots=True)
 class Evaluation:
-    """Every step of one decision, in DESIGN.md's order: what `explain` shows, and what
+    """Every step of one decision, in the order docs/route-tables.md gives: what `explain` shows, and what
     `authorize` decides with when its shortcut does not apply."""
 
     catalog: Catalog
@@ -143,6 +144,7 @@ class Evaluation:
     effective: frozenset[str] = frozenset()
     grant: Grant | None = None
     refusal: Refusal | None = None
+    hidden: Forbidden | None = None  # what a `hide: true` route answers 404 in place of
 
 
 def view_needed(match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty") -> tuple[str | None, str | None] | None:
@@ -213,13 +215,16 @@ def evaluate(
             uncounted = Uncounted(catalog, evaluation.pending_step_up, evaluation.pending_optional, evaluation.live_missing)
         evaluation.grant = Grant(token.subject, token.client, effective, uncounted)
         return evaluation
-    evaluation.refusal = _refusal(match, requirement, evaluation, acting_for)
+    refusal = _refusal(match, requirement, evaluation, acting_for)
+    if isinstance(refusal, Forbidden) and route.hide:
+        evaluation.hidden = refusal
+    evaluation.refusal = _hidden(match, refusal)
     return evaluation
 
 
 def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subject: str | None, now: float) -> None:
     """Step 3: which of the token's live scopes count, which wait for a condition, and why the
-    others do not (DESIGN.md: active means present, not revoked, and not past `expires_at`)."""
+    others do not (docs/route-tables.md: active means present, not revoked, and not past `expires_at`)."""
     counted: set[str] = set()
     pending: set[str] = set()
     missing: list[str] = []
@@ -291,7 +296,7 @@ def _when(timestamp: float) -> str:
 
 
 def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation, acting_for: str | None) -> Refusal:
-    """Why an unmet requirement is refused, in DESIGN.md's order: step-up, then an optional scope
+    """Why an unmet requirement is refused, in the order docs/route-tables.md gives: step-up, then an optional scope
     whose condition is not met (404), then forbidden (404 if hidden)."""
     route = match.route
     waiting = _waiting(route.api.catalog, [requirement], evaluation.effective, evaluation.pending_step_up, evaluation.pending_optional,
@@ -301,7 +306,7 @@ def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation
     reasons = list(evaluation.live_missing)
     if acting_for is not None:
         reasons.insert(0, f"a client-credentials token acts on user {acting_for} only through that user's active offline grants to this client")
-    return _forbidden(match, requirement, evaluation.effective, reasons)
+    return _forbidden(match, requirement, evaluation.effective, evaluation.assessment.ignored, reasons)
 
 
 def _waiting(
@@ -335,18 +340,28 @@ def _waiting(
     return None
 
 
-def _forbidden(match: RouteMatch, requirement: Requirement, effective: frozenset[str], reasons: list[str] | None = None) -> Refusal:
-    """403 forbidden naming what is missing (and why, for live grants); 404 where the route hides."""
+def _forbidden(
+    match: RouteMatch, requirement: Requirement, effective: frozenset[str], ignored: tuple[str, ...] = (), reasons: list[str] | None = None,
+) -> Forbidden:
+    """403 forbidden naming what is missing (and why, for live grants), and the token's scopes
+    the catalog does not know, which a caller may have believed counted."""
     route = match.route
-    if route.hide:
-        return NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
     missing = [sorted(alternative - effective) for alternative in requirement.alternatives]
     shown = " and ".join(missing[0]) if len(missing) == 1 else "one of: " + "; ".join(" and ".join(scopes) for scopes in missing)
     held = " ".join(sorted(effective)) or "no scopes"
     description = f"{route.method} {route.template} requires {requirement.describe()}; the token grants {held} (missing {shown})"
+    if ignored:
+        description += f"; ignored: {' '.join(ignored)}, not in the catalog of {route.api.name}"
     if reasons:
         description += "; " + "; ".join(reasons)
     return Forbidden(description, scope=requirement.first_alternative(), required=[sorted(alternative) for alternative in requirement.alternatives])
+
+
+def _hidden(match: RouteMatch, refusal: Refusal) -> Refusal:
+    """A route that hides answers 404 in place of 403 forbidden, revealing nothing."""
+    if match.route.hide and isinstance(refusal, Forbidden):
+        return NotFound(f"no route for {match.route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+    return refusal
 
 
 def _acr_values(needed: list[StepUp]) -> list[str]:
@@ -358,19 +373,30 @@ def _acr_values(needed: list[StepUp]) -> list[str]:
 
 
 def _authenticated_enough(claims: Mapping[str, Any], step_up: StepUp, now: float) -> bool:
-    """RFC 9470: the token's `acr` (or an `amr` entry) is an accepted value, and `auth_time`
-    is at most `max_age` seconds old."""
+    return step_up_shortfall(claims, step_up, now) is None
+
+
+def step_up_shortfall(claims: Mapping[str, Any], step_up: StepUp, now: float) -> str | None:
+    """What keeps a step-up scope from counting, in words; None: nothing. RFC 9470: the token's
+    `acr` (or an `amr` entry) is an accepted value, and `auth_time` is at most `max_age` seconds old."""
     acr = claims.get("acr")
     amr = claims.get("amr")
     methods = amr if isinstance(amr, list) else []
     if not (isinstance(acr, str) and acr in step_up.acr) and not any(isinstance(method, str) and method in step_up.acr for method in methods):
-        return False
+        accepted = " or ".join(step_up.acr)
+        if acr is None and not methods:
+            return f"the token has no acr claim (nor amr): it needs acr {accepted}"
+        return f"the token's acr is {json.dumps(acr)}" + (f" and amr {json.dumps(amr)}" if methods else "") + f", not {accepted}"
     if step_up.max_age is None:
-        return True
+        return None
     auth_time = claims.get("auth_time")
+    if auth_time is None:
+        return f"the token has no auth_time claim: it needs an authentication at most {step_up.max_age:g} s old"
     if isinstance(auth_time, bool) or not isinstance(auth_time, (int, float)) or not math.isfinite(auth_time):
-        return False
-    return now - auth_time <= step_up.max_age
+        return f"the token's auth_time {json.dumps(auth_time)} is not a time (seconds since 1970)"
+    if now - auth_time > step_up.max_age:
+        return f"the token's authentication is {now - auth_time:.0f} s old (auth_time), over max_age {step_up.max_age:g} s"
+    return None
 
 
 def is_public(match: RouteMatch) -> bool:

@@ -1,13 +1,15 @@
 """`gateway demo`: the real gateway, loaded from real files, in front of a built-in upstream.
 
-Everything is made fresh in a temporary folder (an RSA key, its JWKS, gateway.yaml, a route table
-for Adyen's webhook endpoints) and loaded through the same `load_config` as `gateway serve`.
+Everything is made fresh in a new folder (an RSA key, its JWKS, gateway.yaml, route tables) and
+loaded through the same `load_config` as `gateway serve`. The folder is kept when the demo stops,
+so its key can go on minting tokens (`gateway token mint`) for the config it belongs to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import tempfile
 import time
@@ -16,9 +18,9 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import Gateway
-from gateway.server import uvicorn_options
-from gateway.signing import throwaway_key
 from gateway.loading import load_config
+from gateway.server import uvicorn_options
+from gateway.signing import init_key_files
 from gateway.types import Receive, Scope, Send
 
 _TABLE = """\
@@ -45,7 +47,7 @@ routes:
   GET /merchants/{{merchantId}}: [psp.accountsettings:write, psp.onlinepayment:write]
 """
 
-# the scope rules of DESIGN.md on one table: Banqup's scope IDs, Moneyhub's exclusive groups,
+# the scope rules of the five providers of routes/ on one table: Banqup's scope IDs, Moneyhub's exclusive groups,
 # Paysera's SMS-confirmed extended scope, and a route on the caller's own user
 _BANK_TABLE = """\
 name: bank
@@ -93,7 +95,7 @@ grants:
   refresh: 1
 """
 
-_ISSUER, _AUDIENCE, _KID = "https://auth.demo.local", "demo-api", "demo-key-1"
+_ISSUER, _AUDIENCE = "https://auth.demo.local", "demo-api"
 
 
 async def echo_upstream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,10 +122,8 @@ async def echo_upstream(scope: Scope, receive: Receive, send: Send) -> None:
 
 def write_demo_files(folder: Path, upstream_port: int) -> dict[str, str]:
     """Write key, JWKS, gateway.yaml and the route table; return demo tokens by name."""
-    key = throwaway_key(["RS256"], kid=_KID)
-    (folder / "keys").mkdir()
+    key = init_key_files(folder / "keys", "RS256")
     (folder / "routes").mkdir()
-    (folder / "keys" / "jwks.json").write_text(json.dumps({"keys": [key.jwk()]}, indent=2))
     (folder / "routes" / "adyen-management.yaml").write_text(_TABLE.format(upstream_port=upstream_port))
     (folder / "routes" / "bank.yaml").write_text(_BANK_TABLE.format(upstream_port=upstream_port))
     (folder / "gateway.yaml").write_text(_GATEWAY)
@@ -146,7 +146,8 @@ def _instructions(base: str, tokens: dict[str, str], folder: Path) -> str:
     read = '-H "Authorization: Bearer $READ"'
     write = '-H "Authorization: Bearer $WRITE"'
     return f"""
-Demo gateway on {base}, in front of a built-in upstream. Config and keys: {folder}
+Demo gateway on {base}, in front of a built-in upstream. Config, tables and keys: {folder}
+(kept when the demo stops; delete it when you are done)
 
 Paste these two lines first (demo tokens, valid 12 hours):
   READ={tokens["read"]}
@@ -191,6 +192,9 @@ A live grant (403 until the client grant exists; within a second of adding it, 2
   gateway grants add --config {folder}/gateway.yaml --api bank --client demo-client accounts_details:read
   curl -i -H "Authorization: Bearer $BANK" {base}/bank/accounts/details
 
+Mint a token of your own (other scopes, another user, extra claims; --help lists the options):
+  gateway token mint --key {folder}/keys/private.pem --config {folder}/gateway.yaml --scopes "psp.webhook:write" --sub you@demo
+
 Explain a decision, step by step:
   gateway explain --config {folder}/gateway.yaml POST /adyen/management/merchants/M123/webhooks --scopes psp.webhook:read
   gateway explain --config {folder}/gateway.yaml POST /bank/currency-conversions --scopes convert_currency --claims '{{"sub": "ana@demo", "acr": "sms"}}'
@@ -204,27 +208,28 @@ async def _serve_demo(host: str, port: int) -> int:
     upstream_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     upstream_socket.bind(("127.0.0.1", 0))
     upstream_port = upstream_socket.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as temporary:
-        folder = Path(temporary)
-        tokens = write_demo_files(folder, upstream_port)
-        config = load_config(folder / "gateway.yaml")
-        upstream = uvicorn.Server(uvicorn.Config(echo_upstream, log_level="warning", lifespan="off"))
-        gateway = uvicorn.Server(uvicorn.Config(Gateway(config), host=host, port=port, log_level="info", **uvicorn_options()))
-        upstream_task = asyncio.create_task(upstream.serve(sockets=[upstream_socket]))
-        while not upstream.started:
-            await asyncio.sleep(0.01)
-        gateway_task = asyncio.create_task(gateway.serve())
-        while not gateway.started and not gateway_task.done():
-            await asyncio.sleep(0.01)
-        if gateway_task.done():
-            upstream.should_exit = True
-            await upstream_task
-            print(f"could not listen on {host}:{port}; choose another with --port")
-            return 1
-        print(_instructions(f"http://{host}:{port}", tokens, folder), flush=True)
-        await gateway_task
+    # kept: the printed `gateway token mint` and `gateway grants add` commands name its files
+    folder = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    tokens = write_demo_files(folder, upstream_port)
+    config = load_config(folder / "gateway.yaml")
+    upstream = uvicorn.Server(uvicorn.Config(echo_upstream, log_level="warning", lifespan="off"))
+    gateway = uvicorn.Server(uvicorn.Config(Gateway(config), host=host, port=port, log_level="info", **uvicorn_options()))
+    upstream_task = asyncio.create_task(upstream.serve(sockets=[upstream_socket]))
+    while not upstream.started:
+        await asyncio.sleep(0.01)
+    gateway_task = asyncio.create_task(gateway.serve())
+    while not gateway.started and not gateway_task.done():
+        await asyncio.sleep(0.01)
+    if gateway_task.done():
         upstream.should_exit = True
         await upstream_task
+        shutil.rmtree(folder)  # nothing was shown that names it
+        print(f"could not listen on {host}:{port}; choose another with --port")
+        return 1
+    print(_instructions(f"http://{host}:{port}", tokens, folder), flush=True)
+    await gateway_task
+    upstream.should_exit = True
+    await upstream_task
     return 0
 
 

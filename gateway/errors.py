@@ -20,8 +20,8 @@
     └── GatewayTimeout     504 gateway_timeout  (upstream too slow)
 
 Each knows its status, its `error` code, its WWW-Authenticate parameters and whether the
-connection closes after it; `render()` is the one place an answer is built from it (DESIGN.md,
-"Answers").
+connection closes after it; `render()` is the one place an answer is built from it (docs/requests.md
+lists every answer).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`gateway explain`: one request's decision, step by step, as the app takes it.
 
     the canonical path -> candidate routes and the one that matched -> the requirement
-    -> the caller's scopes and the claim they came from -> DESIGN.md's five catalog steps, with
+    -> the caller's scopes and the claim they came from -> the five catalog steps, with
        each grant read from the store -> GraphQL fields or response members -> the decision,
        its status and its challenge
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.authentication import Authenticator
 from gateway.catalog import CLIENT_CREDENTIALS
-from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_state, is_public, route, view_needed
+from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_state, is_public, route, step_up_shortfall, view_needed
 from gateway.errors import InvalidScope, NotFound, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import read_body
 from gateway.fields import ResponseFields
@@ -108,6 +109,9 @@ async def explain(
             view, read_from = await _view(config, match, token)
             evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
             _steps(lines, match, token, evaluation, read_from, config.tokens.grant_type_claim)
+            if evaluation.hidden is not None:
+                lines.append(f"hidden:    {compiled.method} {compiled.template} says hide: true, so this refusal is answered 404 "
+                             f"as if the route did not exist; it is 403 forbidden: {evaluation.hidden.description}")
             if evaluation.refusal is not None:
                 raise evaluation.refusal
             grant = evaluation.grant
@@ -199,7 +203,7 @@ async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tupl
 
 
 def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation, read_from: str | None, grant_type_claim: str) -> None:
-    """DESIGN.md's steps of the effective scopes, in its order, as `evaluate` took them."""
+    """The steps of the effective scopes, in their order (docs/route-tables.md), as `evaluate` took them."""
     compiled = match.route
     catalog = compiled.api.catalog
     assessment = evaluation.assessment
@@ -233,7 +237,7 @@ def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation
             lines.append(f"{_INDENT}another user's resource: answered as if it did not exist")
             return
     _live(lines, evaluation, read_from, acting)
-    _step_up(lines, evaluation)
+    _step_up(lines, evaluation, token.claims)
     counted = assessment.counted | evaluation.live_counted | frozenset(evaluation.stepped_up)
     implied = sorted(evaluation.effective - counted)
     lines.append(f"step 5, implications: {' '.join(implied)} (implied by the catalog of {compiled.api.name})" if implied
@@ -277,7 +281,7 @@ def _live(lines: list[str], evaluation: Evaluation, read_from: str | None, actin
     lines.append(f"{_INDENT}counts: {' '.join(sorted(evaluation.live_counted)) or '(nothing)'}")
 
 
-def _step_up(lines: list[str], evaluation: Evaluation) -> None:
+def _step_up(lines: list[str], evaluation: Evaluation, claims: Mapping[str, Any]) -> None:
     if not evaluation.stepped_up and not evaluation.pending_step_up:
         lines.append("step 4, step-up: nothing to do: no step-up scope in play")
         return
@@ -287,6 +291,9 @@ def _step_up(lines: list[str], evaluation: Evaluation) -> None:
     for scope, step_up in evaluation.pending_step_up:
         age = f" within {step_up.max_age:g} s" if step_up.max_age is not None else ""
         lines.append(f"{_INDENT}{scope} is pending: it counts only after an authentication with acr {' or '.join(step_up.acr)}{age}")
+        shortfall = step_up_shortfall(claims, step_up, time.time())
+        if shortfall is not None:
+            lines.append(f"{_INDENT}{_INDENT}{shortfall}")
 
 
 async def _graphql(

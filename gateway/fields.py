@@ -1,4 +1,4 @@
-"""Field-level scopes for REST answers (DESIGN.md, "Field-level scopes"): a route's
+"""Field-level scopes for REST answers (docs/route-tables.md, "Response fields"): a route's
 `response_fields` maps top-level members of a JSON answer to requirements; a member whose
 requirement the caller does not meet is removed. Only such routes buffer their answer.
 

@@ -1,4 +1,4 @@
-"""GraphQL operations checked field by field (DESIGN.md, "Field-level scopes"): the `Exchange` of
+"""GraphQL operations checked field by field (docs/route-tables.md, "GraphQL routes"): the `Exchange` of
 a route with `graphql:`.
 
     request -> envelope: GET ?query= / POST application/json (or a batch) / application/graphql

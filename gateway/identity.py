@@ -1,5 +1,5 @@
 """The identity headers the upstream gets: their names spelled once, their values from the
-decision's `Grant`. Any client-sent copy is dropped by the forwarder (DESIGN.md)."""
+decision's `Grant`. Any client-sent copy is dropped by the forwarder (docs/requests.md, "Forwarding")."""
 
 from __future__ import annotations
 

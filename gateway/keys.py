@@ -30,7 +30,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}  # as a JWK's `crv` names them
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
-_MIN_RSA_BITS = 2048
+MIN_RSA_BITS = 2048
 _MIN_HMAC_BYTES = 32
 _MAX_JWKS_BYTES = 1 << 20
 
@@ -45,8 +45,8 @@ class VerificationKey:
 
 def _algorithms_for(public_key: Any) -> frozenset[str]:
     if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < _MIN_RSA_BITS:
-            raise ValueError(f"RSA key of {public_key.key_size} bits is too short (at least {_MIN_RSA_BITS})")
+        if public_key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {public_key.key_size} bits is too short (at least {MIN_RSA_BITS})")
         return RSA_ALGORITHMS
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         algorithm = _EC_ALGORITHMS.get(public_key.curve.name)

@@ -1,4 +1,4 @@
-"""Metrics (DESIGN.md, "Operating it"): counted in each serving process, shown by the admin
+"""Metrics (docs/operating.md, "Metrics"): counted in each serving process, shown by the admin
 listener's `/metrics` in Prometheus text, summed over every process.
 
 A serving process counts in plain dicts and lists (`Recorder`), which costs about a tenth of a

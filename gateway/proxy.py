@@ -1,6 +1,6 @@
 """Forwarding an allowed request: header hygiene both ways, then bodies streamed both ways.
 
-Rules (DESIGN.md, "Forwarding rules"): hop-by-hop headers and every header named in Connection
+Rules (docs/requests.md, "Forwarding"): hop-by-hop headers and every header named in Connection
 are removed both ways; method-override headers and client copies of identity headers never
 reach the upstream; X-Forwarded-* are set from the real peer, trusting the client's own only
 when the peer is a configured trusted proxy. Upstream failures become 502/504 here, in one place.

@@ -1,4 +1,4 @@
-"""Reloading the config while serving (DESIGN.md, "Operating it").
+"""Reloading the config while serving (docs/operating.md, "Reloading").
 
 A change to gateway.yaml, a route table or a key file, a SIGHUP, or `POST /reload` on the admin
 listener loads the whole config again and swaps it in at once. A config that does not load (or

@@ -50,7 +50,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ends: one client sending a 200 MiB header grew the gateway by 337 MiB. A head found larger
     than `MAX_HEAD_BYTES` when it ends, or still open after that many bytes, is answered 431 and
     the connection closed, as granian does. A head llhttp refuses gets the JSON answer of
-    DESIGN.md (505 for an unknown version, 501 for a transfer coding, else 400) instead of
+    docs/requests.md (505 for an unknown version, 501 for a transfer coding, else 400) instead of
     uvicorn's plain-text 400. A head, or a new connection's first one, not complete within
     `head_timeout` seconds closes the connection: uvicorn waits for one for ever, so idle or
     trickling clients could hold every file descriptor.

@@ -1,5 +1,5 @@
-"""The gateway's settings as frozen values, each with its default in one place (README.md and
-DESIGN.md document the same defaults). Built by `gateway.loading`; read by every step without
+"""The gateway's settings as frozen values, each with its default in one place (docs/configuration.md
+documents the same defaults). Built by `gateway.loading`; read by every step without
 importing a loader."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class TokenSettings:
     jwks_refetch_interval: float = 30.0
     jwks_max_age: float = 600.0
     cache_size: int = 10_000
-    grant_type_claim: str = "gty"  # the claim naming the token's grant type (Auth0's; see DESIGN.md)
+    grant_type_claim: str = "gty"  # the claim naming the token's grant type (Auth0's; see docs/route-tables.md)
 
 
 @dataclass(frozen=True, slots=True)

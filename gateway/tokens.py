@@ -62,7 +62,7 @@ class VerifiedToken:
         return json.loads(self.payload)  # type: ignore[no-any-return]
 
     def grant_type(self, claim: str) -> str:
-        """The grant the token was issued by (DESIGN.md, "Scope catalogs"): the `claim`'s value,
+        """The grant the token was issued by (docs/route-tables.md, "Scope catalogs and rules"): the `claim`'s value,
         with `client-credentials` read as `client_credentials`; without it, client credentials
         when the token has no subject or its subject is its client, else authorization code."""
         # the claims are parsed only when the payload may hold the claim: most tokens lack it

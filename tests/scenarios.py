@@ -129,7 +129,7 @@ class Provider:
 
 @dataclass(frozen=True)
 class Ago:
-    """A claim's time, `seconds` before the token is minted: a seed table is built when the tests
+    """A claim's time, `seconds` before the token is minted: a provider's table of cases is built when the tests
     are collected, long before (in a whole suite, minutes before) its case runs."""
 
     seconds: float
@@ -144,7 +144,7 @@ def fresh(acr: str, age: float = 10) -> dict[str, Any]:
 
 
 # --- Steps: a scenario that needs live state interleaves these with its cases ------------------------
-# Each is a callable on the provider, so a seed table can hold them beside its cases and `play` runs
+# Each is a callable on the provider, so a provider's table of cases can hold them beside its cases and `play` runs
 # them in order; being dataclasses, a failing step prints what it was.
 
 

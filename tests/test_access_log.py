@@ -1,4 +1,4 @@
-"""The access log (DESIGN.md, "Operating it"): one line per request, forwarded or refused, with
+"""The access log (docs/operating.md, "Logs"): one line per request, forwarded or refused, with
 every field; `--log-format json` for every line of `gateway serve`; the request id taken, made
 and passed upstream; never a token, at any level."""
 

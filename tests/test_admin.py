@@ -1,4 +1,4 @@
-"""The admin listener (DESIGN.md, "Live grants"): grants and conditions over HTTP on a real SQLite
+"""The admin listener (docs/admin-api.md): grants and conditions over HTTP on a real SQLite
 store, its token, its errors, and beside a real `gateway serve`."""
 
 from __future__ import annotations

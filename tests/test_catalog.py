@@ -1,5 +1,5 @@
-"""Scope catalogs and the decision (DESIGN.md, "Scope catalogs and scope rules", "Effective scopes
-and the decision"): every rule as a table of cases, decided by the functions the gateway runs, and
+"""Scope catalogs and the decision (docs/route-tables.md, "Scope catalogs and
+rules"): every rule as a table of cases, decided by the functions the gateway runs, and
 every load error with its file and line."""
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support import KEYS, write_config
 from tests.test_cli import run
 
@@ -28,6 +30,9 @@ routes:
   POST /orders/{orderId}/refunds: refunds:write
   GET /items/{itemId}/orders/{orderId}: orders:read
   GET /items/top/orders/{orderId}: public
+  GET /orders/recent/{view}: orders:admin
+  GET /items/{itemId}/stock: orders:read
+  GET /items/top/{rank}: orders:read
 """
 EMPTY = "name: later\nupstream: http://later.internal\nprefix: /later\nroutes: {}\n"
 
@@ -40,30 +45,74 @@ def test_check_prints_each_warning_as_file_line_and_exits_0_unless_strict(tmp_pa
         f"{later}:4: warning: table later has no routes: every request under /later is refused (404)",
         # orders:write implies a required scope, refunds:approve is required by one: both are used
         f"{shop}:12: warning: scope legacy:export of the catalog is used by no route (none requires it, nor a scope it implies or that requires it)",
-        f"{shop}:14: warning: GET /orders/{{orderId}} is shadowed by the more specific GET /orders/recent ({shop}:16): the requests both match go there",
-        f"{shop}:18: warning: GET /items/{{itemId}}/orders/{{orderId}} is shadowed by the more specific GET /items/top/orders/{{orderId}} ({shop}:19): the requests both match go there",
+        # /orders/recent beside /orders/{orderId}, /items/top/orders/{orderId} beside /items/{itemId}/orders/{orderId}:
+        # literals beside parameters, each route reachable as written, no warning; but /orders/recent/items goes to
+        # /orders/recent/{view} (orders:admin), not to /orders/{orderId}/items (orders:read), by segment order alone
+        (f"{shop}:15: warning: GET /orders/{{orderId}}/items crosses GET /orders/recent/{{view}} ({shop}:20): neither is more specific, "
+         "and the requests both match (such as /shop/orders/recent/items) go there, its literal segment coming first"),
+        # /items/top/stock: GET /items/top/{rank} takes it, but it decides as GET /items/{itemId}/stock would: no warning
     ]
     result = run("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[:-1] == expected
-    assert result.stdout.splitlines()[-1].startswith("OK: 2 route tables, 6 routes (later: 0, shop: 6)")
+    assert result.stdout.splitlines()[-1].startswith("OK: 2 route tables, 9 routes (later: 0, shop: 9)")
     strict = run("check", "--config", str(config), "--strict")
     assert strict.returncode == 1 and strict.stdout == result.stdout
 
 
-def test_a_route_shadowed_from_another_table_names_that_table(tmp_path: Path) -> None:
+def test_a_route_crossed_from_another_table_names_that_table(tmp_path: Path) -> None:
     table = "name: wide\nupstream: http://wide.internal\nprefix: /shop\nroutes:\n  GET /{section}/list: public\n"
     config = write_config(tmp_path, table=table)
     narrow = tmp_path / "routes" / "zz-narrow.yaml"
-    narrow.write_text("name: narrow\nupstream: http://narrow.internal\nprefix: /shop/orders\nroutes:\n  GET /list: public\n  GET /{id}: public\n")
+    narrow.write_text("name: narrow\nupstream: http://narrow.internal\nprefix: /shop/orders\nroutes:\n  GET /{id}: public\n")
     result = run("check", "--config", str(config))
     assert result.returncode == 0
     wide = tmp_path / "routes" / "payments.yaml"
+    # another upstream takes /shop/orders/list: the requirements being the same does not make the routes alike
     assert result.stdout.splitlines()[:-1] == [
-        f"{wide}:5: warning: GET /{{section}}/list is shadowed by the more specific GET /list of table narrow ({narrow}:5): the requests both match go there",
-        # /shop/orders/list matches GET /{id} of narrow too, but GET /list takes it: no warning that wide loses to /{id}
-        f"{narrow}:6: warning: GET /{{id}} is shadowed by the more specific GET /list ({narrow}:5): the requests both match go there",
+        (f"{wide}:5: warning: GET /{{section}}/list crosses GET /{{id}} of table narrow ({narrow}:5): neither is more specific, "
+         "and the requests both match (such as /shop/orders/list) go there, its literal segment coming first"),
     ]
+    # a literal route of narrow for /list refines wide's: each takes its own paths, and nothing crosses any more
+    narrow.write_text("name: narrow\nupstream: http://narrow.internal\nprefix: /shop/orders\nroutes:\n  GET /list: public\n  GET /{id}: public\n")
+    assert run("check", "--config", str(config), "--strict").returncode == 0
+
+
+@pytest.mark.parametrize("routes", [
+    "  GET /users/{id}: a\n  GET /users/me: b\n",                         # a literal beside a parameter
+    "  GET /users/{id}/x: a\n  GET /users/me/x: public\n",               # ... with looser requirements
+    "  GET /{a}/{b}: a\n  GET /users/{b}: b\n  GET /users/me: public\n",  # nested refinements
+    "  GET /{a}/x: a\n  GET /users/{b}: a\n",                             # crossing, deciding alike
+])
+def test_routes_that_each_take_their_own_paths_are_no_warning(tmp_path: Path, routes: str) -> None:
+    table = f"name: t\nupstream: http://t.internal\nroutes:\n{routes}"
+    result = run("check", "--config", str(write_config(tmp_path, table=table)), "--strict")
+    assert result.returncode == 0 and result.stdout.startswith("OK: 1 route tables"), result.stdout
+
+
+@pytest.mark.parametrize("routes", [
+    "  GET /{a}/x: a\n  GET /users/{b}: b\n",                             # different requirements
+    "  GET /{a}/x: a\n  GET /users/{b}: {scopes: a, hide: true}\n",       # the same, but one hides itself
+    "  GET /{a}/{u}/x: {scopes: a, user: u}\n  GET /users/{u}/{b}: a\n",  # one binds the user
+])
+def test_routes_that_cross_and_decide_differently_are_a_warning(tmp_path: Path, routes: str) -> None:
+    table = f"name: t\nupstream: http://t.internal\nroutes:\n{routes}"
+    result = run("check", "--config", str(write_config(tmp_path, table=table)), "--strict")
+    assert result.returncode == 1 and " crosses " in result.stdout, result.stdout
+
+
+def test_described_scopes_no_route_uses_are_the_providers_vocabulary(tmp_path: Path) -> None:
+    table = "name: t\nupstream: http://t.internal\nscopes:\n  a:\n  openid:\n    description: an OpenID Connect login\n  stale:\nroutes:\n  GET /x: a\n"
+    result = run("check", "--config", str(write_config(tmp_path, table=table)))
+    assert result.stdout.splitlines()[:-1] == [
+        (f"{tmp_path / 'routes' / 'payments.yaml'}:7: warning: scope stale of the catalog is used by no route"
+         " (none requires it, nor a scope it implies or that requires it)"),
+    ]
+
+
+def test_the_shipped_tables_pass_check_strict() -> None:
+    result = run("check", "--config", str(Path(__file__).parent.parent / "routes" / "tests" / "gateway.yaml"), "--strict")
+    assert result.returncode == 0 and result.stdout.startswith("OK: "), result.stdout
 
 
 def test_tables_without_likely_mistakes_print_only_the_summary(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ a real SQLite grant store), and for a table of cases the same status as the app 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ routes:
   POST /transfers: transfer
   GET /banks/{bankId}: ["id:{bankId}", id:all]
   GET /me: {scopes: authenticated, response_fields: {email: email, phone: phone}}
+  GET /secrets/{secretId}: {scopes: orders:write, hide: true}
+  GET /users/{userId}/secrets: {scopes: orders:read, user: userId, hide: true}
   POST /graphql:
     scopes: authenticated
     graphql:
@@ -162,9 +165,10 @@ def test_a_client_credentials_token_on_a_user_route_shows_the_users_offline_gran
 
 def test_a_step_up_refusal_shows_the_pending_scope_and_the_challenge(shop: Path) -> None:
     lines = trace(shop, "POST", "/s/transfers", "--scopes", "transfer", "--claims", '{"sub": "ana", "acr": "pwd"}', code=1)
-    assert lines[-6:] == [
+    assert lines[-7:] == [
         "step 4, step-up:",
         f"{INDENT}transfer is pending: it counts only after an authentication with acr sms within 300 s",
+        f'{INDENT}{INDENT}the token\'s acr is "pwd", not sms',
         "step 5, implications: nothing implied",
         "effective: (none)",
         "decision:  401 insufficient_user_authentication: POST /transfers needs transfer, which counts only after a recent authentication "
@@ -173,6 +177,71 @@ def test_a_step_up_refusal_shows_the_pending_scope_and_the_challenge(shop: Path)
         'transfer, which counts only after a recent authentication with acr sms within 300 seconds: authenticate again and retry with the '
         'new token", acr_values="sms", max_age="300"',
     ]
+
+
+@pytest.mark.parametrize(("claims", "shortfall"), [
+    ({"sub": "ana", "acr": "sms"}, "the token has no auth_time claim: it needs an authentication at most 300 s old"),
+    ({"sub": "ana", "auth_time": "NOW"}, "the token has no acr claim (nor amr): it needs acr sms"),
+    ({"sub": "ana", "amr": ["pwd"], "auth_time": "NOW"}, 'the token\'s acr is null and amr ["pwd"], not sms'),
+    ({"sub": "ana", "acr": "sms", "auth_time": "1 hour ago"}, 'the token\'s auth_time "1 hour ago" is not a time (seconds since 1970)'),
+    # a second or two pass between minting and deciding
+    ({"sub": "ana", "acr": "sms", "auth_time": "OLD"}, re.compile(r"the token's authentication is 100[0-3] s old \(auth_time\), over max_age 300 s")),
+])
+def test_a_pending_step_up_says_what_the_token_lacks(shop: Path, claims: dict[str, Any], shortfall: str | re.Pattern[str]) -> None:
+    now = int(time.time())
+    given = json.dumps(claims).replace('"NOW"', str(now)).replace('"OLD"', str(now - 1000))
+    lines = trace(shop, "POST", "/s/transfers", "--scopes", "transfer", "--claims", given, code=1)
+    pending = lines.index(f"{INDENT}transfer is pending: it counts only after an authentication with acr sms within 300 s")
+    told = lines[pending + 1].removeprefix(INDENT * 2)
+    assert shortfall.fullmatch(told) if isinstance(shortfall, re.Pattern) else told == shortfall, told
+    assert lines[-2].startswith("decision:  401 insufficient_user_authentication")
+
+
+def test_a_step_up_that_counts_has_no_shortfall(shop: Path) -> None:
+    claims = json.dumps({"sub": "ana", "acr": "sms", "auth_time": int(time.time())})
+    lines = trace(shop, "POST", "/s/transfers", "--scopes", "transfer", "--claims", claims, code=0)
+    assert f"{INDENT}transfer counts: the token's authentication is recent and strong enough" in lines
+    assert not any(line.startswith(INDENT * 2) for line in lines)
+
+
+def test_a_hidden_route_says_it_hides_and_what_is_missing(shop: Path) -> None:
+    lines = trace(shop, "GET", "/s/secrets/s1", "--scopes", "orders:read bogus", *ANA, code=1)
+    assert lines[-2:] == [
+        ("hidden:    GET /secrets/{secretId} says hide: true, so this refusal is answered 404 as if the route did not exist; it is "
+         "403 forbidden: GET /secrets/{secretId} requires orders:write; the token grants orders:read (missing orders:write); "
+         "ignored: bogus, not in the catalog of shop"),
+        "decision:  404 not_found: no route for GET /s/secrets/s1",
+    ]
+    # allowed: nothing hidden
+    assert not any(line.startswith("hidden:") for line in trace(shop, "GET", "/s/secrets/s1", "--scopes", "orders:write", *ANA, code=0))
+    # another user's resource is a 404 of its own, whatever the route hides: no hidden 403 to show
+    other = trace(shop, "GET", "/s/users/bob/secrets", "--scopes", "orders:read", *ANA, code=1)
+    assert not any(line.startswith("hidden:") for line in other) and other[-1] == "decision:  404 not_found: no route for GET /s/users/bob/secrets"
+    # the caller's own resource without the scope: hidden, and what is missing
+    own = trace(shop, "GET", "/s/users/ana/secrets", "--scopes", "email", *ANA, code=1)
+    assert own[-2].startswith("hidden:    GET /users/{userId}/secrets says hide: true") and own[-2].endswith("(missing orders:read)")
+
+
+@pytest.mark.parametrize("scopes", ["orders:read bogus other:thing", "orders:read bogus other:thing transfer"])
+@pytest.mark.anyio
+async def test_a_403_names_the_token_scopes_the_catalog_ignores(tmp_path: Path, scopes: str) -> None:
+    """Both ways the app decides (the plain shortcut, and step by step when a step-up scope is in play)."""
+    config = load_config(write_config(tmp_path, table=SHOP, proxy="grants:\n  store: sqlite:///grants.db\n"))
+    with Harness(config) as harness:
+        refused = await harness.arequest("DELETE /s/orders/O1", scopes=scopes)
+        allowed = await harness.arequest("GET /s/orders/O1", scopes=scopes)
+    assert refused.outcome == "403 forbidden"
+    assert refused.description.endswith("(missing orders:write); ignored: bogus other:thing, not in the catalog of shop")
+    assert allowed.forwarded
+    assert "bogus" not in allowed.upstream_request.headers["x-auth-scopes"]
+
+
+@pytest.mark.anyio
+async def test_a_403_without_unknown_scopes_names_none(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, table=SHOP, proxy="grants:\n  store: sqlite:///grants.db\n"))
+    with Harness(config) as harness:
+        refused = await harness.arequest("DELETE /s/orders/O1", scopes="orders:read")
+    assert refused.outcome == "403 forbidden" and "ignored" not in refused.description
 
 
 def test_a_broken_rule_stops_at_step_2_with_invalid_scope(shop: Path) -> None:
@@ -251,6 +320,10 @@ CASES: list[tuple[str, str, dict[str, Any], list[Grant], list[Condition], bytes]
     ("POST /s/graphql", "orders:read", {}, [], [], DEPOSIT),
     ("POST /s/graphql", "deposit", {}, [], [], DEPOSIT),
     ("POST /s/graphql", "deposit", {}, [], [], b"{not json"),
+    ("GET /s/secrets/s1", "orders:read", {}, [], [], b""),
+    ("GET /s/secrets/s1", "orders:write", {}, [], [], b""),
+    ("GET /s/users/test-user/secrets", "email", {}, [], [], b""),
+    ("GET /s/users/bob/secrets", "orders:read", {}, [], [], b""),
 ]
 
 

@@ -1,4 +1,4 @@
-"""REST response fields (DESIGN.md, "Field-level scopes"): members of a JSON answer removed for
+"""REST response fields (docs/route-tables.md, "Response fields"): members of a JSON answer removed for
 callers that lack their requirement, through the real ASGI app in front of a loopback upstream."""
 
 from __future__ import annotations

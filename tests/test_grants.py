@@ -1,4 +1,4 @@
-"""Live grants (DESIGN.md, "Live grants" and step 3 of "Effective scopes and the decision") on a
+"""Live grants (docs/route-tables.md, "Live grants", step 3 of the decision) on a
 real SQLite file: the store itself, the views kept fresh, the decision through the ASGI app, the
 `gateway grants` command, and a store that fails."""
 

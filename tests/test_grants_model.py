@@ -1,6 +1,6 @@
-"""A property test of step 3 (DESIGN.md, "Effective scopes and the decision"): random sequences of
+"""A property test of step 3 (docs/route-tables.md, "Live grants"): random sequences of
 grant changes on a real SQLite store, then every request, decided by the gateway and by a plain
-model of the rules as DESIGN.md words them; the two must agree."""
+model of the rules as docs/route-tables.md words them; the two must agree."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ change = st.one_of(
 
 
 class Model:
-    """DESIGN.md's rules, as plainly as they can be written."""
+    """The documented rules, as plainly as they can be written."""
 
     def __init__(self) -> None:
         self.grants: dict[tuple[str, str | None, str], tuple[float | None, bool]] = {}  # -> (expires_at, revoked)

@@ -1,4 +1,4 @@
-"""GraphQL routes (DESIGN.md, "Field-level scopes"), through the real ASGI app in front of a real
+"""GraphQL routes (docs/route-tables.md, "GraphQL routes"), through the real ASGI app in front of a real
 GraphQL server on loopback (graphql-core executing tests/graphql/bank.graphql): every bypass
 attempt of the catalogue is refused with its status and nothing reaches the upstream, and every
 allowed request reaches it byte for byte."""

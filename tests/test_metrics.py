@@ -1,4 +1,4 @@
-"""Metrics (DESIGN.md, "Operating it"): what each request, token lookup, JWKS fetch, grant-store
+"""Metrics (docs/operating.md, "Metrics"): what each request, token lookup, JWKS fetch, grant-store
 failure and reload adds, as `/metrics` shows it; summed over real `gateway serve --workers 2`
 processes; never on the proxy's port."""
 

@@ -1,4 +1,4 @@
-"""routes/banqup.yaml walked through the seed (seeds/003_daa6c7f8d9d864e7.txt) sentence by
+"""routes/banqup.yaml walked through Banqup's scope page (named atop the table) sentence by
 sentence, each quoted beside its cases, through the real ASGI app (the project's own pytest
 plugin, gateway.testing, builds it from the config the example tables are tested under)."""
 
@@ -35,7 +35,7 @@ SEED = [
     ("Every Banqup scope is assigned: a name (e.g. entity_read), an identifier (e.g. 3f95524e-70aa-4663-8548-763583e08909)", [
         Case(f"GET {ENTITY}", UUID, "forward", forwarded_scopes="entity_read"),
         Case(f"PATCH {ENTITY}", UUID, "403 forbidden"),
-        # only the identifier the seed gives stands for a scope; no other is made up
+        # only the identifier the scope page gives stands for a scope; no other is made up
         Case(f"GET {ENTITY}", "3f95524e-70aa-4663-8548-763583e08900", "403 forbidden"),
     ]),
     ("[no scope] Grants read-only access to public information (e.g. API authorization).", [

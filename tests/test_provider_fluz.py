@@ -1,4 +1,4 @@
-"""routes/fluz.yaml walked through the seed (seeds/004_5a413992721f37cb.txt) sentence by sentence,
+"""routes/fluz.yaml walked through Fluz's scope page (named atop the table) sentence by sentence,
 through the real ASGI app, a real grant store and routes/fluz.graphql: one POST /graphql carries
 every operation, and each field counts only while the client's and the user's grants of its scope
 are both active."""

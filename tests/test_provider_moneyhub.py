@@ -1,4 +1,4 @@
-"""routes/moneyhub.yaml walked through the seed (seeds/001_f2174b78f10189d0.txt) sentence by
+"""routes/moneyhub.yaml walked through Moneyhub's scope page (named atop the table) sentence by
 sentence, each quoted beside its cases, through the real ASGI app and a real grant store: the
 bank selectors and the transactions:read scopes are exclusive, transactions:write needs a read
 scope, user management is for client credentials only, and accounts_details:read counts only
@@ -26,7 +26,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {M}/accounts", None, "401 unauthorized"),
     ]),
     ("please check our discovery document ... to see which particular scopes are supported by a given deployment", [
-        # a deployment may support scopes this seed does not list: ignored, never forwarded
+        # a deployment may support scopes this scope page does not list: ignored, never forwarded
         Case(f"GET {M}/accounts", "accounts:read statements_basic:read", "forward", forwarded_scopes="accounts:read"),
     ]),
     ("openid - this scope is required and indicates that you are using our OpenID Connect interface", [

@@ -1,4 +1,4 @@
-"""routes/paysera-wallet.yaml walked through the seed (seeds/000_9f8415cf79322629.txt) sentence by
+"""routes/paysera-wallet.yaml walked through Paysera's scope page (named atop the table) sentence by
 sentence, each quoted beside its cases, through the real ASGI app and a real grant store: offline
 scopes count through the user's offline grants, optional scopes wait for their condition, the
 extended scope for a fresh SMS confirmation, and GET /rest/v1/user/me shows only granted members."""
@@ -154,7 +154,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {ME}/phone", "phone_offline_optional", "403 forbidden"),   # revoked beats a met condition
     ]),
     ("Example: email_optional, phone_offline_optional / Request email but don't require immediate confirmation: scope=email_optional", [
-        # email has no condition in the seed's "Scope Behavior" table: its optional form counts at once
+        # email has no condition in the scope page's "Scope Behavior" table: its optional form counts at once
         Case(f"GET {ME}/email", "email_optional", "forward", forwarded_scopes="email"),
         Case(f"GET {ME}/phone", "email_optional", "403 forbidden"),
     ]),

@@ -1,4 +1,4 @@
-"""Reloading while serving (DESIGN.md, "Operating it"): by file change, SIGHUP and POST /reload,
+"""Reloading while serving (docs/operating.md, "Reloading"): by file change, SIGHUP and POST /reload,
 in every worker, under load; a broken change keeps the last good config and shows in /readyz;
 requests in flight finish under the config they started with."""
 

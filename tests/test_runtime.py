@@ -200,7 +200,7 @@ async def test_an_answer_longer_than_the_rewrite_limit_is_a_502_never_a_truncate
 
 
 def test_the_decision_modules_import_no_loader_and_no_yaml() -> None:
-    # DESIGN.md: the decision is a function of frozen values; loaders and pyyaml stay at the edge
+    # docs/architecture.md: the decision is a function of frozen values; loaders and pyyaml stay at the edge
     program = (
         "import sys\n"
         "import gateway.head, gateway.paths, gateway.routing, gateway.credentials, gateway.tokens, gateway.catalog, "

@@ -1,4 +1,4 @@
-"""The grant store's interface and the values it holds (DESIGN.md, "Live grants").
+"""The grant store's interface and the values it holds (docs/route-tables.md, "Live grants").
 
 Client grants (api, client, scope), user grants (api, client, subject, scope), each with an
 optional expiry, and met conditions (api, subject, scope). Backends: `sqlite.py` (embedded, the

@@ -1,4 +1,4 @@
-"""A route table's `scopes:` catalog and `rules:` (DESIGN.md, "Scope catalogs and scope rules"):
+"""A route table's `scopes:` catalog and `rules:` (docs/route-tables.md, "Scope catalogs and rules"):
 every entry and rule read, every reference checked, into one `gateway.catalog.Catalog`."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _STEP_UP_KEYS = {"acr", "max_age"}
 _RULE_KEYS = {"exclusive", "unknown_scopes", "grants"}
 GRANT_KINDS = ("client", "user")
 UNKNOWN_SCOPES = ("ignore", "refuse")
-# DESIGN.md: a table that needs live state with no grants.store configured is a load error
+# a live rule is never skipped silently: a table that needs live state with no grants.store configured is a load error
 _LIVE = "needs live grants: configure grants.store in gateway.yaml (e.g. store: sqlite:///grants.db)"
 
 Entries = dict[str, tuple[yaml.Node, yaml.Node]]

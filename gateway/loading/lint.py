@@ -1,8 +1,17 @@
 """`gateway check`'s warnings: what loads and serves, but is likely not what its author meant.
 
-    a route shadowed by a more specific one   the paths both match go to the more specific route
-    a catalog scope no route uses             neither required, nor implying or required by a scope that is
+    two routes that cross                     neither is the more specific, and the requests both match
+                                              go to the one whose literal segment comes first
+    a catalog scope no route uses             neither required, nor implying or required by a scope that is,
+                                              nor described (a described scope is the provider's word for
+                                              what its tokens carry: it reaches the upstream and the
+                                              authorization server's `scopes validate`)
     an empty table                            every request under its prefix is refused (404)
+
+A literal route beside a parameter one (`GET /users/me` beside `GET /users/{id}`) is no warning:
+the literal one takes its own path, the parameter one every other, both as written. Nor are two
+routes of one table that decide alike (the same requirement and options): whichever takes a
+request, the same upstream gets the same path.
 
 A scope a route uses that its table's catalog lacks is no warning: with a catalog, the loader
 refuses it (an error); without one, there is nothing to compare it with.
@@ -58,16 +67,25 @@ def _shadowed(tables: Tables) -> Iterator[Problem]:
         if None not in shape:
             continue
         for winner in _winners(root, route, shape, 0, False):
+            theirs = _shape(winner)
+            if all(mine is None or mine == their for mine, their in zip(shape, theirs)) or _alike(route, winner):
+                continue  # `winner` refines `route` (each of its paths is one of route's), or decides as it does
             # the paths both match, as one (a value no literal has where both take a parameter):
             # the trie itself says whether `winner` takes them, or a third route does
-            both = tuple(mine if mine is not None else theirs if theirs is not None else "\x00" for mine, theirs in zip(shape, _shape(winner)))
+            both = tuple(mine if mine is not None else their if their is not None else "\x00" for mine, their in zip(shape, theirs))
             if tables.trie.match(route.method, both) is winner:
                 where = "" if winner.api is route.api else f" of table {winner.api.name}"
                 file, _, line = route.source.rpartition(":")
+                example = "/" + "/".join(mine if mine is not None else their if their is not None else "x" for mine, their in zip(shape, theirs))
                 yield Problem(file, int(line), (
-                    f"warning: {route.method} {route.template} is shadowed by the more specific {winner.method} {winner.template}{where} "
-                    f"({winner.source}): the requests both match go there"
+                    f"warning: {route.method} {route.template} crosses {winner.method} {winner.template}{where} ({winner.source}): "
+                    f"neither is more specific, and the requests both match (such as {example}) go there, its literal segment coming first"
                 ))
+
+
+def _alike(route: Route, other: Route) -> bool:
+    return (route.api is other.api and route.requirement == other.requirement and route.user == other.user
+            and route.hide == other.hide and route.exchange is None and other.exchange is None)
 
 
 def _winners(node: _Node, route: Route, shape: Shape, depth: int, won: bool) -> Iterator[Route]:
@@ -96,7 +114,7 @@ def _unused_scopes(tables: Tables) -> Iterator[Problem]:
         if not catalog.entries:
             continue
         used = _used(catalog, (route for route in tables.routes if route.api is api))
-        unused = [name for name in catalog.entries if name not in used]
+        unused = [name for name, entry in catalog.entries.items() if name not in used and not entry.description]
         if unused:
             lines = _catalog_lines(api)
             for name in unused:
