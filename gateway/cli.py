@@ -319,8 +319,10 @@ def _token_mint(args: argparse.Namespace) -> int:
         if (missing := _missing_config(config_path)) is not None:
             print(missing, file=sys.stderr)
             return _USAGE
-        config = _load(config_path)
-        if config is None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as error:
+            print(error, file=sys.stderr)  # stdout carries the token alone
             return _USAGE
         tokens = config.tokens
         if key.algorithm not in tokens.algorithms:

@@ -168,10 +168,20 @@ def test_mint_refuses_an_encrypted_key(tmp_path: Path, capsys: pytest.CaptureFix
 def test_mint_refuses_a_key_the_config_does_not_accept(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     gateway_yaml(tmp_path, algorithms="[RS256]")
-    assert run(capsys, "keys", "init", "--alg", "EdDSA")[0] == 0
+    assert run(capsys, "keys", "init")[0] == 0
+    assert run(capsys, "keys", "init", "--dir", "other", "--alg", "EdDSA")[0] == 0
+    status, out, err = run(capsys, "token", "mint", "--key", "other/private.pem")
+    assert (status, out) == (2, "")
+    assert "other/private.pem signs EdDSA, which tokens.algorithms of gateway.yaml does not accept (RS256)" in err
+
+
+def test_mint_says_why_the_config_does_not_load_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    gateway_yaml(tmp_path, algorithms="[RS256]")
+    assert run(capsys, "keys", "init", "--alg", "EdDSA")[0] == 0  # the config's only key: one RS256 cannot use
     status, out, err = run(capsys, "token", "mint", "--key", "keys/private.pem")
     assert (status, out) == (2, "")
-    assert "keys/private.pem signs EdDSA, which tokens.algorithms of gateway.yaml does not accept (RS256)" in err
+    assert "gateway.yaml:6: tokens.jwks_file keys/jwks.json: no key is usable" in err
 
 
 def test_mint_warns_when_the_config_does_not_hold_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
