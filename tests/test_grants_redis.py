@@ -85,7 +85,9 @@ async def test_every_method_round_trips(store: RedisStore, db: redis.Redis) -> N
     assert await store.view("api", "app", "alice") == GrantView(
         client_grants={"read": GrantState()}, user_grants={"write": GrantState(expires_at=later)}, conditions=frozenset({"payout"}))
     assert await store.view("api", "app", None) == GrantView(client_grants={"read": GrantState()})
-    assert await store.view("api", None, "alice") == EMPTY_VIEW
+    # a token without a client id: no grants, but the subject's conditions (store.py's contract)
+    assert await store.view("api", None, "alice") == GrantView(conditions=frozenset({"payout"}))
+    assert await store.view("api", None, None) == EMPTY_VIEW
     assert await store.view("other", "app", "alice") == GrantView()
     assert await store.list() == ([GrantRecord("api", "app", None, "read", None), GrantRecord("api", "app", "alice", "write", later)],
                                   [ConditionRecord("api", "alice", "payout")])

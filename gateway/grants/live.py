@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from urllib.parse import unquote, urlsplit
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from gateway import metrics
 from gateway.grants.store import GrantStore, GrantView, StoreUnavailable

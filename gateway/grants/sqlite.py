@@ -19,7 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.grants.store import ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+from gateway.grants.store import (
+    ConditionRecord,
+    GrantRecord,
+    GrantView,
+    StoreUnavailable,
+    check_condition,
+    check_filters,
+    check_grant,
+    stored_state,
+)
 
 T = TypeVar("T")
 _SCHEMA = """
@@ -76,6 +85,7 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
+        client, subject = client or None, subject or None  # empty reads as none (store.py's contract)
         if client is None:
             return GrantView(conditions=await self._conditions(api, subject))
 
@@ -85,8 +95,10 @@ class SQLiteStore:
                 (api, client, subject or ""),
             ).fetchall()
             met = connection.execute("SELECT scope FROM conditions WHERE api = ? AND subject = ?", (api, subject or "")).fetchall()
-            client_grants = {scope: GrantState(expires, revoked) for who, scope, expires, revoked in rows if who == ""}
-            user_grants = {scope: GrantState(expires, revoked) for who, scope, expires, revoked in rows if who != ""} if subject else {}
+            states = {(who, scope): stored_state(expires, revoked, f"{self.path}: {api} {client} {who} {scope}")
+                      for who, scope, expires, revoked in rows}
+            client_grants = {scope: state for (who, scope), state in states.items() if who == ""}
+            user_grants = {scope: state for (who, scope), state in states.items() if who != ""} if subject else {}
             return GrantView(client_grants, user_grants, frozenset(scope for (scope,) in met) if subject else frozenset())
 
         return await self._run(read)
@@ -114,6 +126,7 @@ class SQLiteStore:
         return await self._run(write)
 
     async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
+        check_grant(api, client, subject, scope, expires_at)
         await self._write(
             "INSERT INTO grants (api, client, subject, scope, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, NULL) "
             "ON CONFLICT (api, client, subject, scope) DO UPDATE SET expires_at = excluded.expires_at, revoked_at = NULL",
@@ -121,6 +134,7 @@ class SQLiteStore:
         )
 
     async def revoke_grant(self, api: str, client: str, subject: str | None, scope: str) -> bool:
+        check_grant(api, client, subject, scope, None)
         changed = await self._write(
             "UPDATE grants SET revoked_at = ? WHERE api = ? AND client = ? AND subject = ? AND scope = ? AND revoked_at IS NULL",
             (time.time(), api, client, subject or "", scope),
@@ -128,14 +142,19 @@ class SQLiteStore:
         return changed > 0
 
     async def set_condition(self, api: str, subject: str, scope: str, met: bool) -> bool:
+        check_condition(api, subject, scope)
         if met:
             await self._write("INSERT OR IGNORE INTO conditions (api, subject, scope) VALUES (?, ?, ?)", (api, subject, scope))
             return True
         return await self._write("DELETE FROM conditions WHERE api = ? AND subject = ? AND scope = ?", (api, subject, scope)) > 0
 
-    async def list(self, api: str | None = None, client: str | None = None, subject: str | None = None) -> tuple[list[GrantRecord], list[ConditionRecord]]:
+    async def list(
+        self, api: str | None = None, client: str | None = None, subject: str | None = None, revoked: bool = False,
+    ) -> tuple[list[GrantRecord], list[ConditionRecord]]:
+        check_filters(api, client, subject)
+
         def read(connection: sqlite3.Connection) -> tuple[list[GrantRecord], list[ConditionRecord]]:
-            where = ["revoked_at IS NULL"]
+            where = ["1 = 1" if revoked else "revoked_at IS NULL"]
             parameters: list[object] = []
             for column, value in (("api", api), ("client", client), ("subject", subject)):
                 if value is not None:
@@ -145,18 +164,18 @@ class SQLiteStore:
                 f"SELECT api, client, subject, scope, expires_at, revoked_at FROM grants WHERE {' AND '.join(where)} "
                 "ORDER BY api, client, subject, scope", parameters,
             ).fetchall()
-            grants = [GrantRecord(a, c, s or None, scope, expires, revoked) for a, c, s, scope, expires, revoked in rows]
-            conditions: list[ConditionRecord] = []
-            if client is None:
-                where = []
-                parameters = []
-                for column, value in (("api", api), ("subject", subject)):
-                    if value is not None:
-                        where.append(f"{column} = ?")
-                        parameters.append(value)
-                clause = f" WHERE {' AND '.join(where)}" if where else ""
-                conditions = [ConditionRecord(*row) for row in connection.execute(
-                    f"SELECT api, subject, scope FROM conditions{clause} ORDER BY api, subject, scope", parameters).fetchall()]
+            grants = []
+            for a, c, s, scope, expires, revoked_at in rows:
+                state = stored_state(expires, revoked_at, f"{self.path}: {a} {c} {s} {scope}")
+                grants.append(GrantRecord(a, c, s or None, scope, state.expires_at, state.revoked_at))
+            where, parameters = [], []
+            for column, value in (("api", api), ("subject", subject)):  # never client: conditions belong to none
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    parameters.append(value)
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            conditions = [ConditionRecord(*row) for row in connection.execute(
+                f"SELECT api, subject, scope FROM conditions{clause} ORDER BY api, subject, scope", parameters).fetchall()]
             return grants, conditions
 
         return await self._run(read)
