@@ -8,16 +8,16 @@ comes in (`parse_rfc3339`, `checked`) and read as unreadable where a store alrea
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 EXAMPLE = "2026-12-31T23:59:59Z"
-EARLIEST = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
-LATEST = datetime.max.replace(tzinfo=timezone.utc).timestamp()
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+LATEST = datetime.max.replace(tzinfo=UTC).timestamp()
 
 
 def rfc3339(timestamp: float) -> str:
     """`timestamp` (seconds since the epoch) in RFC 3339, UTC, to the second."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def valid(value: object) -> bool:
@@ -49,7 +49,7 @@ def parse_rfc3339(text: str) -> float:
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
     try:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{text!r} falls outside years 1 to 9999 once in UTC") from None
     return moment.timestamp()

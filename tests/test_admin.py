@@ -79,6 +79,16 @@ async def test_grants_and_conditions_over_http(admin: httpx.AsyncClient) -> None
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "soon"}', "is not an RFC 3339 time"),
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "2099-01-01T00:00:00"}', "has no time zone"),
     ("PUT", "/grants/wallet/app/balance", b"x" * 70_000, "larger than 65536 bytes"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "10000-01-01T00:00:00Z"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "+10000-01-01T00:00:00Z"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "9999-12-31T23:00:00-05:00"}', "outside years 1 to 9999"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "0001-01-01T00:30:00+01:00"}', "outside years 1 to 9999"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "2026-01-01T00:00:00+99:00"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": true}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": NaN}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": 1e999}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": ["2099-01-01T00:00:00Z"]}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/users/ana/balance_offline", b'{"expires_at": "9999-12-31T23:59:59-00:01"}', "outside years 1 to 9999"),
     ("GET", "/grants?api=nope", None, "no route table is named 'nope'"),
     ("GET", "/grants?owner=x", None, "unknown query parameters: owner"),
 ])
@@ -141,6 +151,13 @@ async def test_a_wrong_method_on_a_known_path_is_404_as_an_unknown_path(admin: h
         answer = await admin.request(method, path, headers=AUTH)
         assert answer.status_code == 404 and answer.json()["error"] == "not_found" and "allow" not in answer.headers
     assert (await admin.head("/healthz")).status_code == 200
+
+
+async def test_the_last_second_of_year_9999_is_kept_and_read_back(admin: httpx.AsyncClient) -> None:
+    for when in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+00:00"):
+        put = await admin.put("/grants/wallet/app/balance", headers=AUTH, json={"expires_at": when})
+        assert put.status_code == 200 and put.json()["expires_at"] == when.replace("+00:00", "Z")
+        assert (await admin.get("/grants", headers=AUTH)).json()["grants"][0]["expires_at"] == when.replace("+00:00", "Z")
 
 
 async def test_unknown_paths_are_404(admin: httpx.AsyncClient) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 import respx
 
 from gateway.app import Gateway
+from gateway.cli import main
 from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
+from gateway.times import parse_rfc3339
 from tests.support import AUDIENCE, ISSUER, KEYS, mint
 from tests.test_cli import run
 
@@ -386,6 +389,79 @@ def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str)
     done = run("grants", *args, "--config", str(write(tmp_path)))
     assert done.returncode == code, done.stdout + done.stderr
     assert words in done.stdout + done.stderr
+
+
+def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str]:
+    """`gateway grants ARGS` in this process: the exit code and what it printed."""
+    try:
+        code = main(["grants", *args, "--config", str(config)])
+    except SystemExit as exit:  # argparse's refusals
+        code = int(exit.code or 0)
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+@pytest.mark.parametrize(("expiry", "words"), [
+    (["--ttl", "nan"], "--ttl must be a finite number of seconds, not nan"),
+    (["--ttl", "inf"], "--ttl must be a finite number of seconds, not inf"),
+    (["--ttl=-inf"], "--ttl must be a finite number of seconds, not -inf"),
+    (["--ttl", "1e300"], "outside years 1 to 9999 UTC"),
+    (["--ttl=-1e300"], "outside years 1 to 9999 UTC"),
+    (["--ttl", "1e400"], "not inf"),  # parsed as inf
+    (["--ttl", "300000000000"], "outside years 1 to 9999 UTC"),
+    (["--expires", "9999-12-31T23:00:00-05:00"], "outside years 1 to 9999"),
+    (["--expires", "0001-01-01T00:30:00+01:00"], "outside years 1 to 9999"),
+    (["--expires", "+10000-01-01T00:00:00Z"], "is not an RFC 3339 time"),
+])
+def test_grants_add_refuses_an_expiry_it_could_not_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str], expiry: list[str], words: str) -> None:
+    config = write(tmp_path)
+    code, printed = cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", *expiry)
+    assert code == 2 and words in printed, printed
+    assert cli(capsys, config, "list", "--json") == (0, json.dumps({"grants": [], "conditions": []}, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("who", [["--client", ""], ["--client", "app", "--subject", ""]])
+def test_grants_add_refuses_an_empty_client_or_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str], who: list[str]) -> None:
+    config = write(tmp_path)
+    code, printed = cli(capsys, config, "add", "--api", "wallet", *who, "accounts_details:read")
+    assert code == 2 and "must be a non-empty string" in printed, printed
+    assert cli(capsys, config, "list", "--json")[1] == json.dumps({"grants": [], "conditions": []}, indent=2) + "\n"
+
+
+def test_grants_list_all_shows_revoked_and_expired_grants_with_their_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path)
+    for args in (["--client", "app", "accounts_details:read"], ["--client", "app", "--subject", "ana", "balance_offline", "--expires", "2001-01-01T00:00:00Z"],
+                 ["--client", "web", "accounts_details:read", "--expires", "2099-01-01T00:00:00Z"]):
+        assert cli(capsys, config, "add", "--api", "wallet", *args)[0] == 0
+    before = time.time()
+    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "web", "accounts_details:read")[0] == 0
+    # without --all, as before: the revoked grants are gone, the expired one is listed
+    code, printed = cli(capsys, config, "list")
+    assert code == 0 and printed == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)\n"
+    code, printed = cli(capsys, config, "list", "--all")
+    lines = printed.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert re.fullmatch(r"grant      wallet  client app  accounts_details:read  \(revoked at \S+Z; no expiry\)", lines[0])
+    assert lines[1] == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)"
+    assert re.fullmatch(r"grant      wallet  client web  accounts_details:read  \(revoked at \S+Z; expires 2099-01-01T00:00:00Z\)", lines[2])
+    listed = json.loads(cli(capsys, config, "list", "--all", "--json", "--client", "app")[1])["grants"]
+    assert [(g["scope"], g["state"], g["expires_at"]) for g in listed] == [
+        ("accounts_details:read", "revoked", None), ("balance_offline", "expired", "2001-01-01T00:00:00Z")]
+    revoked_at = parse_rfc3339(listed[0]["revoked_at"])
+    assert before - 1 <= revoked_at <= time.time() and listed[1]["revoked_at"] is None
+    assert "state" not in json.loads(cli(capsys, config, "list", "--json")[1])["grants"][0]  # the JSON of GET /grants without --all
+
+
+def test_grants_list_reads_a_row_whose_expiry_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    config = write(tmp_path)
+    assert cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    with sqlite3.connect(tmp_path / "grants.db") as connection:  # a row no version of the gateway writes
+        connection.execute("UPDATE grants SET expires_at = 1e300")
+    code, printed = cli(capsys, config, "list", "--all")
+    assert code == 0 and "revoked at 0001-01-01T00:00:00Z" in printed, printed
 
 
 FLUZ = """\
