@@ -471,7 +471,7 @@ async def test_a_replica_hears_of_a_change_at_once_and_again_after_redis_restart
 def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: RedisServer, tmp_path: Path) -> None:
     from tests.support import GatewayProcess, RecordingUpstream, mint
     from tests.test_cli import run
-    from tests.test_grants import write as write_config
+    from tests.test_grants import write
 
     upstream = RecordingUpstream()
     config = write(tmp_path, store=own_server.url)
