@@ -265,6 +265,7 @@ class AdminApp:
             except StoreUnavailable as exc:
                 document["grant_store"] = f"unreadable: {exc}"
                 unready.append(f"the grant store cannot be read: {exc}")
+            document["grant_store_details"] = self.store.details()  # which file (and inode) is open: a replaced file shows
         failed = [self.reloader.last.document()] if self.reloader.last is not None and self.reloader.last.result == FAILURE else []
         if self.run_dir is not None:
             processes = await asyncio.to_thread(self.run_dir.statuses)
@@ -287,10 +288,18 @@ class AdminApp:
         return 200, document
 
 
+class _JSONResponse(JSONResponse):
+    """JSON as the rest of the gateway writes it (`json.dumps`'s defaults and a final newline),
+    so that the answers stay byte for byte what they were before starlette served them."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode() + b"\n"
+
+
 def _json(status: int, document: Any) -> Response:
     if document is None:
         return Response(status_code=status, headers={"cache-control": "no-store"})
-    return JSONResponse(document, status, headers={"cache-control": "no-store"})
+    return _JSONResponse(document, status, headers={"cache-control": "no-store"})
 
 
 def _refusal(refusal: Refusal) -> Response:

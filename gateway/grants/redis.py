@@ -261,6 +261,9 @@ class RedisStore:
         conditions.sort(key=lambda c: (c.api, c.subject, c.scope))
         return grants, conditions
 
+    def details(self) -> dict[str, object]:
+        return {"url": self.url}
+
     async def aclose(self) -> None:
         """Close the client and its connections."""
         with self._errors():

@@ -1,9 +1,24 @@
-"""The embedded grant store: one SQLite file in WAL mode, shared by every process on the machine
-(the serving workers, `gateway grants`, the admin API).
+"""The embedded grant store: one SQLite file shared by every process on the machine (the serving
+workers, `gateway grants`, the admin API).
 
 Each call runs in the store's own thread, never on the event loop. A change made by any process
 shows in `version()` through `PRAGMA data_version` (which moves when another connection
 commits), plus a count of this connection's own writes.
+
+The file is followed by its identity, `(st_dev, st_ino)`, checked before every call (and so at
+least every `grants.refresh` seconds, when the views poll `version()`): a file moved over it (a
+restore from a backup, `mv copy.db grants.db`) is opened in its place, and `version()` moves, so
+every view is read again from it and every write lands in it, never in the replaced file. A file
+that vanishes (deleted, moved away) is never made again behind the operator's back: the store
+is unavailable (503 for the requests that need it, /readyz says which file) until a file is
+there again; only a store that has never opened its file makes it (`gateway grants add` does).
+
+The journal is SQLite's rollback journal, not WAL: a WAL database keeps its `-wal` and `-shm`
+files beside it by name, shared by every connection to that name, so a file replaced under
+running processes would be read through the old file's WAL, and the last connection to the old
+file would delete the WAL the new file's connections use. A rollback journal exists only while
+a write commits. Readers wait for a commit (milliseconds; up to the busy timeout) but never for
+a writer that has not begun to commit.
 
     grants(api, client, subject, scope, expires_at, revoked_at)   subject '' for a client grant
     conditions(api, subject, scope)
@@ -12,12 +27,16 @@ commits), plus a count of this connection's own writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from gateway.grants.store import (
     ConditionRecord,
@@ -31,6 +50,8 @@ from gateway.grants.store import (
 )
 
 T = TypeVar("T")
+Identity = tuple[int, int]  # (st_dev, st_ino) of the file a connection reads
+logger = logging.getLogger("gateway.grants")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
     api TEXT NOT NULL, client TEXT NOT NULL, subject TEXT NOT NULL, scope TEXT NOT NULL,
@@ -57,32 +78,69 @@ class SQLiteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grants-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._writes = 0
+        self.opened: Identity | None = None  # the file the connection reads; None: none opened yet
+
+    def _identity(self) -> Identity | None:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
 
     def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-            try:
-                connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.executescript(_SCHEMA)
-            except sqlite3.Error:
-                connection.close()
-                raise
-            self._connection = connection
-        return self._connection
+        """The connection to the file now at `path`: the one open, unless the file was replaced.
+
+        :raises StoreUnavailable: the file this store had opened is gone and none took its place.
+        """
+        identity = self._identity()
+        if self._connection is not None:
+            if identity == self.opened:
+                return self._connection
+            self._close()
+            if identity is not None:
+                logger.warning("grant store %s was replaced (now device %d, inode %d): reading the new file", self.path, *identity)
+        if identity is None and self.opened is not None:
+            raise StoreUnavailable(
+                f"grant store {self.path} is gone (deleted or moved away): nothing is read or written until a file is there "
+                "again (restore it, or `gateway grants add` makes a new one)")
+        # a file that was opened once is never made again here ("rw"): only the first open makes it
+        mode = "rwc" if self.opened is None else "rw"
+        connection = sqlite3.connect(f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            with contextlib.suppress(sqlite3.OperationalError):  # a WAL file still open elsewhere stays WAL until it is not
+                connection.execute("PRAGMA journal_mode = DELETE")
+            connection.executescript(_SCHEMA)
+        except sqlite3.Error:
+            connection.close()
+            raise
+        opened = self._identity()
+        if opened is None or (identity is not None and opened != identity):  # replaced while it was opened: open again
+            connection.close()
+            return self._connect()
+        self._connection, self.opened = connection, opened
+        return connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             try:
                 return work(self._connect())
             except sqlite3.Error as exc:
-                # a broken connection is made anew next time: the file may come back
-                if self._connection is not None:
-                    self._connection.close()
-                    self._connection = None
+                self._close()  # a broken connection is made anew next time: the file may come back
                 raise StoreUnavailable(f"grant store {self.path}: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    def details(self) -> dict[str, object]:
+        """Which file is open, for /readyz."""
+        device, inode = self.opened or (None, None)
+        return {"file": str(self.path), "device": device, "inode": inode}
 
     async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
         client, subject = client or None, subject or None  # empty reads as none (store.py's contract)
@@ -112,7 +170,7 @@ class SQLiteStore:
 
     async def version(self) -> object:
         version = await self._run(lambda connection: connection.execute("PRAGMA data_version").fetchone()[0])
-        return (version, self._writes)
+        return (version, self._writes, self.opened)  # another file: another version, though its data_version may match
 
     async def watch(self, changed: Callable[[], None], stop: asyncio.Event) -> None:
         """SQLite tells no other process of a commit: readers poll `version`."""
@@ -181,11 +239,5 @@ class SQLiteStore:
         return await self._run(read)
 
     async def aclose(self) -> None:
-        def close(_: sqlite3.Connection) -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        if self._connection is not None:
-            await self._run(close)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=False)
