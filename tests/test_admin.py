@@ -116,6 +116,9 @@ async def test_bad_requests_answer_400(admin: httpx.AsyncClient, method: str, pa
     ("PUT", "/grants/wallet/app/users/%C3/balance_offline", "not UTF-8"),  # a cut-off sequence
     ("PUT", "/conditions/wallet/%FF/phone", "not UTF-8"),
     ("DELETE", "/grants/wallet/%FE/balance", "not UTF-8"),
+    ("PUT", "/grants/wallet/app%0A/balance", "control characters"),
+    ("PUT", "/grants/wallet/app/users/ana%00/balance_offline", "control characters"),
+    ("PUT", "/conditions/wallet/ana%E2%80%A8/phone", "control characters"),
     ("PUT", "/grants/wallet/%G1/balance", "malformed percent-escape"),
     ("PUT", "/grants/wallet/app%/balance", "malformed percent-escape"),
     ("GET", "/grants?client=%FF", "not UTF-8"),

@@ -6,8 +6,8 @@ default) and `redis.py` (a fleet). The decision never calls a store: the app han
 from `gateway.grants.live`, which keeps views in memory and fresh.
 
 The contract every backend keeps (tests/test_grants_contract.py runs one table on each):
-- Writes: api, client, subject and scope are non-empty strings (`ValueError` otherwise, before
-  anything is written): a client grant has no subject (None), never an empty one, so an empty
+- Writes: api, client, subject and scope are non-empty strings without control characters or
+  line breaks (`ValueError` otherwise, before anything is written): a client grant has no subject (None), never an empty one, so an empty
   subject can never turn a user grant into a client grant. Expiries are `times.valid`.
 - `view(api, client, subject)`: an empty client or subject reads as none. Without a client, no
   grants (a grant is always to a client), but the subject's met conditions, which belong to the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,8 @@ from gateway import times
 logger = logging.getLogger("gateway.grants")
 _MAX_LOGGED = 1000  # unreadable rows remembered as logged, so that a damaged store logs each once
 _logged: set[str] = set()
+# in no name a grant is written with: they would forge lines in `gateway grants list` and in logs
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class StoreUnavailable(Exception):
@@ -78,14 +81,21 @@ def stored_state(expires_at: object, revoked_at: object, where: str) -> GrantSta
     return GrantState(None, times.EARLIEST)
 
 
+def _check_name(kind: str, what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a {kind}'s {what} must be a non-empty string, not {value!r}")
+    if _CONTROL.search(value):
+        raise ValueError(f"a {kind}'s {what} must not hold control characters or line breaks, not {value!r}")
+
+
 def check_grant(api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
     """What every backend checks before it writes a grant (the contract above).
 
-    :raises ValueError: an empty name, or an expiry outside `times.valid`.
+    :raises ValueError: an empty name or one with a control character, or an expiry outside `times.valid`.
     """
     for what, value in (("api", api), ("client", client), ("subject", subject), ("scope", scope)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"a grant's {what} must be a non-empty string, not {value!r}")
+        if value is not None:
+            _check_name("grant", what, value)
     if expires_at is not None:
         times.checked(expires_at, "expires_at")
 
@@ -98,10 +108,9 @@ def check_filters(*filters: str | None) -> None:
 
 
 def check_condition(api: str, subject: str, scope: str) -> None:
-    """:raises ValueError: an empty name."""
+    """:raises ValueError: an empty name or one with a control character."""
     for what, value in (("api", api), ("subject", subject), ("scope", scope)):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"a condition's {what} must be a non-empty string, not {value!r}")
+        _check_name("condition", what, value)
 
 
 @dataclass(frozen=True, slots=True)
