@@ -21,7 +21,13 @@ from gateway.app import Gateway
 from gateway.grants.live import open_store
 from gateway.grants.redis import RedisStore, _key
 from gateway.grants.sqlite import SQLiteStore
-from gateway.grants.store import ConditionRecord, GrantRecord, GrantState, GrantStore, GrantView
+from gateway.grants.store import (
+    ConditionRecord,
+    GrantRecord,
+    GrantState,
+    GrantStore,
+    GrantView,
+)
 from gateway.loading import load_config
 from tests.support import RedisServer, mint
 from tests.test_grants import write
