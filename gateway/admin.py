@@ -13,7 +13,15 @@ conditions over HTTP, and the health of the process. Never served on the proxy's
     GET    /grants?api=&client=&subject=                  {"grants": [...], "conditions": [...]}
 
 Every other path needs `Authorization: Bearer <admin token>`, compared in constant time. Path
-segments are percent-encoded. Answers and errors are JSON, as everywhere else.
+segments are percent-encoded, so a `/` in a client id is `%2F`; a path with an empty segment, a
+malformed escape or an escape that is not UTF-8 is refused (400) before it is routed, so that
+`/grants/api//scope` can never store a grant to an empty client. Answers and errors are JSON, as
+everywhere else; a known path with another method is 404, as an unknown path is.
+
+The control plane runs on starlette (routing with path parameters, requests, JSON answers): a
+framework costs nothing that matters here, unlike on the data plane, which stays plain ASGI. It
+routes on the raw path (`raw_path`), never on the decoded one: a decoded `%2F` would split a
+segment in two, and a decoded `%FF` would be U+FFFD.
 
 The admin listener is a process of its own beside the serving processes: it reloads its own
 config (its tables say which grants may be written, its token file the token) as they do theirs,
@@ -27,16 +35,32 @@ replica out of its load balancer for one broken edit would turn a refused change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import quote, unquote_to_bytes
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway import metrics
-from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
+from gateway.errors import (
+    InvalidRequest,
+    NotFound,
+    Refusal,
+    TemporarilyUnavailable,
+    Unauthorized,
+    render,
+)
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import open_store
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
@@ -48,6 +72,8 @@ from gateway.validation import grant_scope_problem
 
 _MAX_BODY = 64 * 1024
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_FILTERS = ("api", "client", "subject")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # seconds POST /reload waits for every serving process to report its reload
 _RELOAD_WAIT = 30.0
 logger = logging.getLogger("gateway.admin")
@@ -73,6 +99,21 @@ class AdminApp:
         self.metrics_directory = metrics_directory
         self._token = f"Bearer {token}".encode()
         self._apis = {api.name: api for api in config.tables.apis}
+        grant = ["PUT", "DELETE"]
+        self._app = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),  # GET routes answer HEAD too
+                Route("/readyz", self._readyz, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/reload", self._reload, methods=["POST"]),
+                Route("/grants", self._list, methods=["GET"]),
+                Route("/grants/{api}/{client}/{scope}", self._grant, methods=grant),
+                Route("/grants/{api}/{client}/users/{subject}/{scope}", self._grant, methods=grant),
+                Route("/conditions/{api}/{subject}/{scope}", self._condition, methods=grant),
+            ],
+            exception_handlers={Refusal: _refused, HTTPException: _no_such_path},
+            lifespan=self._lifespan,
+        )
 
     async def _use(self, config: Config) -> None:
         """Serve a reloaded config: its tables, its admin token, its grant store."""
@@ -88,84 +129,76 @@ class AdminApp:
         self._apis = {api.name: api for api in config.tables.apis}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and self.metrics_directory is not None:
-            body, content_type = metrics.exposition(self.metrics_directory)
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        try:
-            status, document = await self._handle(scope, receive)
-        except Refusal as refusal:
-            answer_status, headers, body = render(refusal, "gateway-admin")
-            await send({"type": "http.response.start", "status": answer_status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        body = b"" if document is None else json.dumps(document).encode() + b"\n"
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"cache-control", b"no-store")]
-        await send({"type": "http.response.start", "status": status, "headers": headers if body else headers[2:]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.reloader.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.reloader.aclose()
-                if self.store is not None:
-                    await self.store.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or quote(scope["path"]).encode()
+            path = raw.partition(b"?")[0].decode("latin-1")
+            try:
+                if path not in _OPEN_PATHS:
+                    self._authenticate(scope)
+                _check_path(path)
+            except Refusal as refusal:
+                await _refusal(refusal)(scope, receive, send)
                 return
+            scope = {**scope, "path": path, "root_path": ""}  # routed on the raw path: segments decoded one by one
+        await self._app(scope, receive, send)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        method = scope["method"]
-        raw = (scope.get("raw_path") or scope["path"].encode()).partition(b"?")[0]
-        path = raw.decode("latin-1")
-        if path == "/healthz" and method in ("GET", "HEAD"):
-            return 200, {"status": "serving"}
-        if path == "/readyz" and method in ("GET", "HEAD"):
-            return await self._ready()
-        if path not in _OPEN_PATHS:
-            self._authenticate(scope)
-        if path == "/reload" and method == "POST":
-            return await self._reload()
-        segments = [unquote(segment) for segment in path.split("/")[1:]]
-        if segments[0] in ("grants", "conditions") and self.store is None:
-            raise InvalidRequest("this gateway has no grant store: configure grants.store in gateway.yaml")
-        if segments[:1] == ["grants"] and len(segments) == 1 and method == "GET":
-            return 200, await self._list(scope.get("query_string", b""))
-        if segments[:1] == ["grants"] and len(segments) in (4, 6) and method in ("PUT", "DELETE"):
-            if len(segments) == 6 and segments[3] != "users":
-                raise NotFound(f"no admin path {path}")
-            api, client = segments[1], segments[2]
-            subject, grant_scope = (segments[4], segments[5]) if len(segments) == 6 else (None, segments[3])
-            self._check_scope(api, grant_scope)
-            if method == "PUT":
-                expires_at = _expiry(await _body(receive))
-                await self._stored(self._store.put_grant(api, client, subject, grant_scope, expires_at))
-                return 200, _grant(GrantRecord(api, client, subject, grant_scope, expires_at))
-            if not await self._stored(self._store.revoke_grant(api, client, subject, grant_scope)):
-                raise NotFound(f"no such grant: {grant_scope} to {'user ' + subject + ' via ' if subject else ''}client {client} on {api}")
-            return 204, None
-        if segments[:1] == ["conditions"] and len(segments) == 4 and method in ("PUT", "DELETE"):
-            api, subject, condition = segments[1:]
-            self._check_scope(api, condition)
-            met = method == "PUT"
-            if met:
-                await _body(receive)  # any body is read, and ignored
-            changed = await self._stored(self._store.set_condition(api, subject, condition, met))
-            if met:
-                return 200, {"api": api, "subject": subject, "scope": condition}
-            if not changed:
-                raise NotFound(f"no such condition met: {condition} by {subject} on {api}")
-            return 204, None
-        raise NotFound(f"no admin path {method} {path}")
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.reloader.start()
+        try:
+            yield
+        finally:
+            await self.reloader.aclose()
+            if self.store is not None:
+                await self.store.aclose()
+
+    async def _healthz(self, _: Request) -> Response:
+        return _json(200, {"status": "serving"})
+
+    async def _readyz(self, _: Request) -> Response:
+        return _json(*await self._ready())
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.metrics_directory is None:
+            raise NotFound(f"no admin path {request.method} {request.url.path} (admin.metrics is off)")
+        body, content_type = metrics.exposition(self.metrics_directory)
+        return Response(body, headers={"content-type": content_type.decode("latin-1")})
+
+    async def _grant(self, request: Request) -> Response:
+        api, client, grant_scope = (_segment(request, name) for name in ("api", "client", "scope"))
+        subject = _segment(request, "subject") if "subject" in request.path_params else None
+        store = self._store()
+        self._check_scope(api, grant_scope)
+        if request.method == "PUT":
+            expires_at = _expiry(await _body(request.receive))
+            await _stored(store.put_grant(api, client, subject, grant_scope, expires_at))
+            return _json(200, _grant(GrantRecord(api, client, subject, grant_scope, expires_at)))
+        if not await _stored(store.revoke_grant(api, client, subject, grant_scope)):
+            raise NotFound(f"no such grant: {grant_scope} to {'user ' + subject + ' via ' if subject else ''}client {client} on {api}")
+        return _json(204, None)
+
+    async def _condition(self, request: Request) -> Response:
+        api, subject, condition = (_segment(request, name) for name in ("api", "subject", "scope"))
+        store = self._store()
+        self._check_scope(api, condition)
+        met = request.method == "PUT"
+        if met:
+            await _body(request.receive)  # any body is read, and ignored
+        changed = await _stored(store.set_condition(api, subject, condition, met))
+        if met:
+            return _json(200, {"api": api, "subject": subject, "scope": condition})
+        if not changed:
+            raise NotFound(f"no such condition met: {condition} by {subject} on {api}")
+        return _json(204, None)
+
+    async def _list(self, request: Request) -> Response:
+        store = self._store()
+        filters = _filters(request.scope.get("query_string", b""))
+        if "api" in filters and filters["api"] not in self._apis:
+            raise InvalidRequest(f"no route table is named {filters['api']!r}")
+        grants, conditions = await _stored(store.list(filters.get("api"), filters.get("client"), filters.get("subject")))
+        return _json(200, {"grants": [_grant(grant) for grant in grants],
+                           "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions]})
 
     def _authenticate(self, scope: Scope) -> None:
         presented = [value for name, value in scope["headers"] if name == b"authorization"]
@@ -181,29 +214,15 @@ class AdminApp:
         if problem:
             raise InvalidRequest(problem)
 
-    async def _stored(self, operation: Any) -> Any:
-        """The store operation's result; 503 when the store cannot be used."""
-        try:
-            return await operation
-        except StoreUnavailable as exc:
-            raise TemporarilyUnavailable(f"the grant store cannot be used right now: {exc}", retry_after=1) from None
-
-    async def _list(self, query: bytes) -> dict[str, Any]:
-        filters = {name: values[0] for name, values in parse_qs(query.decode("latin-1"), keep_blank_values=False).items()}
-        unknown = set(filters) - {"api", "client", "subject"}
-        if unknown:
-            raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))} (api, client, subject)")
-        if "api" in filters and filters["api"] not in self._apis:
-            raise InvalidRequest(f"no route table is named {filters['api']!r}")
-        grants, conditions = await self._stored(self._store.list(filters.get("api"), filters.get("client"), filters.get("subject")))
-        return {"grants": [_grant(grant) for grant in grants], "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions]}
-
-    @property
     def _store(self) -> GrantStore:
-        assert self.store is not None  # checked for every grants and conditions path
+        if self.store is None:
+            raise InvalidRequest("this gateway has no grant store: configure grants.store in gateway.yaml")
         return self.store
 
-    async def _reload(self) -> tuple[int, Any]:
+    async def _reload(self, _: Request) -> Response:
+        return _json(*await self._reloaded())
+
+    async def _reloaded(self) -> tuple[int, Any]:
         """Reload here and in every serving process; answer once they all have."""
         request = self.run_dir.request_reload() if self.run_dir is not None else 0
         outcome = await self.reloader.reload(request)
@@ -246,6 +265,7 @@ class AdminApp:
             except StoreUnavailable as exc:
                 document["grant_store"] = f"unreadable: {exc}"
                 unready.append(f"the grant store cannot be read: {exc}")
+            document["grant_store_details"] = self.store.details()  # which file (and inode) is open: a replaced file shows
         failed = [self.reloader.last.document()] if self.reloader.last is not None and self.reloader.last.result == FAILURE else []
         if self.run_dir is not None:
             processes = await asyncio.to_thread(self.run_dir.statuses)
@@ -266,6 +286,100 @@ class AdminApp:
             document.update(status="not ready", reasons=unready)
             return 503, document
         return 200, document
+
+
+class _JSONResponse(JSONResponse):
+    """JSON as the rest of the gateway writes it (`json.dumps`'s defaults and a final newline),
+    so that the answers stay byte for byte what they were before starlette served them."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode() + b"\n"
+
+
+def _json(status: int, document: Any) -> Response:
+    if document is None:
+        return Response(status_code=status, headers={"cache-control": "no-store"})
+    return _JSONResponse(document, status, headers={"cache-control": "no-store"})
+
+
+def _refusal(refusal: Refusal) -> Response:
+    """A refusal's answer, as the data plane gives it (`errors.render`)."""
+    status, headers, body = render(refusal, "gateway-admin")
+    response = Response(body, status)
+    response.raw_headers = headers
+    return response
+
+
+async def _refused(_: Request, refusal: Exception) -> Response:
+    assert isinstance(refusal, Refusal)  # the handler of Refusal only
+    return _refusal(refusal)
+
+
+async def _no_such_path(request: Request, _: Exception) -> Response:
+    """starlette's 404, and its 405 for a known path with another method: both our 404, which
+    does not tell which methods a path has."""
+    return _refusal(NotFound(f"no admin path {request.method} {request.url.path}"))
+
+
+def _check_path(path: str) -> None:
+    """:raises InvalidRequest: an empty segment (`//`, a trailing `/`), a malformed escape, or
+    a segment that is not UTF-8 once decoded."""
+    if path == "/":
+        return
+    for segment in path.split("/")[1:]:
+        if not segment:
+            raise InvalidRequest(f"empty path segment in {path!r} ('//' or a trailing '/'): every segment of an admin path is required")
+        _decoded(segment, "path segment")
+
+
+def _decoded(text: str, what: str) -> str:
+    """`text` (a raw segment or query value, as latin-1) percent-decoded as UTF-8.
+
+    :raises InvalidRequest: a malformed escape, or bytes that are not UTF-8 (never U+FFFD)."""
+    if _BAD_ESCAPE.search(text):
+        raise InvalidRequest(f"malformed percent-escape in {what} {text!r}")
+    try:
+        return unquote_to_bytes(text.encode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{what} {text!r} is not UTF-8 once percent-decoded") from None
+
+
+def _segment(request: Request, name: str) -> str:
+    return _decoded(request.path_params[name], "path segment")
+
+
+def _filters(query: bytes) -> dict[str, str]:
+    """GET /grants's filters, each given at most once and never empty.
+
+    :raises InvalidRequest: an unknown, repeated or empty parameter, or one that is not UTF-8."""
+    filters: dict[str, str] = {}
+    unknown = []
+    for pair in query.decode("latin-1").split("&") if query else []:
+        raw_name, _, raw_value = pair.partition("=")
+        name = _decoded(raw_name.replace("+", " "), "query parameter name")
+        value = _decoded(raw_value.replace("+", " "), f"query parameter {name}")
+        if name not in _FILTERS:
+            unknown.append(name)
+        elif name in filters:
+            raise InvalidRequest(f"query parameter {name} is given twice")
+        elif not value:
+            raise InvalidRequest(f"query parameter {name} is empty: leave it out to list every {name}")
+        else:
+            filters[name] = value
+    if unknown:
+        raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))} (api, client, subject)")
+    return filters
+
+
+async def _stored(operation: Any) -> Any:
+    """The store operation's result; 503 when the store cannot be used, 400 when it refuses the
+    values (store.py's contract)."""
+    try:
+        return await operation
+    except StoreUnavailable as exc:
+        raise TemporarilyUnavailable(f"the grant store cannot be used right now: {exc}", retry_after=1) from None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _failed(process: dict[str, Any]) -> list[str]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from gateway import logs
+from gateway import logs, times
 from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store, read_view
-from gateway.grants.store import GrantStore, StoreUnavailable
+from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.loading import ConfigError, admin_address, load_config
 from gateway.loading.lint import warnings
 from gateway.server import SERVERS
@@ -160,16 +160,24 @@ def _grants(args: argparse.Namespace) -> int:
             print(problem)
             return 2
     try:
+        args.expires_at = _expiry(args) if args.grants_command == "add" else None
+    except ValueError as exc:
+        print(exc)
+        return 2
+    try:
         return asyncio.run(_grants_command(args, open_store(config.grants.store, config.grants.base)))
     except StoreUnavailable as exc:
         print(f"the grant store cannot be used: {exc}")
         return 3
+    except ValueError as exc:  # refused by the store's contract (an empty name)
+        print(exc)
+        return 2
 
 
 async def _grants_command(args: argparse.Namespace, store: GrantStore) -> int:
     try:
         if args.grants_command == "add":
-            await store.put_grant(args.api, args.client, args.subject, args.scope, _expiry(args))
+            await store.put_grant(args.api, args.client, args.subject, args.scope, args.expires_at)
             print(f"granted: {_grant_name(args)}")
         elif args.grants_command == "revoke":
             if not await store.revoke_grant(args.api, args.client, args.subject, args.scope):
@@ -183,16 +191,18 @@ async def _grants_command(args: argparse.Namespace, store: GrantStore) -> int:
                 return 1
             print(f"{'fulfilled' if met else 'unfulfilled'}: {args.scope} by {args.subject} on {args.api}")
         else:
-            grants, conditions = await store.list(args.api, args.client, args.subject)
+            grants, conditions = await store.list(args.api, args.client, args.subject, revoked=args.all)
+            now = time.time()
             if args.json:
                 print(json.dumps({
-                    "grants": [{"api": g.api, "client": g.client, "subject": g.subject, "scope": g.scope, "expires_at": _rfc3339(g.expires_at)} for g in grants],
+                    "grants": [_grant_json(g, now, args.all) for g in grants],
                     "conditions": [{"api": c.api, "subject": c.subject, "scope": c.scope} for c in conditions],
                 }, indent=2))
             else:
-                now = time.time()
                 for g in grants:
                     expiry = "no expiry" if g.expires_at is None else ("expired " if g.expires_at <= now else "expires ") + str(_rfc3339(g.expires_at))
+                    if g.revoked_at is not None:
+                        expiry = f"revoked at {_rfc3339(g.revoked_at)}; {expiry}"
                     who = f"user {g.subject} via client {g.client}" if g.subject else f"client {g.client}"
                     print(f"grant      {g.api}  {who}  {g.scope}  ({expiry})")
                 for c in conditions:
@@ -202,11 +212,30 @@ async def _grants_command(args: argparse.Namespace, store: GrantStore) -> int:
         await store.aclose()
 
 
+def _grant_json(grant: GrantRecord, now: float, everything: bool) -> dict[str, object]:
+    """A grant as GET /grants shows it; with `--all`, its state and revocation time too."""
+    shown: dict[str, object] = {"api": grant.api, "client": grant.client, "subject": grant.subject, "scope": grant.scope,
+                                "expires_at": _rfc3339(grant.expires_at)}
+    if everything:
+        state = "revoked" if grant.revoked_at is not None else "expired" if grant.expires_at is not None and grant.expires_at <= now else "active"
+        shown.update(state=state, revoked_at=_rfc3339(grant.revoked_at))
+    return shown
+
+
 def _expiry(args: argparse.Namespace) -> float | None:
+    """The expiry `--ttl` or `--expires` gives.
+
+    :raises ValueError: a ttl that is not a finite number, or either outside years 1-9999 UTC.
+    """
     if args.ttl is not None:
-        return time.time() + args.ttl
+        if not math.isfinite(args.ttl):
+            raise ValueError(f"--ttl must be a finite number of seconds, not {args.ttl}")
+        expires_at = time.time() + args.ttl
+        if not times.valid(expires_at):
+            raise ValueError(f"--ttl {args.ttl:g} puts the expiry outside years 1 to 9999 UTC")
+        return expires_at
     if args.expires is not None:
-        return args.expires
+        return float(args.expires)  # parse_rfc3339 kept it within years 1-9999
     return None
 
 
@@ -448,11 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--subject", required=True, metavar="S", help="the user")
         sub.add_argument("scope", metavar="SCOPE", help="the scope whose condition it is")
         sub.set_defaults(run=_grants, client=None)
-    listing = grant_commands.add_parser("list", help="list grants (expired ones too) and met conditions", description="Grants not revoked and conditions met, filtered by every option given.")
+    listing = grant_commands.add_parser("list", help="list grants (expired ones too) and met conditions", description=(
+        "Grants not revoked (expired ones too) and conditions met, filtered by every option given; with --all, revoked grants too, "
+        "with when they were revoked."))
     with_config(listing)
     listing.add_argument("--api", metavar="A")
     listing.add_argument("--client", metavar="C")
     listing.add_argument("--subject", metavar="S")
+    listing.add_argument("--all", action="store_true", help="revoked grants too, with each grant's state and revocation time")
     listing.add_argument("--json", action="store_true", help="as the admin API's GET /grants answers")
     listing.set_defaults(run=_grants, scope=None)
 

@@ -25,6 +25,7 @@ from gateway.exchange import read_body
 from gateway.fields import ResponseFields
 from gateway.grants.live import read_view
 from gateway.grants.store import GrantView, StoreUnavailable
+from gateway.grants.urls import redacted
 from gateway.graphql import GraphQLRoute
 from gateway.keys import KeyStore
 from gateway.paths import canonicalise
@@ -199,7 +200,7 @@ async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tupl
         view = await read_view(config.grants.store, config.grants.base, match.route.api.name, *caller)
     except StoreUnavailable as exc:
         raise TemporarilyUnavailable(f"the grant store cannot be read: {exc}", retry_after=1) from None
-    return view, f"read from {config.grants.store} for client {caller[0]}, user {caller[1]}"
+    return view, f"read from {redacted(config.grants.store)} for client {caller[0]}, user {caller[1]}"
 
 
 def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation, read_from: str | None, grant_type_claim: str) -> None:

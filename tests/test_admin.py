@@ -79,6 +79,16 @@ async def test_grants_and_conditions_over_http(admin: httpx.AsyncClient) -> None
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "soon"}', "is not an RFC 3339 time"),
     ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "2099-01-01T00:00:00"}', "has no time zone"),
     ("PUT", "/grants/wallet/app/balance", b"x" * 70_000, "larger than 65536 bytes"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "10000-01-01T00:00:00Z"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "+10000-01-01T00:00:00Z"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "9999-12-31T23:00:00-05:00"}', "outside years 1 to 9999"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "0001-01-01T00:30:00+01:00"}', "outside years 1 to 9999"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": "2026-01-01T00:00:00+99:00"}', "is not an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": true}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": NaN}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": 1e999}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/balance", b'{"expires_at": ["2099-01-01T00:00:00Z"]}', "must be an RFC 3339 time"),
+    ("PUT", "/grants/wallet/app/users/ana/balance_offline", b'{"expires_at": "9999-12-31T23:59:59-00:01"}', "outside years 1 to 9999"),
     ("GET", "/grants?api=nope", None, "no route table is named 'nope'"),
     ("GET", "/grants?owner=x", None, "unknown query parameters: owner"),
 ])
@@ -86,6 +96,71 @@ async def test_bad_requests_answer_400(admin: httpx.AsyncClient, method: str, pa
     answer = await admin.request(method, path, headers=AUTH, content=body)
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"
     assert words in answer.json()["error_description"]
+
+
+@pytest.mark.parametrize(("method", "path", "words"), [
+    ("PUT", "/grants/wallet//balance", "empty path segment"),
+    ("DELETE", "/grants/wallet//balance", "empty path segment"),
+    ("PUT", "/grants//app/balance", "empty path segment"),
+    ("PUT", "/grants/wallet/app/users//balance", "empty path segment"),  # never a client grant of 'users'
+    ("DELETE", "/grants/wallet/app/users//balance", "empty path segment"),
+    ("PUT", "/grants/wallet/app/balance/", "empty path segment"),
+    ("PUT", "/grants/wallet/app/users/ana/balance_offline/", "empty path segment"),
+    ("PUT", "//grants/wallet/app/balance", "empty path segment"),
+    ("PUT", "/conditions/wallet//phone", "empty path segment"),
+    ("DELETE", "/conditions/wallet//phone", "empty path segment"),
+    ("GET", "/grants/", "empty path segment"),
+    ("PUT", "/grants/wallet/%FF/balance", "not UTF-8"),
+    ("PUT", "/grants/wallet/%FE/balance", "not UTF-8"),
+    ("PUT", "/grants/wallet/app/users/%FF/balance_offline", "not UTF-8"),
+    ("PUT", "/grants/wallet/app/users/%C3/balance_offline", "not UTF-8"),  # a cut-off sequence
+    ("PUT", "/conditions/wallet/%FF/phone", "not UTF-8"),
+    ("DELETE", "/grants/wallet/%FE/balance", "not UTF-8"),
+    ("PUT", "/grants/wallet/app%0A/balance", "control characters"),
+    ("PUT", "/grants/wallet/app/users/ana%00/balance_offline", "control characters"),
+    ("PUT", "/conditions/wallet/ana%E2%80%A8/phone", "control characters"),
+    ("PUT", "/grants/wallet/%G1/balance", "malformed percent-escape"),
+    ("PUT", "/grants/wallet/app%/balance", "malformed percent-escape"),
+    ("GET", "/grants?client=%FF", "not UTF-8"),
+    ("GET", "/grants?subject=%FE", "not UTF-8"),
+    ("GET", "/grants?%FF=x", "not UTF-8"),
+    ("GET", "/grants?client=", "query parameter client is empty"),
+    ("GET", "/grants?subject", "query parameter subject is empty"),
+    ("GET", "/grants?api=", "query parameter api is empty"),
+    ("GET", "/grants?client=a&client=b", "given twice"),
+])
+async def test_empty_segments_and_bytes_that_are_not_utf8_are_refused(admin: httpx.AsyncClient, method: str, path: str, words: str) -> None:
+    answer = await admin.request(method, httpx.URL("http://admin.test" + path), headers=AUTH)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.text
+    assert words in answer.json()["error_description"]
+    assert (await admin.get("/grants", headers=AUTH)).json() == {"grants": [], "conditions": []}  # nothing stored
+
+
+async def test_an_encoded_slash_stays_inside_its_segment(admin: httpx.AsyncClient) -> None:
+    put = await admin.put(httpx.URL("/grants/wallet/team%2Fapp/users/ana%2F1/balance_offline"), headers=AUTH)
+    assert put.status_code == 200 and (put.json()["client"], put.json()["subject"]) == ("team/app", "ana/1")
+    # a %FF and a %FE never meet as one U+FFFD: a real UTF-8 name round-trips
+    assert (await admin.put(httpx.URL("/grants/wallet/%C3%A9quipe/balance"), headers=AUTH)).json()["client"] == "équipe"
+    listed = (await admin.get(httpx.URL("/grants?client=team%2Fapp"), headers=AUTH)).json()["grants"]
+    assert [(g["client"], g["subject"]) for g in listed] == [("team/app", "ana/1")]
+    assert (await admin.delete(httpx.URL("/grants/wallet/team%2Fapp/users/ana%2F1/balance_offline"), headers=AUTH)).status_code == 204
+    # the unencoded form is another path: five segments, no such admin path
+    assert (await admin.put(httpx.URL("/grants/wallet/team/app/balance"), headers=AUTH)).status_code == 404
+
+
+async def test_a_wrong_method_on_a_known_path_is_404_as_an_unknown_path(admin: httpx.AsyncClient) -> None:
+    for method, path in (("POST", "/grants/wallet/app/balance"), ("PATCH", "/conditions/wallet/ana/phone"), ("DELETE", "/grants"),
+                         ("GET", "/reload"), ("POST", "/healthz")):
+        answer = await admin.request(method, path, headers=AUTH)
+        assert answer.status_code == 404 and answer.json()["error"] == "not_found" and "allow" not in answer.headers
+    assert (await admin.head("/healthz")).status_code == 200
+
+
+async def test_the_last_second_of_year_9999_is_kept_and_read_back(admin: httpx.AsyncClient) -> None:
+    for when in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+00:00"):
+        put = await admin.put("/grants/wallet/app/balance", headers=AUTH, json={"expires_at": when})
+        assert put.status_code == 200 and put.json()["expires_at"] == when.replace("+00:00", "Z")
+        assert (await admin.get("/grants", headers=AUTH)).json()["grants"][0]["expires_at"] == when.replace("+00:00", "Z")
 
 
 async def test_unknown_paths_are_404(admin: httpx.AsyncClient) -> None:
@@ -140,6 +215,15 @@ def test_a_grant_put_through_the_admin_listener_lets_the_next_request_through(tm
         assert len(upstream.received) == 1
         # the admin API is never on the proxy's port
         assert httpx.get(f"http://127.0.0.1:{gateway.port}/grants", headers=AUTH).status_code == 404
+        # the raw path decides under each server: an empty segment and a %FF never reach the store
+        for path in ("/grants/wallet//accounts_details:read", "/grants/wallet/%FF/accounts_details:read",
+                     "/grants/wallet/app/users//accounts_details:read"):
+            answer = httpx.put(httpx.URL(f"http://127.0.0.1:{admin_port}{path}"), headers=AUTH)
+            assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", (path, answer.text)
+        encoded = httpx.put(httpx.URL(f"http://127.0.0.1:{admin_port}/grants/wallet/a%2Fb/accounts_details:read"), headers=AUTH)
+        assert encoded.status_code == 200 and encoded.json()["client"] == "a/b"
+        listed = httpx.get(f"http://127.0.0.1:{admin_port}/grants", headers=AUTH).json()["grants"]
+        assert sorted(g["client"] for g in listed) == ["a/b", "app"]
     finally:
         gateway.close()
         upstream.close()

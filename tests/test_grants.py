@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +17,14 @@ import httpx
 import pytest
 import respx
 
+from gateway.admin import AdminApp
 from gateway.app import Gateway
+from gateway.cli import main
 from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
+from gateway.times import parse_rfc3339
 from tests.support import AUDIENCE, ISSUER, KEYS, mint
 from tests.test_cli import run
 
@@ -388,6 +393,79 @@ def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str)
     assert words in done.stdout + done.stderr
 
 
+def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str]:
+    """`gateway grants ARGS` in this process: the exit code and what it printed."""
+    try:
+        code = main(["grants", *args, "--config", str(config)])
+    except SystemExit as exit:  # argparse's refusals
+        code = int(exit.code or 0)
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+@pytest.mark.parametrize(("expiry", "words"), [
+    (["--ttl", "nan"], "--ttl must be a finite number of seconds, not nan"),
+    (["--ttl", "inf"], "--ttl must be a finite number of seconds, not inf"),
+    (["--ttl=-inf"], "--ttl must be a finite number of seconds, not -inf"),
+    (["--ttl", "1e300"], "outside years 1 to 9999 UTC"),
+    (["--ttl=-1e300"], "outside years 1 to 9999 UTC"),
+    (["--ttl", "1e400"], "not inf"),  # parsed as inf
+    (["--ttl", "300000000000"], "outside years 1 to 9999 UTC"),
+    (["--expires", "9999-12-31T23:00:00-05:00"], "outside years 1 to 9999"),
+    (["--expires", "0001-01-01T00:30:00+01:00"], "outside years 1 to 9999"),
+    (["--expires", "+10000-01-01T00:00:00Z"], "is not an RFC 3339 time"),
+])
+def test_grants_add_refuses_an_expiry_it_could_not_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str], expiry: list[str], words: str) -> None:
+    config = write(tmp_path)
+    code, printed = cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", *expiry)
+    assert code == 2 and words in printed, printed
+    assert cli(capsys, config, "list", "--json") == (0, json.dumps({"grants": [], "conditions": []}, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("who", [["--client", ""], ["--client", "app", "--subject", ""]])
+def test_grants_add_refuses_an_empty_client_or_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str], who: list[str]) -> None:
+    config = write(tmp_path)
+    code, printed = cli(capsys, config, "add", "--api", "wallet", *who, "accounts_details:read")
+    assert code == 2 and "must be a non-empty string" in printed, printed
+    assert cli(capsys, config, "list", "--json")[1] == json.dumps({"grants": [], "conditions": []}, indent=2) + "\n"
+
+
+def test_grants_list_all_shows_revoked_and_expired_grants_with_their_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path)
+    for args in (["--client", "app", "accounts_details:read"], ["--client", "app", "--subject", "ana", "balance_offline", "--expires", "2001-01-01T00:00:00Z"],
+                 ["--client", "web", "accounts_details:read", "--expires", "2099-01-01T00:00:00Z"]):
+        assert cli(capsys, config, "add", "--api", "wallet", *args)[0] == 0
+    before = time.time()
+    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "web", "accounts_details:read")[0] == 0
+    # without --all, as before: the revoked grants are gone, the expired one is listed
+    code, printed = cli(capsys, config, "list")
+    assert code == 0 and printed == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)\n"
+    code, printed = cli(capsys, config, "list", "--all")
+    lines = printed.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert re.fullmatch(r"grant      wallet  client app  accounts_details:read  \(revoked at \S+Z; no expiry\)", lines[0])
+    assert lines[1] == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)"
+    assert re.fullmatch(r"grant      wallet  client web  accounts_details:read  \(revoked at \S+Z; expires 2099-01-01T00:00:00Z\)", lines[2])
+    listed = json.loads(cli(capsys, config, "list", "--all", "--json", "--client", "app")[1])["grants"]
+    assert [(g["scope"], g["state"], g["expires_at"]) for g in listed] == [
+        ("accounts_details:read", "revoked", None), ("balance_offline", "expired", "2001-01-01T00:00:00Z")]
+    revoked_at = parse_rfc3339(listed[0]["revoked_at"])
+    assert before - 1 <= revoked_at <= time.time() and listed[1]["revoked_at"] is None
+    assert "state" not in json.loads(cli(capsys, config, "list", "--json")[1])["grants"][0]  # the JSON of GET /grants without --all
+
+
+def test_grants_list_reads_a_row_whose_expiry_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    config = write(tmp_path)
+    assert cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    with sqlite3.connect(tmp_path / "grants.db") as connection:  # a row no version of the gateway writes
+        connection.execute("UPDATE grants SET expires_at = 1e300")
+    code, printed = cli(capsys, config, "list", "--all")
+    assert code == 0 and "revoked at 0001-01-01T00:00:00Z" in printed, printed
+
+
 FLUZ = """\
 name: fluz
 upstream: http://fluz.test
@@ -445,18 +523,117 @@ async def test_a_locked_store_refuses_writes_after_its_busy_timeout_and_still_se
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")
     await wallet.fresh()
     holder = sqlite3.connect(wallet.config.parent / "grants.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than the 2 s busy timeout
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than the 2 s busy timeout
     try:
         started = time.monotonic()
         done = run("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
         assert done.returncode == 3 and "database is locked" in done.stdout
         assert 1.5 < time.monotonic() - started < 10
-        # in WAL mode a writer blocks no reader: the gateway still decides, on the grant as it is
+        # a writer that has not begun to commit blocks no reader: the gateway still decides, on the grant as it is
         assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert "revoked" in grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")
+
+
+# --- the file replaced, or gone ---------------------------------------------------------------
+
+async def _copy_with(tmp_path: Path, *changes: tuple[str, str | None, str]) -> Path:
+    """A backup of grants.db made the SQLite way, then changed: ("revoke"|"add", subject, scope) on client app."""
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(tmp_path / "grants.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    store = SQLiteStore(copy)
+    try:
+        for change, subject, scope in changes:
+            if change == "revoke":
+                assert await store.revoke_grant("wallet", "app", subject, scope)
+            else:
+                await store.put_grant("wallet", "app", subject, scope, None)
+    finally:
+        await store.aclose()
+    return copy
+
+
+@pytest.mark.parametrize("how", ["moved over", "deleted and made again"])
+async def test_a_replaced_store_file_is_followed_within_refresh(wallet: Wallet, tmp_path: Path, how: str) -> None:
+    store = SQLiteStore(tmp_path / "grants.db")  # the admin listener's or a command's, beside the serving process
+    admin = AdminApp(wallet.app.runtime.config, store, "admin-token-0123456789abcdef")
+    auth = {"authorization": "Bearer admin-token-0123456789abcdef"}
+    try:
+        await store.put_grant("wallet", "app", None, "accounts_details:read", None)
+        await store.put_grant("wallet", "app", None, "make_deposit", None)
+        await wallet.fresh()
+        assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read", CLIENT))[2]
+        old = store.opened
+        copy = await _copy_with(tmp_path, ("revoke", None, "accounts_details:read"))
+        if how == "moved over":
+            copy.replace(tmp_path / "grants.db")  # a restore: mv copy.db grants.db
+        else:
+            (tmp_path / "grants.db").unlink()
+            copy.replace(tmp_path / "grants.db")
+        await wallet.fresh()  # within refresh: the revocation in the new file is enforced
+        status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read", CLIENT)
+        assert (status, forwarded) == (403, False) and "was revoked at" in body["error_description"]
+        # the admin listener's writes land in the new file, and /readyz names it
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admin), base_url="http://admin.test") as client:
+            assert (await client.delete("/grants/wallet/app/make_deposit", headers=auth)).status_code == 204
+            assert (await client.put("/grants/wallet/web/accounts_details:read", headers=auth)).status_code == 200
+            ready = (await client.get("/readyz")).json()
+        new = (tmp_path / "grants.db").stat()
+        assert store.opened == (new.st_dev, new.st_ino) != old
+        assert ready["grant_store_details"] == {"file": str(tmp_path / "grants.db"), "device": new.st_dev, "inode": new.st_ino}
+        with sqlite3.connect(tmp_path / "grants.db") as connection:
+            rows = connection.execute("SELECT client, scope, revoked_at IS NOT NULL FROM grants ORDER BY client, scope").fetchall()
+        assert rows == [("app", "accounts_details:read", 1), ("app", "make_deposit", 1), ("web", "accounts_details:read", 0)]
+        await wallet.fresh()
+        assert not (await wallet.ask("POST /w/deposits", "make_deposit", CLIENT))[2]  # revoked through the admin API, in the new file
+    finally:
+        await store.aclose()
+
+
+async def test_a_store_file_that_vanishes_is_unavailable_until_one_is_back_and_never_made_again_empty(wallet: Wallet, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "grants.db")
+    try:
+        await store.put_grant("wallet", "app", None, "accounts_details:read", None)
+        await wallet.fresh()
+        assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read", CLIENT))[2]
+        saved = tmp_path / "saved.db"
+        (tmp_path / "grants.db").rename(saved)  # moved away: a restore in progress, a wrong volume
+        await wallet.fresh()
+        status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read", CLIENT)
+        assert (status, body["error"], forwarded) == (503, "temporarily_unavailable", False)
+        assert (await wallet.ask("GET /w/status", None))[0] == 200  # routes without live state still serve
+        # a write is refused, never made into a file of its own that the next restore would hide, never lost
+        with pytest.raises(StoreUnavailable, match="is gone"):
+            await store.put_grant("wallet", "app", None, "make_deposit", None)
+        with pytest.raises(StoreUnavailable, match="is gone"):
+            await store.version()
+        assert not (tmp_path / "grants.db").exists()
+        saved.rename(tmp_path / "grants.db")  # back
+        await wallet.fresh()
+        assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read", CLIENT))[2]
+        await store.put_grant("wallet", "app", None, "make_deposit", None)
+        with sqlite3.connect(tmp_path / "grants.db") as connection:
+            assert {scope for (scope,) in connection.execute("SELECT scope FROM grants")} == {"accounts_details:read", "make_deposit"}
+    finally:
+        await store.aclose()
+
+
+async def test_a_store_file_left_in_wal_mode_is_turned_to_a_rollback_journal(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "grants.db") as connection:  # as an earlier version left it
+        connection.execute("PRAGMA journal_mode = WAL")
+    connection.close()
+    store = SQLiteStore(tmp_path / "grants.db")
+    try:
+        await store.put_grant("wallet", "app", None, "accounts_details:read", None)
+    finally:
+        await store.aclose()
+    with sqlite3.connect(tmp_path / "grants.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    connection.close()
+    assert not (tmp_path / "grants.db-wal").exists()
 
 
 async def test_a_restart_keeps_every_grant(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -19,9 +20,22 @@ import redis
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
+from gateway.admin import AdminApp
+from gateway.cli import main
+from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.redis import RedisStore
+from gateway.grants.urls import redacted, scrubbed
+from gateway.grants.store import (
+    EMPTY_VIEW,
+    ConditionRecord,
+    GrantRecord,
+    GrantState,
+    GrantView,
+    StoreUnavailable,
+)
+from gateway.loading import load_config
 from tests.support import RedisServer, free_port
-from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+from tests.test_grants import write as write_config
 
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
@@ -85,7 +99,9 @@ async def test_every_method_round_trips(store: RedisStore, db: redis.Redis) -> N
     assert await store.view("api", "app", "alice") == GrantView(
         client_grants={"read": GrantState()}, user_grants={"write": GrantState(expires_at=later)}, conditions=frozenset({"payout"}))
     assert await store.view("api", "app", None) == GrantView(client_grants={"read": GrantState()})
-    assert await store.view("api", None, "alice") == EMPTY_VIEW
+    # a token without a client id: no grants, but the subject's conditions (store.py's contract)
+    assert await store.view("api", None, "alice") == GrantView(conditions=frozenset({"payout"}))
+    assert await store.view("api", None, None) == EMPTY_VIEW
     assert await store.view("other", "app", "alice") == GrantView()
     assert await store.list() == ([GrantRecord("api", "app", None, "read", None), GrantRecord("api", "app", "alice", "write", later)],
                                   [ConditionRecord("api", "alice", "payout")])
@@ -486,3 +502,119 @@ def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: Redi
         for gateway in gateways:
             gateway.close()
         upstream.close()
+
+
+# --- a store URL's secrets never show ---------------------------------------------------------
+
+SECRET = "s3cret-Pa55"
+
+
+def unreachable_urls() -> list[str]:
+    port = free_port()
+    return [
+        f"redis://:{SECRET}@127.0.0.1:{port}/0",
+        f"redis://gateway:{SECRET}@127.0.0.1:{port}/0",
+        f"rediss://gateway:{SECRET}@127.0.0.1:{port}/0",
+        f"redis://127.0.0.1:{port}/0?password={SECRET}",
+        f"redis://gateway@127.0.0.1:{port}/0?db=0&password={SECRET}",
+        f"redis://:{SECRET.replace('3', '%33')}@127.0.0.1:{port}/0",  # percent-encoded: decoded by redis-py
+    ]
+
+
+REJECTED_URLS = [
+    f"unix:///run/redis.sock?password={SECRET}",
+    f"http://:{SECRET}@127.0.0.1/0",
+    f"redis://:{SECRET}@127.0.0.1:notaport/0",
+    f"sqlite://:{SECRET}@host/grants.db",
+    f"redis://:{SECRET}@[::1/0",
+]
+
+
+def cli_output(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exit:
+        code = int(exit.code or 0)
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+@pytest.mark.parametrize("url", REJECTED_URLS)
+def test_gateway_check_never_shows_a_rejected_urls_password(tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    code, printed = cli_output(capsys, "check", "--config", str(write_config(tmp_path, f'"{url}"')))
+    assert code != 0 and "grants.store" in printed, printed
+    assert SECRET not in printed and SECRET.replace("3", "%33") not in printed, printed
+
+
+@pytest.mark.parametrize("url", unreachable_urls())
+async def test_an_unreachable_store_never_shows_its_password(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               caplog: pytest.LogCaptureFixture, url: str) -> None:
+    config_path = write_config(tmp_path, f'"{url}"')
+    # the admin listener's /readyz (unauthenticated)
+    app = AdminApp(load_config(config_path), open_store(url, tmp_path), "admin-token-0123456789abcdef")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as client:
+        ready = await client.get("/readyz")
+        written = await client.put("/grants/wallet/app/accounts_details:read", headers={"authorization": "Bearer admin-token-0123456789abcdef"})
+    assert app.store is not None
+    await app.store.aclose()
+    assert ready.status_code == 503 and "unreadable: grant store redis" in ready.text
+    assert written.status_code == 503
+    # the serving process's log and status (what /readyz shows of it)
+    with caplog.at_level(logging.DEBUG):
+        live = LiveGrants(open_store(url, tmp_path), refresh=0.05)
+        await live.start()
+        await asyncio.sleep(0.1)
+        await live.aclose()
+    assert live.error is not None and "***" in live.error
+    # the commands
+    listed = await asyncio.to_thread(cli_output, capsys, "grants", "list", "--config", str(config_path))
+    explained = await asyncio.to_thread(cli_output, capsys, "explain", "--config", str(config_path), "GET", "/w/accounts/details",
+                                        "--scopes", "accounts_details:read", "--claims", '{"sub": "app", "client_id": "app"}')
+    assert listed[0] == 3 and "the grant store cannot be used: grant store" in listed[1]
+    for shown in (ready.text, written.text, live.error, caplog.text, listed[1], explained[1]):
+        assert SECRET not in shown and SECRET.replace("3", "%33") not in shown, shown
+
+
+def test_explain_never_shows_the_password_of_a_store_that_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--requirepass", SECRET], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password=SECRET, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+        for url in (f"redis://:{SECRET}@127.0.0.1:{port}/0", f"redis://default:{SECRET}@127.0.0.1:{port}/0",
+                    f"redis://127.0.0.1:{port}/0?password={SECRET}"):
+            config = str(write_config(tmp_path, f'"{url}"'))
+            assert cli_output(capsys, "grants", "add", "--config", config, "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+            code, printed = cli_output(capsys, "explain", "--config", config, "GET", "/w/accounts/details", "--scopes", "accounts_details:read",
+                                       "--claims", '{"sub": "app", "client_id": "app"}')
+            assert code == 0 and "step 3, live grants: read from redis://" in printed, printed
+            assert SECRET not in printed, printed
+            listed = cli_output(capsys, "grants", "list", "--config", config)
+            assert listed[0] == 0 and SECRET not in listed[1]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"redis://:{SECRET}@h:6379/0", "redis://:***@h:6379/0"),
+    (f"redis://user:{SECRET}@h/1", "redis://user:***@h/1"),
+    (f"rediss://user:{SECRET.replace('3', '%33')}@h", "rediss://user:***@h"),
+    (f"redis://{SECRET}@h", "redis://***@h"),  # a user part alone may be a password
+    (f"unix:///run/redis.sock?password={SECRET}&db=1", "unix:///run/redis.sock?password=***&db=***"),
+    (f"redis://h/0?password={SECRET}#{SECRET}", "redis://h/0?password=***"),
+])
+def test_a_store_url_and_an_error_about_it_are_shown_without_its_secrets(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+    # redis-py's own words may quote the URL or the password, as written or decoded
+    text = scrubbed(f"Error connecting to {url}: AUTH {SECRET} failed", url)
+    assert SECRET not in text and "%33" not in text and text.startswith("Error connecting to ***: AUTH *** failed")

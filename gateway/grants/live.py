@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from urllib.parse import unquote, urlsplit
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from gateway import metrics
 from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
+from gateway.grants.urls import redacted
 
 logger = logging.getLogger("gateway.grants")
 Key = tuple[str, str | None, str | None]
@@ -28,12 +29,12 @@ def open_store(url: str, base: Path) -> GrantStore:
     """The backend a `grants.store` URL names: `sqlite:////abs/path`, `sqlite:///relative/to/base`
     (as SQLAlchemy writes them) or `redis://...`.
 
-    :raises ValueError: a URL of another scheme or shape.
+    :raises ValueError: a URL of another scheme or shape (the message shows it `redacted`).
     """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-            raise ValueError(f"a sqlite store is sqlite:////absolute/path or sqlite:///relative/path, not {url!r}")
+            raise ValueError(f"a sqlite store is sqlite:////absolute/path or sqlite:///relative/path, not {redacted(url)!r}")
         from gateway.grants.sqlite import SQLiteStore
 
         path = Path(unquote(parts.path[1:]))
@@ -42,7 +43,7 @@ def open_store(url: str, base: Path) -> GrantStore:
         from gateway.grants.redis import RedisStore
 
         return RedisStore(url)
-    raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {url!r}")
+    raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {redacted(url)!r}")
 
 
 async def read_view(url: str, base: Path, api: str, client: str | None, subject: str | None) -> GrantView:

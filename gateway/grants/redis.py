@@ -30,7 +30,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
@@ -38,7 +38,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, WatchError
 
-from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+from gateway.grants.store import (
+    EMPTY_VIEW,
+    ConditionRecord,
+    GrantRecord,
+    GrantState,
+    GrantView,
+    StoreUnavailable,
+    check_condition,
+    check_filters,
+    check_grant,
+    stored_state,
+)
+from gateway.grants.urls import redacted, scrubbed
 
 PREFIX = "gateway:"
 VERSION_KEY = PREFIX + "version"
@@ -68,52 +80,40 @@ def _encode(state: GrantState) -> str:
 
 
 def _decode(key: str, scope: str, raw: str) -> GrantState:
+    """The state of one hash field; one that is not JSON, or holds unreadable times, reads as
+    revoked (`stored_state`), as a damaged SQLite row does."""
     try:
         fields = json.loads(raw)
-        return GrantState(expires_at=_timestamp(fields["expires_at"]), revoked_at=_timestamp(fields["revoked_at"]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StoreUnavailable(f"unreadable grant {scope!r} in {key}: {raw!r}") from exc
-
-
-def _timestamp(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"not a timestamp: {value!r}")
-    return float(value)
+        expires_at, revoked_at = fields["expires_at"], fields["revoked_at"]
+    except (ValueError, TypeError, KeyError):
+        expires_at, revoked_at = raw, None
+    return stored_state(expires_at, revoked_at, f"{key} {scope}")
 
 
 def _states(key: str, fields: dict[str, str]) -> dict[str, GrantState]:
     return {scope: _decode(key, scope, raw) for scope, raw in fields.items()}
 
 
-def _redacted(url: str) -> str:
-    """`url` without its password or query (where a password may also be given), for messages."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class RedisStore:
     """A `GrantStore` in one Redis (or a Redis endpoint in front of a replicated set), for a fleet."""
 
     def __init__(self, url: str) -> None:
-        self.url = _redacted(url)  # for messages: no password
+        self.url = redacted(url)  # for messages: no password
         self._url = url
         options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT}
         # One retry, on a fresh connection, for a connection found closed (a Redis that restarted
         # since the pooled one was opened); never for a timeout, so a hung Redis fails within TIMEOUT.
-        self._client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)), **options)
+        try:
+            self._client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)), **options)
+        except ValueError as exc:  # redis-py's own words may quote the URL
+            raise ValueError(f"grants.store {self.url}: {scrubbed(str(exc), url)}") from None
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"grant store {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"grant store {self.url}: {scrubbed(str(exc), self._url)}") from exc
 
     @staticmethod
     def _grant_key(api: str, client: str, subject: str | None) -> str:
@@ -130,21 +130,24 @@ class RedisStore:
     async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
         """The caller's client grants, user grants and met conditions, read in one round trip and
         from one snapshot (MULTI/EXEC)."""
-        if client is None:
+        client, subject = client or None, subject or None  # empty reads as none (store.py's contract)
+        if client is None and subject is None:
             return EMPTY_VIEW
-        client_key = _key("client", api, client)
-        user_key = None if subject is None else _key("user", api, client, subject)
+        client_key = None if client is None else _key("client", api, client)
+        user_key = None if client is None or subject is None else _key("user", api, client, subject)
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(client_key)
-                if user_key is not None and subject is not None:
-                    pipe.hgetall(user_key)
+                for key in (client_key, user_key):
+                    if key is not None:
+                        pipe.hgetall(key)
+                if subject is not None:
                     pipe.smembers(_key("condition", api, subject))
-                replies = await pipe.execute()
-        if user_key is None:
-            return GrantView(client_grants=_states(client_key, replies[0]))
-        return GrantView(client_grants=_states(client_key, replies[0]), user_grants=_states(user_key, replies[1]),
-                         conditions=frozenset(replies[2]))
+                replies = iter(await pipe.execute())  # in the order queued
+        return GrantView(
+            client_grants=_states(client_key, next(replies)) if client_key is not None else {},
+            user_grants=_states(user_key, next(replies)) if user_key is not None else {},
+            conditions=frozenset(next(replies)) if subject is not None else frozenset(),
+        )
 
     async def version(self) -> tuple[str | None, int]:
         """(epoch, number of writes since the epoch began): changes with every write from any replica."""
@@ -171,6 +174,7 @@ class RedisStore:
 
     async def put_grant(self, api: str, client: str, subject: str | None, scope: str, expires_at: float | None) -> None:
         """Add a grant, or replace its expiry and clear its revocation."""
+        check_grant(api, client, subject, scope, expires_at)
         key = self._grant_key(api, client, subject)
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -181,6 +185,7 @@ class RedisStore:
     async def revoke_grant(self, api: str, client: str, subject: str | None, scope: str) -> bool:
         """Mark a grant revoked, keeping its expiry; False when there is no such grant or it is revoked
         already. An expired grant is revoked (True): the row then tells both."""
+        check_grant(api, client, subject, scope, None)
         key = self._grant_key(api, client, subject)
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -206,6 +211,7 @@ class RedisStore:
     async def set_condition(self, api: str, subject: str, scope: str, met: bool) -> bool:
         """Record that `subject` has met the condition of `scope` (`met`), or no longer has; False
         when unfulfilling one that was not met."""
+        check_condition(api, subject, scope)
         key = _key("condition", api, subject)
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -217,13 +223,15 @@ class RedisStore:
                 changed, *_ = await pipe.execute()
         return met or changed == 1
 
-    async def list(self, api: str | None = None, client: str | None = None, subject: str | None = None) -> tuple[list[GrantRecord], list[ConditionRecord]]:
-        """The grants not revoked (expired ones included) and the met conditions, matching every
-        filter given, sorted. A `subject` leaves out client grants; `client` does not filter the
-        conditions, which belong to a subject whatever client it comes through.
+    async def list(
+        self, api: str | None = None, client: str | None = None, subject: str | None = None, revoked: bool = False,
+    ) -> tuple[list[GrantRecord], list[ConditionRecord]]:
+        """As store.py's contract says: a `subject` leaves out client grants; `client` does not
+        filter the conditions, which belong to a subject whatever client it comes through.
 
         Not a snapshot: keys are found with SCAN (never KEYS, which would block Redis), then read in
         one round trip."""
+        check_filters(api, client, subject)
         patterns = [_pattern("user", api, client, subject), _pattern("condition", api, subject)]
         if subject is None:
             patterns.append(_pattern("client", api, client))
@@ -246,11 +254,15 @@ class RedisStore:
                 continue
             grant_api, grant_client, *grant_subject = parts
             for scope, state in _states(key, reply).items():
-                if state.revoked_at is None:
-                    grants.append(GrantRecord(grant_api, grant_client, grant_subject[0] if grant_subject else None, scope, state.expires_at))
+                if revoked or state.revoked_at is None:
+                    grants.append(GrantRecord(grant_api, grant_client, grant_subject[0] if grant_subject else None, scope,
+                                              state.expires_at, state.revoked_at))
         grants.sort(key=lambda g: (g.api, g.client, g.subject is not None, g.subject or "", g.scope))
         conditions.sort(key=lambda c: (c.api, c.subject, c.scope))
         return grants, conditions
+
+    def details(self) -> dict[str, object]:
+        return {"url": self.url}
 
     async def aclose(self) -> None:
         """Close the client and its connections."""
