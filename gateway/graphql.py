@@ -12,7 +12,8 @@ a route with `graphql:`.
 
 Requirements are a function of (type, field): the route's `fields:`, the SDL's
 `@requiresScopes` / `@authenticated` on the field, on its parent type and on the type it
-returns, and for an interface's field those of every implementation. The analysis of a
+returns; a field also needs what that field of each interface its type implements needs, and an
+interface's field what each implementation's needs. The analysis of a
 document is cached; the check against the caller's effective scopes runs on every request.
 """
 

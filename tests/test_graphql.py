@@ -20,7 +20,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.loading import load_config
-from tests.graphql_support import SDL, GraphQLUpstream
+from tests.graphql_support import ACCOUNTS_ROOT, ACCOUNTS_SDL, SDL, GraphQLUpstream
 from tests.support import mint, write_config
 
 pytestmark = pytest.mark.anyio
@@ -429,3 +429,115 @@ async def test_fields_that_neither_a_step_up_nor_a_condition_would_all_allow_are
     email = await ask_as(waiting, "{ payments { id } me { email } }", "LIST_PAYMENT")
     assert (email.status_code, email.json()["error"]) == (403, "forbidden")
     assert not bank.received
+
+
+# --- interfaces: a requirement on Iface.f holds for every implementation's f -------------------------
+
+ACCOUNTS = """\
+name: accounts
+upstream: {upstream}
+scopes:
+  READ_SECRET:
+  USER_SECRET:
+  READ_ID:
+routes:
+  POST /graphql: {{scopes: authenticated, graphql: &graphql {{schema: accounts.graphql, mode: reject, fields: {{Query.me: public, Query.account: public, Query.node: public, Query.parties: public, Query.status: public{fields}}}}}}}
+  POST /public: {{scopes: public, graphql: *graphql}}
+"""
+ACCOUNT_SECRET = "  id: ID!\n  secret: String\n}\n\ntype User"  # the end of `interface Account`
+# (name, the SDL as the gateway reads it, extra `fields:` entries, the field the shapes select,
+# scope sets that are each refused (None: no token, on the public route), the scopes that allow)
+INTERFACE_REQUIREMENTS: list[tuple[str, str, str, str, list[str | None], str]] = [
+    ("@requiresScopes on the interface field", ACCOUNTS_SDL.read_text().replace(ACCOUNT_SECRET, ACCOUNT_SECRET.replace("secret: String", 'secret: String @requiresScopes(scopes: [["READ_SECRET"]])')),
+     "", "secret", ["", "USER_SECRET"], "READ_SECRET"),
+    ("a fields: entry on the interface field", ACCOUNTS_SDL.read_text(), ", Account.secret: READ_SECRET", "secret", ["", "USER_SECRET"], "READ_SECRET"),
+    ("a type-level @requiresScopes on the interface", ACCOUNTS_SDL.read_text().replace("interface Account implements Node {", 'interface Account implements Node @requiresScopes(scopes: [["READ_SECRET"]]) {'),
+     "", "secret", ["", "USER_SECRET"], "READ_SECRET"),
+    ("@authenticated on the interface field", ACCOUNTS_SDL.read_text().replace(ACCOUNT_SECRET, ACCOUNT_SECRET.replace("secret: String", "secret: String @authenticated")),
+     "", "secret", [None], ""),
+    ("a requirement on the implementation and on the interface", ACCOUNTS_SDL.read_text().replace(ACCOUNT_SECRET, ACCOUNT_SECRET.replace("secret: String", 'secret: String @requiresScopes(scopes: [["READ_SECRET"]])')),
+     ", User.secret: USER_SECRET", "secret", ["", "READ_SECRET", "USER_SECRET"], "READ_SECRET USER_SECRET"),
+    ("an interface an interface implements", ACCOUNTS_SDL.read_text(), ", Node.id: READ_ID", "id", ["", "READ_SECRET"], "READ_ID"),
+]
+# every way of reaching User.secret (or User.id) through what it implements or belongs to
+SHAPES = [
+    "{{ me {{ {field} }} }}",
+    "{{ account {{ {field} }} }}",
+    "{{ account {{ ... on User {{ {field} }} }} }}",
+    "{{ me {{ ...F }} }} fragment F on User {{ {field} }}",
+    "{{ me {{ ...F }} }} fragment F on Account {{ {field} }}",
+    "{{ me {{ ... on Node {{ ... on Account {{ {field} }} }} }} }}",
+    "{{ parties {{ ... on User {{ {field} }} }} }}",
+    "{{ parties {{ ... on Account {{ {field} }} }} }}",
+    "{{ parties {{ ...P }} }} fragment P on Party {{ ... on User {{ {field} }} }}",
+    '{{ node(id: "u1") {{ ... on User {{ {field} }} }} }}',
+    '{{ node(id: "u1") {{ ... on Account {{ {field} }} }} }}',
+]
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[GraphQLUpstream]:
+    server = GraphQLUpstream(ACCOUNTS_SDL, ACCOUNTS_ROOT)
+    yield server
+    server.close()
+
+
+async def accounts_gateway(folder: Path, upstream: str, sdl: str, fields: str, mode: str = "reject") -> Gateway:
+    config = write_config(folder, upstream=upstream, table=ACCOUNTS.format(upstream="{upstream}", fields=fields).replace("mode: reject", f"mode: {mode}"))
+    (folder / "routes" / "accounts.graphql").write_text(sdl)
+    app = Gateway(load_config(config))
+    await app.runtime.start()
+    return app
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("name", "sdl", "fields", "field", "refused", "allowed"), INTERFACE_REQUIREMENTS, ids=[row[0] for row in INTERFACE_REQUIREMENTS])
+async def test_an_interface_fields_requirement_holds_for_every_implementation_however_it_is_selected(
+    tmp_path: Path, accounts: GraphQLUpstream, shape: str, name: str, sdl: str, fields: str, field: str, refused: list[str | None], allowed: str,
+) -> None:
+    accounts.received.clear()
+    app = await accounts_gateway(tmp_path, accounts.url, sdl, fields)
+    query = body(shape.format(field=field))
+    try:
+        for scopes in refused:
+            response = await Client(app).send("POST", "/graphql" if scopes is not None else "/public", query, JSON, scopes)
+            expected = (401, "unauthorized") if scopes is None else (403, "forbidden")
+            assert (response.status_code, response.json()["error"]) == expected, (scopes, response.text)
+            assert any(error["path"][-1] == field for error in response.json()["errors"]), response.text
+            assert accounts.received == []
+        response = await Client(app).send("POST", "/graphql", query, JSON, allowed)
+        assert response.status_code == 200 and "errors" not in response.json(), response.text
+        assert len(accounts.received) == 1
+    finally:
+        await app.runtime.aclose()
+
+
+async def test_an_interface_field_needs_what_an_interface_between_it_and_an_implementation_needs(tmp_path: Path, accounts: GraphQLUpstream) -> None:
+    # Node.id may be answered by a User, whose id is Account.id too
+    accounts.received.clear()
+    app = await accounts_gateway(tmp_path, accounts.url, ACCOUNTS_SDL.read_text(), ", Account.id: READ_ID")
+    try:
+        for query in ('{ node(id: "u1") { id } }', '{ node(id: "u1") { ...N } } fragment N on Node { id }'):
+            response = await Client(app).send("POST", "/graphql", body(query), JSON, "READ_SECRET")
+            assert (response.status_code, response.json()["errors"][0]["message"]) == (403, "Node.id requires READ_ID"), response.text
+            assert accounts.received == []
+            assert (await Client(app).send("POST", "/graphql", body(query), JSON, "READ_ID")).status_code == 200
+            accounts.received.clear()
+    finally:
+        await app.runtime.aclose()
+
+
+async def test_filter_mode_removes_an_implementations_field_the_interface_guards(tmp_path: Path, accounts: GraphQLUpstream) -> None:
+    accounts.received.clear()
+    sdl, fields = INTERFACE_REQUIREMENTS[0][1], ", Node.id: READ_ID"
+    app = await accounts_gateway(tmp_path, accounts.url, sdl, fields, mode="filter")
+    try:
+        query = "{ me { name secret } account { ... on User { id secret } } parties { ... on Org { title } } status }"
+        response = await Client(app).send("POST", "/graphql", body(query), JSON, "")
+        assert response.status_code == 200, response.text
+        assert response.json()["data"] == {"me": {"name": "Ana", "secret": None}, "account": None, "parties": [{}, {"title": "Bank"}], "status": "ok"}
+        assert sorted(error["path"] for error in response.json()["errors"]) == [["account", "id"], ["account", "secret"], ["me", "secret"]]
+        [received] = accounts.received
+        assert json.loads(received.body)["query"] == "{\n  me {\n    name\n  }\n  parties {\n    ... on Org {\n      title\n    }\n  }\n  status\n}"
+    finally:
+        await app.runtime.aclose()
