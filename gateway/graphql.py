@@ -23,10 +23,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from graphql import (
     DocumentNode, FieldNode, FragmentDefinitionNode, FragmentSpreadNode, GraphQLError, GraphQLSchema, InlineFragmentNode,
@@ -56,6 +57,14 @@ MAX_REMEMBERED_BODY = 4096
 _PARAMETERS = frozenset({"query", "operationName", "variables", "extensions"})
 # names under which some servers (graphql-yoga, Relay) take a persisted document's id: never passed
 _DOCUMENT_IDS = frozenset({"documentId", "doc_id"})
+# a GET parameter's name, as sent: only these bytes name a parameter the gateway reads, so no
+# server can read `query` where the gateway read something else (PHP drops a name's leading
+# spaces and cuts it at a NUL, so `%20query` and `query%00` are `query` there)
+_RAW_PARAMETERS = frozenset(name.encode("ascii") for name in _PARAMETERS)
+# what a URL parameter's name may read as on some server: decoded, cut at a NUL or `[`, leading
+# blanks dropped, any case
+_READ_NAMES = frozenset(name.lower() for name in _PARAMETERS | _DOCUMENT_IDS)
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # rules that need no schema: without an SDL the document is still well-formed, its fragments
 # known and acyclic, and its operations named as the spec asks
 _SCHEMALESS_RULES = (
@@ -186,30 +195,33 @@ class GraphQLRoute:
         if b";" in query_string:
             # some servers split parameters on ';' as well as '&': a second `query` could hide there
             raise _bad_request("the query string holds a raw ';', which servers split differently: percent-encode it", "BAD_REQUEST")
-        try:
-            pairs = parse_qsl(query_string.decode("ascii"), keep_blank_values=True, strict_parsing=bool(query_string), errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise _bad_request("the query string is not valid percent-encoded UTF-8", "BAD_REQUEST") from None
         members: dict[str, Any] = {}
-        for name, value in pairs:
+        for piece in query_string.split(b"&") if query_string else ():
+            raw_name, equals, raw_value = piece.partition(b"=")
+            if raw_name not in _RAW_PARAMETERS:
+                shown = repr(raw_name.decode("latin-1")[:40])
+                raise _bad_request(
+                    f"unknown query parameter {shown}: a GraphQL GET takes only {', '.join(sorted(_PARAMETERS))}, each named as written and once", "BAD_REQUEST",
+                )
+            name = raw_name.decode("ascii")
+            if not equals:
+                raise _bad_request(f"the query parameter {name!r} has no '=' and no value", "BAD_REQUEST")
             if name in members:
                 raise _bad_request(f"the query string names {name!r} twice: the upstream might read the other one", "BAD_REQUEST")
-            if name in _DOCUMENT_IDS:
-                raise _bad_request(f"{name!r} is not read by this gateway: send the document, or its persisted-query hash", "BAD_REQUEST")
-            members[name] = value
+            members[name] = _parameter_value(name, raw_value)
         for name in ("variables", "extensions"):
             if name in members:
                 members[name] = _json(members[name].encode("utf-8"), f"the {name} parameter")
-        return [self._part({name: value for name, value in members.items() if name in _PARAMETERS})], False
+        return [self._part(members)], False
 
     @staticmethod
     def _post_media_type(scope: Scope) -> str:
         query_string: bytes = scope.get("query_string", b"")
-        if query_string:
-            names = {name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)}
-            if names & (_PARAMETERS | _DOCUMENT_IDS):
-                # express-graphql reads `query` from the URL before the body: only one place may hold it
-                raise _bad_request(f"a POST carries its operation in the body, not in the query string ({', '.join(sorted(names & (_PARAMETERS | _DOCUMENT_IDS)))})", "BAD_REQUEST")
+        # express-graphql reads `query` from the URL before the body, Laravel takes members the
+        # body lacks from it: only one place may hold them, under any name a server reads as one
+        read = sorted({name for name in map(_read_as, re.split(rb"[&;]", query_string)) if name in _READ_NAMES}) if query_string else []
+        if read:
+            raise _bad_request(f"a POST carries its operation in the body, not in the query string ({', '.join(read)})", "BAD_REQUEST")
         return _media_type(scope)
 
     def _read_post(self, media_type: str, body: bytes) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
@@ -627,6 +639,24 @@ def _json(data: bytes, what: str) -> Any:
         raise _bad_request(f"{what} nests too deep", "BAD_REQUEST") from None
     except ValueError as exc:
         raise _bad_request(f"{what} is not valid JSON: {exc}", "BAD_REQUEST") from None
+
+
+def _parameter_value(name: str, raw: bytes) -> str:
+    """A GET parameter's value decoded, refused where servers could decode it differently."""
+    if _BAD_ESCAPE.search(raw):
+        raise _bad_request(f"the {name} parameter holds a '%' that starts no escape: percent-encode it as %25", "BAD_REQUEST")
+    if any(byte <= 0x20 or byte >= 0x7f for byte in raw):
+        raise _bad_request(f"the {name} parameter holds a raw byte that must be percent-encoded", "BAD_REQUEST")
+    try:
+        return unquote_plus(raw.decode("ascii"), errors="strict")
+    except UnicodeDecodeError:
+        raise _bad_request(f"the {name} parameter is not valid percent-encoded UTF-8", "BAD_REQUEST") from None
+
+
+def _read_as(raw_name: bytes) -> str:
+    """The name a lenient server (PHP) may read for a URL parameter's raw `name=value`, lowercased."""
+    name = unquote_plus(raw_name.partition(b"=")[0].decode("latin-1"), encoding="latin-1")
+    return name.partition("\0")[0].partition("[")[0].lstrip(" \t\r\n\v\f").lower()
 
 
 def _request_object(item: Any) -> dict[str, Any]:

@@ -234,6 +234,81 @@ async def test_an_allowed_request_reaches_the_upstream_byte_for_byte(
     assert all("errors" not in item for item in (answer if isinstance(answer, list) else [answer])), answer
 
 
+async def raw(app: Gateway, method: str, target: bytes, headers: list[tuple[bytes, bytes]] | None = None, content: bytes = b"", scopes: str = "") -> tuple[int, dict[str, Any]]:
+    """Ask the gateway over ASGI with `target` as its exact bytes (an HTTP client would re-encode it)."""
+    path, _, query = target.partition(b"?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http", "path": path.decode(),
+        "raw_path": path, "query_string": query, "root_path": "", "client": ("127.0.0.1", 50000), "server": ("gateway.test", 80),
+        "headers": [(b"host", b"gateway.test"), (b"authorization", f"Bearer {mint(scopes, lifetime=600)}".encode()), *(headers or [])],
+    }
+    messages = [{"type": "http.request", "body": content, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    answer = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(answer) if answer else {}
+
+
+ALLOWED_QUERY = b"query=%7Bstatus%7D"
+SMUGGLED = b"%7Bpayments%7Bid%7D%7D"  # {payments{id}}: what a PHP upstream would run
+# a parameter beside `query` whose name is not one of the four as written: a server that reads
+# names otherwise (PHP drops leading blanks, cuts at NUL, makes `a[]` an array) would run SMUGGLED
+ODD_PARAMETERS = [
+    b"%20query=" + SMUGGLED, b"+query=" + SMUGGLED, b"%09query=" + SMUGGLED, b"query%00=" + SMUGGLED, b"query%00x=" + SMUGGLED,
+    b"Query=" + SMUGGLED, b"QUERY=" + SMUGGLED, b"query[]=" + SMUGGLED, b"query%5B%5D=" + SMUGGLED, b"query[x]=" + SMUGGLED,
+    b"query%20=" + SMUGGLED, b"query+=" + SMUGGLED, b"query.=" + SMUGGLED, b"%71uery=" + SMUGGLED, b"q%75ery=" + SMUGGLED,
+    b"=" + SMUGGLED, b"", b"query", b"debug", b"foo=bar", b"documentId=abc", b"doc_id=abc", b"operationname=B",
+    b"%20operationName=B", b"operationName%00=B", b"variables%00=%7B%7D", b"extensions[persistedQuery]=x",
+]
+
+
+@pytest.mark.parametrize("odd", ODD_PARAMETERS, ids=[item.decode("latin-1") or "(empty)" for item in ODD_PARAMETERS])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("first", [True, False], ids=["odd first", "odd last"])
+async def test_a_get_parameter_not_named_exactly_as_one_of_the_four_is_refused(gateway: Client, bank: GraphQLUpstream, odd: bytes, method: str, first: bool) -> None:
+    target = b"/graphql?" + (odd + b"&" + ALLOWED_QUERY if first else ALLOWED_QUERY + b"&" + odd)
+    status, answer = await raw(gateway.app, method, target, scopes="LIST_PAYMENT" if method == "HEAD" else "")
+    assert status == 400 and (method == "HEAD" or (answer["error"] == "invalid_request" and answer["errors"][0]["extensions"]["code"] == "BAD_REQUEST")), answer
+    assert bank.received == []
+
+
+@pytest.mark.parametrize("query_string", [
+    # each would be a valid document (a comment after `#`) or JSON if read leniently
+    b"query=%7Bstatus%7D%23%zz", b"query=%7Bstatus%7D%23%", b"query=%7Bstatus%7D%23%2", b"query=%7Bstatus%7D%23\xc3\xa9", b"query=%7B\tstatus%7D",
+    b"query=%7B status%7D", b"query=%7Bstatus%7D%23%FF", b"query=%7Bstatus%7D&variables=%7B%22a%22%3A%22%zz%22%7D", b"query=%7Bstatus%7D&&",
+    b"&query=%7Bstatus%7D",
+], ids=["bad escape", "lone %", "short escape", "raw UTF-8", "raw tab", "raw space", "escaped invalid UTF-8", "bad escape in variables", "empty pieces", "empty first piece"])
+async def test_a_get_value_servers_could_decode_differently_is_refused(gateway: Client, bank: GraphQLUpstream, query_string: bytes) -> None:
+    status, answer = await raw(gateway.app, "GET", b"/graphql?" + query_string)
+    assert (status, answer["error"]) == (400, "invalid_request") and answer["errors"], answer
+    assert bank.received == []
+
+
+async def test_a_get_with_the_four_parameters_named_as_written_is_forwarded_byte_for_byte(gateway: Client, bank: GraphQLUpstream) -> None:
+    query_string = b"extensions=%7B%7D&operationName=A&query=query+A+%7B+status+%7D&variables=%7B%7D"
+    status, answer = await raw(gateway.app, "GET", b"/graphql?" + query_string)
+    assert (status, answer) == (200, {"data": {"status": "ok"}})
+    [received] = bank.received
+    assert received.query_string == query_string
+
+
+@pytest.mark.parametrize("odd", [b"%20query=" + SMUGGLED, b"+query=" + SMUGGLED, b"query%00=" + SMUGGLED, b"Query=" + SMUGGLED, b"query[]=" + SMUGGLED,
+                                 b"x=1;query=" + SMUGGLED, b"%20operationName=B", b"OperationName=B", b"variables%5B%5D=1", b"%20documentId=abc"])
+async def test_a_post_refuses_a_url_parameter_any_server_reads_as_a_graphql_member(gateway: Client, bank: GraphQLUpstream, odd: bytes) -> None:
+    status, answer = await raw(gateway.app, "POST", b"/graphql?" + odd, [(b"content-type", b"application/json")], body("{ status }"))
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert bank.received == []
+    status, _ = await raw(gateway.app, "POST", b"/graphql?tenant=t1&queryId=2", [(b"content-type", b"application/json")], body("{ status }"))
+    assert status == 200 and len(bank.received) == 1  # other parameters are the upstream's business
+
+
 async def test_a_refusal_names_every_refused_field_its_path_and_requirement(gateway: Client, bank: GraphQLUpstream) -> None:
     response = await gateway.send("POST", "/graphql", body("{ status pay: payments { id cardNumber } me { email } open: unguarded }"), JSON, "LIST_PAYMENT")
     assert response.status_code == 403
