@@ -331,6 +331,94 @@ async def test_a_public_route_serves_public_fields_and_answers_401_for_the_other
     assert len(bank.received) == 1
 
 
+# --- every refusal of a GraphQL route is ours and a GraphQL response, whichever step refused it ---------
+
+SHAPED = """\
+name: shapes
+upstream: {upstream}
+scopes:
+  LIST_PAYMENT:
+  MAKE_DEPOSIT:
+  REVEAL_CARD:
+  READ_EMAIL:
+  ADMIN:
+  SMS_ONLY:
+    step_up: {acr: [sms], max_age: 300}
+rules:
+  unknown_scopes: refuse
+routes:
+  POST /graphql: {scopes: authenticated, graphql: &graphql {schema: bank.graphql, fields: {Query.status: public}}}
+  GET /graphql: {scopes: authenticated, graphql: *graphql}
+  POST /admin/graphql: {scopes: ADMIN, graphql: *graphql}
+  POST /hidden/graphql: {scopes: ADMIN, hide: true, graphql: *graphql}
+  POST /users/{userId}/graphql: {scopes: authenticated, user: userId, graphql: *graphql}
+  POST /stepup/graphql: {scopes: SMS_ONLY, graphql: *graphql}
+  POST /rest: authenticated
+"""
+STATUS = body("{ status }")
+# (name, method, path, Authorization headers, status, error, code, WWW-Authenticate holds)
+ROUTE_REFUSALS: list[tuple[str, str, str, list[str], int, str, str, str | None]] = [
+    ("no token", "POST", "/graphql", [], 401, "unauthorized", "UNAUTHENTICATED", 'Bearer realm="shapes"'),
+    ("no token over GET", "GET", "/graphql?query=%7Bstatus%7D", [], 401, "unauthorized", "UNAUTHENTICATED", 'Bearer realm="shapes"'),
+    ("another scheme", "POST", "/graphql", ["Basic YTpi"], 401, "unauthorized", "UNAUTHENTICATED", 'Bearer realm="shapes"'),
+    ("a malformed token", "POST", "/graphql", ["Bearer not-a-jwt"], 401, "invalid_token", "UNAUTHENTICATED", 'error="invalid_token"'),
+    ("an expired token", "POST", "/graphql", [f"Bearer {mint('', lifetime=-60)}"], 401, "invalid_token", "UNAUTHENTICATED", 'error="invalid_token"'),
+    ("two tokens", "POST", "/graphql", [f"Bearer {mint('')}", f"Bearer {mint('')}"], 400, "invalid_request", "BAD_REQUEST", 'error="invalid_request"'),
+    ("a scope the catalog refuses", "POST", "/graphql", [f"Bearer {mint('NOPE')}"], 403, "invalid_scope", "FORBIDDEN", 'error="invalid_scope"'),
+    ("the route's own requirement", "POST", "/admin/graphql", [f"Bearer {mint('LIST_PAYMENT')}"], 403, "forbidden", "FORBIDDEN", 'error="insufficient_scope"'),
+    ("a hidden route", "POST", "/hidden/graphql", [f"Bearer {mint('LIST_PAYMENT')}"], 404, "not_found", "NOT_FOUND", None),
+    ("another user's route", "POST", "/users/u2/graphql", [f"Bearer {mint('', sub='ana')}"], 404, "not_found", "NOT_FOUND", None),
+    ("a step-up", "POST", "/stepup/graphql", [f"Bearer {mint('SMS_ONLY')}"], 401, "insufficient_user_authentication", "UNAUTHENTICATED", 'acr_values="sms"'),
+]
+
+
+@pytest.fixture
+async def shaped(tmp_path: Path, bank: GraphQLUpstream) -> Any:
+    bank.received.clear()
+    config = write_config(tmp_path, upstream=bank.url, table=SHAPED)
+    shutil.copy(SDL, tmp_path / "routes" / "bank.graphql")
+    app = Gateway(load_config(config))
+    await app.runtime.start()
+    yield app
+    await app.runtime.aclose()
+
+
+@pytest.mark.parametrize(("name", "method", "path", "credentials", "status", "error", "code", "challenge"), ROUTE_REFUSALS, ids=[row[0] for row in ROUTE_REFUSALS])
+async def test_a_graphql_routes_refusal_before_the_fields_is_a_graphql_response_too(
+    shaped: Gateway, bank: GraphQLUpstream, name: str, method: str, path: str, credentials: list[str], status: int, error: str, code: str, challenge: str | None,
+) -> None:
+    headers = [(b"content-type", b"application/json"), *((b"authorization", value.encode()) for value in credentials)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shaped), base_url="http://gateway.test") as client:
+        response = await client.request(method, path, content=STATUS if method == "POST" else b"", headers=headers)
+    answer = response.json()
+    assert (response.status_code, answer["error"]) == (status, error), answer
+    [only] = answer["errors"]
+    assert only["message"] == answer["error_description"] and only["extensions"]["code"] == code, answer
+    if error == "forbidden":
+        assert only["extensions"]["required"] == answer["required"] == [["ADMIN"]]
+    if challenge is None:
+        assert "www-authenticate" not in response.headers
+    else:
+        assert challenge in response.headers["www-authenticate"] and response.headers["www-authenticate"].startswith('Bearer realm="shapes"')
+    assert bank.received == []
+
+
+async def test_a_refusal_on_a_route_that_is_not_graphql_stays_ours_alone(shaped: Gateway, bank: GraphQLUpstream) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shaped), base_url="http://gateway.test") as client:
+        response = await client.post("/rest", content=STATUS)
+        missing = await client.post("/nowhere/graphql", content=STATUS)
+    assert response.status_code == 401 and set(response.json()) == {"error", "error_description"}
+    assert missing.status_code == 404 and set(missing.json()) == {"error", "error_description"}  # no route: no GraphQL route either
+    assert bank.received == []
+
+
+async def test_a_field_refusal_keeps_its_own_errors(shaped: Gateway, bank: GraphQLUpstream) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shaped), base_url="http://gateway.test") as client:
+        response = await client.post("/graphql", content=body("{ payments { id } }"), headers={**JSON, "authorization": f"Bearer {mint('')}"})
+    assert response.status_code == 403
+    assert response.json()["errors"] == [{"message": "Query.payments requires LIST_PAYMENT", "path": ["payments"], "extensions": {"code": "FORBIDDEN", "required": [["LIST_PAYMENT"]]}}]
+
+
 @pytest.mark.parametrize(("query", "scopes", "status"), [
     ("{ status }", "", 200),
     ("{ payments { id cardNumber } }", "LIST_PAYMENT", 200),  # without an SDL, fields below the root are not checked
