@@ -39,6 +39,7 @@ from graphql.validation import (
     UniqueVariableNamesRule,
 )
 
+from gateway.credentials import read_names
 from gateway.decision import Grant, refusal_below_route
 from gateway.errors import Forbidden, InvalidRequest, Refusal, Unauthorized, UnsupportedMediaType
 from gateway.exchange import Forwarding
@@ -61,9 +62,8 @@ _DOCUMENT_IDS = frozenset({"documentId", "doc_id"})
 # server can read `query` where the gateway read something else (PHP drops a name's leading
 # spaces and cuts it at a NUL, so `%20query` and `query%00` are `query` there)
 _RAW_PARAMETERS = frozenset(name.encode("ascii") for name in _PARAMETERS)
-# what a URL parameter's name may read as on some server: decoded, cut at a NUL or `[`, leading
-# blanks dropped, any case
-_READ_NAMES = frozenset(name.lower() for name in _PARAMETERS | _DOCUMENT_IDS)
+# a POST's URL parameters must not read as these on any server (in any case: ASP.NET ignores it)
+_READ_NAMES = frozenset(name.lower().encode("ascii") for name in _PARAMETERS | _DOCUMENT_IDS)
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # rules that need no schema: without an SDL the document is still well-formed, its fragments
 # known and acyclic, and its operations named as the spec asks
@@ -219,9 +219,11 @@ class GraphQLRoute:
         query_string: bytes = scope.get("query_string", b"")
         # express-graphql reads `query` from the URL before the body, Laravel takes members the
         # body lacks from it: only one place may hold them, under any name a server reads as one
-        read = sorted({name for name in map(_read_as, re.split(rb"[&;]", query_string)) if name in _READ_NAMES}) if query_string else []
-        if read:
-            raise _bad_request(f"a POST carries its operation in the body, not in the query string ({', '.join(read)})", "BAD_REQUEST")
+        for parameter in re.split(rb"[&;]", query_string) if query_string else ():
+            name = parameter.partition(b"=")[0]
+            if any(read.lower() in _READ_NAMES for read in read_names(name)):
+                shown = repr(name.decode("latin-1")[:40])
+                raise _bad_request(f"a POST carries its operation in the body, not in the query string (a parameter {shown})", "BAD_REQUEST")
         return _media_type(scope)
 
     def _read_post(self, media_type: str, body: bytes) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
@@ -651,12 +653,6 @@ def _parameter_value(name: str, raw: bytes) -> str:
         return unquote_plus(raw.decode("ascii"), errors="strict")
     except UnicodeDecodeError:
         raise _bad_request(f"the {name} parameter is not valid percent-encoded UTF-8", "BAD_REQUEST") from None
-
-
-def _read_as(raw_name: bytes) -> str:
-    """The name a lenient server (PHP) may read for a URL parameter's raw `name=value`, lowercased."""
-    name = unquote_plus(raw_name.partition(b"=")[0].decode("latin-1"), encoding="latin-1")
-    return name.partition("\0")[0].partition("[")[0].lstrip(" \t\r\n\v\f").lower()
 
 
 def _request_object(item: Any) -> dict[str, Any]:

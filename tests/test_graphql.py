@@ -21,7 +21,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.loading import load_config
 from tests.graphql_support import ACCOUNTS_ROOT, ACCOUNTS_SDL, SDL, GraphQLUpstream
-from tests.support import mint, write_config
+from tests.support import mint, raw_exchange, request_bytes, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -300,13 +300,32 @@ async def test_a_get_with_the_four_parameters_named_as_written_is_forwarded_byte
 
 
 @pytest.mark.parametrize("odd", [b"%20query=" + SMUGGLED, b"+query=" + SMUGGLED, b"query%00=" + SMUGGLED, b"Query=" + SMUGGLED, b"query[]=" + SMUGGLED,
-                                 b"x=1;query=" + SMUGGLED, b"%20operationName=B", b"OperationName=B", b"variables%5B%5D=1", b"%20documentId=abc"])
+                                 b"x=1;query=" + SMUGGLED, b"%20operationName=B", b"OperationName=B", b"variables%5B%5D=1", b"%20documentId=abc",
+                                 b"%71uery=" + SMUGGLED, b"%u0071uery=" + SMUGGLED, b"[query]=" + SMUGGLED, b"query[x]=" + SMUGGLED, b"a=1&extensions"])
 async def test_a_post_refuses_a_url_parameter_any_server_reads_as_a_graphql_member(gateway: Client, bank: GraphQLUpstream, odd: bytes) -> None:
     status, answer = await raw(gateway.app, "POST", b"/graphql?" + odd, [(b"content-type", b"application/json")], body("{ status }"))
     assert (status, answer["error"]) == (400, "invalid_request"), answer
     assert bank.received == []
     status, _ = await raw(gateway.app, "POST", b"/graphql?tenant=t1&queryId=2", [(b"content-type", b"application/json")], body("{ status }"))
     assert status == 200 and len(bank.received) == 1  # other parameters are the upstream's business
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_a_served_gateway_refuses_smuggled_get_parameters_as_the_asgi_app_does(tmp_path: Path, bank: GraphQLUpstream, live_gateway: Any, server: str) -> None:
+    bank.received.clear()
+    gateway = live_gateway(write_bank(tmp_path, bank.url), server)
+    token = ("authorization", f"Bearer {mint('', lifetime=600)}")
+    for odd in (b"%20query=", b"query%00=", b"Query=", b"query[]=", b"+query=", b"%71uery="):
+        for target in (b"/graphql?" + ALLOWED_QUERY + b"&" + odd + SMUGGLED, b"/graphql?" + odd + SMUGGLED + b"&" + ALLOWED_QUERY):
+            response = raw_exchange(gateway.port, request_bytes("GET", target, [token]))
+            assert (response.status, response.json()["error"], response.json()["errors"][0]["extensions"]["code"]) == (400, "invalid_request", "BAD_REQUEST"), target
+    anonymous = raw_exchange(gateway.port, request_bytes("GET", b"/graphql?" + ALLOWED_QUERY))
+    assert (anonymous.status, anonymous.json()["errors"][0]["extensions"]["code"]) == (401, "UNAUTHENTICATED")
+    assert anonymous.header(b"www-authenticate") == b'Bearer realm="bank"'
+    assert bank.received == []
+    allowed = raw_exchange(gateway.port, request_bytes("GET", b"/graphql?" + ALLOWED_QUERY, [token]))
+    assert (allowed.status, allowed.json()) == (200, {"data": {"status": "ok"}})
+    assert [request.query_string for request in bank.received] == [ALLOWED_QUERY]
 
 
 async def test_a_refusal_names_every_refused_field_its_path_and_requirement(gateway: Client, bank: GraphQLUpstream) -> None:
