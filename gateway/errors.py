@@ -242,7 +242,9 @@ def render(refusal: Refusal, realm: str = "gateway", *, graphql: bool = False) -
     """The status, headers and JSON body that answer `refusal`; with `graphql` (a GraphQL route's
     answer), the body is a GraphQL response too: it has `errors`, the refusal's own or one error."""
     members = {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
-    if graphql and "errors" not in members:
+    # a bare 404 is the no-route answer, which a hidden route and another user's resource give
+    # too: it stays that answer, or its shape would tell that a GraphQL route is there
+    if graphql and "errors" not in members and not (isinstance(refusal, NotFound) and not refusal.extra):
         members["errors"] = graphql_errors(refusal)
     body = json.dumps(members).encode("utf-8")
     headers: Headers = [

@@ -385,8 +385,6 @@ ROUTE_REFUSALS: list[tuple[str, str, str, list[str], int, str, str, str | None]]
     ("two tokens", "POST", "/graphql", [f"Bearer {mint('')}", f"Bearer {mint('')}"], 400, "invalid_request", "BAD_REQUEST", 'error="invalid_request"'),
     ("a scope the catalog refuses", "POST", "/graphql", [f"Bearer {mint('NOPE')}"], 403, "invalid_scope", "FORBIDDEN", 'error="invalid_scope"'),
     ("the route's own requirement", "POST", "/admin/graphql", [f"Bearer {mint('LIST_PAYMENT')}"], 403, "forbidden", "FORBIDDEN", 'error="insufficient_scope"'),
-    ("a hidden route", "POST", "/hidden/graphql", [f"Bearer {mint('LIST_PAYMENT')}"], 404, "not_found", "NOT_FOUND", None),
-    ("another user's route", "POST", "/users/u2/graphql", [f"Bearer {mint('', sub='ana')}"], 404, "not_found", "NOT_FOUND", None),
     ("a step-up", "POST", "/stepup/graphql", [f"Bearer {mint('SMS_ONLY')}"], 401, "insufficient_user_authentication", "UNAUTHENTICATED", 'acr_values="sms"'),
 ]
 
@@ -419,6 +417,18 @@ async def test_a_graphql_routes_refusal_before_the_fields_is_a_graphql_response_
         assert "www-authenticate" not in response.headers
     else:
         assert challenge in response.headers["www-authenticate"] and response.headers["www-authenticate"].startswith('Bearer realm="shapes"')
+    assert bank.received == []
+
+
+@pytest.mark.parametrize(("path", "token"), [("/hidden/graphql", mint("LIST_PAYMENT")), ("/users/u2/graphql", mint("", sub="ana"))], ids=["hidden", "another user's"])
+async def test_a_graphql_route_that_hides_answers_404_exactly_as_no_route_does(shaped: Gateway, bank: GraphQLUpstream, path: str, token: str) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shaped), base_url="http://gateway.test") as client:
+        hidden = await client.post(path, content=STATUS, headers={**JSON, "authorization": f"Bearer {token}"})
+        absent = await client.post(path + "x", content=STATUS, headers={**JSON, "authorization": f"Bearer {token}"})
+    assert hidden.status_code == absent.status_code == 404
+    assert hidden.json() == {"error": "not_found", "error_description": f"no route for POST {path}"}
+    assert hidden.json()["error_description"] + "x" == absent.json()["error_description"]
+    assert [(name, value) for name, value in hidden.headers.items() if name != "content-length"] == [(name, value) for name, value in absent.headers.items() if name != "content-length"]
     assert bank.received == []
 
 
@@ -567,6 +577,9 @@ routes:
   POST /graphql:
     scopes: authenticated
     graphql: {schema: bank.graphql, fields: {Query.offers: LIST_OFFERS}}
+  POST /offers/graphql:
+    scopes: LIST_OFFERS
+    graphql: {schema: bank.graphql, fields: {Query.offers: LIST_OFFERS}}
 """
 
 
@@ -581,10 +594,10 @@ async def waiting(tmp_path: Path, bank: GraphQLUpstream) -> Any:
     await app.runtime.aclose()
 
 
-async def ask_as(app: Gateway, query: str, scopes: str, **claims: Any) -> httpx.Response:
+async def ask_as(app: Gateway, query: str, scopes: str, path: str = "/graphql", **claims: Any) -> httpx.Response:
     token = mint(scopes, lifetime=600, sub="ana", client_id="app", **claims)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as client:
-        return await client.post("/graphql", content=body(query), headers={**JSON, "authorization": f"Bearer {token}"})
+        return await client.post(path, content=body(query), headers={**JSON, "authorization": f"Bearer {token}"})
 
 
 async def test_a_field_that_counts_after_a_step_up_is_answered_401_with_the_challenge(waiting: Gateway, bank: GraphQLUpstream) -> None:
@@ -723,3 +736,11 @@ async def test_filter_mode_removes_an_implementations_field_the_interface_guards
         assert json.loads(received.body)["query"] == "{\n  me {\n    name\n  }\n  parties {\n    ... on Org {\n      title\n    }\n  }\n  status\n}"
     finally:
         await app.runtime.aclose()
+
+
+async def test_a_graphql_routes_own_404_for_a_pending_condition_is_a_graphql_response_too(waiting: Gateway, bank: GraphQLUpstream) -> None:
+    refused = await ask_as(waiting, "{ status }", "LIST_OFFERS_optional", path="/offers/graphql")
+    answer = refused.json()
+    assert (refused.status_code, answer["error"], answer["pending"]) == (404, "not_found", ["LIST_OFFERS"])
+    assert answer["errors"] == [{"message": answer["error_description"], "extensions": {"code": "NOT_FOUND"}}]
+    assert not bank.received
