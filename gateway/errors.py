@@ -229,7 +229,7 @@ def www_authenticate(refusal: Refusal, realm: str) -> bytes:
 _GRAPHQL_CODES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND"}
 
 
-def graphql_errors(refusal: Refusal) -> list[dict[str, object]]:
+def _graphql_errors(refusal: Refusal) -> list[dict[str, object]]:
     """A refusal as a GraphQL response's `errors`: one error, its description."""
     code = _GRAPHQL_CODES.get(refusal.status) or ("BAD_REQUEST" if refusal.status < 500 else refusal.error.upper())
     extensions: dict[str, object] = {"code": code}
@@ -245,7 +245,7 @@ def render(refusal: Refusal, realm: str = "gateway", *, graphql: bool = False) -
     # a bare 404 is the no-route answer, which a hidden route and another user's resource give
     # too: it stays that answer, or its shape would tell that a GraphQL route is there
     if graphql and "errors" not in members and not (isinstance(refusal, NotFound) and not refusal.extra):
-        members["errors"] = graphql_errors(refusal)
+        members["errors"] = _graphql_errors(refusal)
     body = json.dumps(members).encode("utf-8")
     headers: Headers = [
         (b"content-type", b"application/json"),
