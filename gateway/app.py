@@ -10,11 +10,12 @@ from urllib.parse import quote
 
 from gateway import head, metrics
 from gateway.access import REQUEST_ID, Observer, Record
-from gateway.decision import authorize, is_public, route, view_needed
+from gateway.decision import RouteMatch, authorize, is_public, route, view_needed
 from gateway.errors import FramingInvalidRequest, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import LiveGrants
 from gateway.grants.store import GrantView, StoreUnavailable
+from gateway.graphql import GraphQLRoute
 from gateway.identity import identity_headers
 from gateway.keys import KeyStore
 from gateway.metrics import Recorder
@@ -118,14 +119,14 @@ class Gateway:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
             reason = refusal.error
-            await _answer(send, refusal, realm, record)
+            await _answer(send, refusal, realm, record, _graphql(match))
         except ClientDisconnected:
             # granian reports a malformed chunked body as a disconnect too: if the client is still
             # there, it gets a 400; if it is gone, the answer goes nowhere
             logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
             refusal = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
             reason = refusal.error
-            await _answer(send, refusal, realm, record)
+            await _answer(send, refusal, realm, record, _graphql(match))
         finally:
             if record is not None:
                 record.observer.finish(record, method, path, match, verified, forwarded, reason)
@@ -176,8 +177,14 @@ async def _grant_view(grants: LiveGrants, api: str, caller: tuple[str | None, st
         raise TemporarilyUnavailable(f"the grants this request needs cannot be read right now; retry in {retry} s", retry_after=retry) from None
 
 
-async def _answer(send: Send, refusal: Refusal, realm: str, record: Record | None = None) -> None:
-    status, headers, body = render(refusal, realm)
+def _graphql(match: RouteMatch | None) -> bool:
+    """Whether the request's route is a GraphQL route: its every refusal is a GraphQL response too,
+    whichever step refused it (no token, a bad one, the route's own requirement, a field)."""
+    return match is not None and isinstance(match.route.exchange, GraphQLRoute)
+
+
+async def _answer(send: Send, refusal: Refusal, realm: str, record: Record | None = None, graphql: bool = False) -> None:
+    status, headers, body = render(refusal, realm, graphql=graphql)
     if record is not None:
         record.status = status
         if record.request_id is not None:

@@ -39,18 +39,19 @@ def _may_name_a_token(query_string: bytes) -> bool:
     return query_string.find(b"token") >= 0 or 0x25 in query_string  # 0x25 is '%'
 
 
-def _reads_as_token_parameter(name: bytes) -> bool:
-    """Whether a raw query parameter name reaches a framework as `access_token`: decoded as
-    servers decode it ('+' as space, %XX and %uXXXX escapes), cut at a NUL as PHP's C strings are,
-    then read with PHP's, Rack's and qs's name rules. Case is kept: frameworks keep it."""
+def read_names(name: bytes) -> tuple[bytes, ...]:
+    """The names a raw query parameter name may reach a framework as: decoded as servers decode it
+    ('+' as space, %XX and %uXXXX escapes), cut at a NUL as PHP's C strings are, then read with
+    PHP's, Rack's and qs's name rules. Case is kept, as most frameworks keep it."""
     decoded = _ESCAPE.sub(_unescape, name.replace(b"+", b" ")).partition(b"\0")[0]
-    if decoded == _TOKEN_PARAMETER:
-        return True
-    decoded = decoded.lstrip(b" ")  # PHP skips leading spaces
-    if decoded.translate(_PHP_NAME) == _TOKEN_PARAMETER:
-        return True
-    head = _BRACKET_HEAD.match(decoded)
-    return head is not None and head[1].translate(_PHP_HEAD) == _TOKEN_PARAMETER
+    stripped = decoded.lstrip(b" ")  # PHP skips leading spaces
+    head = _BRACKET_HEAD.match(stripped)
+    return (decoded, stripped.translate(_PHP_NAME)) if head is None else (decoded, stripped.translate(_PHP_NAME), head[1].translate(_PHP_HEAD))
+
+
+def _reads_as_token_parameter(name: bytes) -> bool:
+    """Whether a raw query parameter name reaches a framework as `access_token`."""
+    return _TOKEN_PARAMETER in read_names(name)
 
 
 def token_parameter(query_string: bytes) -> str | None:

@@ -224,11 +224,29 @@ def www_authenticate(refusal: Refusal, realm: str) -> bytes:
     return ("Bearer " + ", ".join(f'{name}="{_quoted(value)}"' for name, value in params)).encode("ascii")
 
 
-def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, bytes]:
-    """The status, headers and JSON body that answer `refusal`."""
-    body = json.dumps(
-        {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
-    ).encode("utf-8")
+# a refusal's `extensions.code` in a GraphQL answer, as Apollo's servers name them; any other 4xx
+# is BAD_REQUEST, a 5xx its `error` in capitals
+_GRAPHQL_CODES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND"}
+
+
+def _graphql_errors(refusal: Refusal) -> list[dict[str, object]]:
+    """A refusal as a GraphQL response's `errors`: one error, its description."""
+    code = _GRAPHQL_CODES.get(refusal.status) or ("BAD_REQUEST" if refusal.status < 500 else refusal.error.upper())
+    extensions: dict[str, object] = {"code": code}
+    if "required" in refusal.extra:
+        extensions["required"] = refusal.extra["required"]
+    return [{"message": refusal.description, "extensions": extensions}]
+
+
+def render(refusal: Refusal, realm: str = "gateway", *, graphql: bool = False) -> tuple[int, Headers, bytes]:
+    """The status, headers and JSON body that answer `refusal`; with `graphql` (a GraphQL route's
+    answer), the body is a GraphQL response too: it has `errors`, the refusal's own or one error."""
+    members = {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
+    # a bare 404 is the no-route answer, which a hidden route and another user's resource give
+    # too: it stays that answer, or its shape would tell that a GraphQL route is there
+    if graphql and "errors" not in members and not (isinstance(refusal, NotFound) and not refusal.extra):
+        members["errors"] = _graphql_errors(refusal)
+    body = json.dumps(members).encode("utf-8")
     headers: Headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode("ascii")),

@@ -77,9 +77,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            description = f"the request body is larger than {limit} bytes, the most this route reads"
-            # `errors` too: the answer is also a GraphQL response, as a GraphQL route's refusals are
-            raise InvalidRequest(description, errors=[{"message": description, "extensions": {"code": "BAD_REQUEST"}}])
+            raise InvalidRequest(f"the request body is larger than {limit} bytes, the most this route reads")
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)

@@ -12,7 +12,8 @@ a route with `graphql:`.
 
 Requirements are a function of (type, field): the route's `fields:`, the SDL's
 `@requiresScopes` / `@authenticated` on the field, on its parent type and on the type it
-returns, and for an interface's field those of every implementation. The analysis of a
+returns; a field also needs what that field of each interface its type implements needs, and an
+interface's field what each implementation's needs. The analysis of a
 document is cached; the check against the caller's effective scopes runs on every request.
 """
 
@@ -22,10 +23,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from graphql import (
     DocumentNode, FieldNode, FragmentDefinitionNode, FragmentSpreadNode, GraphQLError, GraphQLSchema, InlineFragmentNode,
@@ -37,6 +39,7 @@ from graphql.validation import (
     UniqueVariableNamesRule,
 )
 
+from gateway.credentials import read_names
 from gateway.decision import Grant, refusal_below_route
 from gateway.errors import Forbidden, InvalidRequest, Refusal, Unauthorized, UnsupportedMediaType
 from gateway.exchange import Forwarding
@@ -55,6 +58,13 @@ MAX_REMEMBERED_BODY = 4096
 _PARAMETERS = frozenset({"query", "operationName", "variables", "extensions"})
 # names under which some servers (graphql-yoga, Relay) take a persisted document's id: never passed
 _DOCUMENT_IDS = frozenset({"documentId", "doc_id"})
+# a GET parameter's name, as sent: only these bytes name a parameter the gateway reads, so no
+# server can read `query` where the gateway read something else (PHP drops a name's leading
+# spaces and cuts it at a NUL, so `%20query` and `query%00` are `query` there)
+_RAW_PARAMETERS = frozenset(name.encode("ascii") for name in _PARAMETERS)
+# a POST's URL parameters must not read as these on any server (in any case: ASP.NET ignores it)
+_READ_NAMES = frozenset(name.lower().encode("ascii") for name in _PARAMETERS | _DOCUMENT_IDS)
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # rules that need no schema: without an SDL the document is still well-formed, its fragments
 # known and acyclic, and its operations named as the spec asks
 _SCHEMALESS_RULES = (
@@ -185,30 +195,35 @@ class GraphQLRoute:
         if b";" in query_string:
             # some servers split parameters on ';' as well as '&': a second `query` could hide there
             raise _bad_request("the query string holds a raw ';', which servers split differently: percent-encode it", "BAD_REQUEST")
-        try:
-            pairs = parse_qsl(query_string.decode("ascii"), keep_blank_values=True, strict_parsing=bool(query_string), errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise _bad_request("the query string is not valid percent-encoded UTF-8", "BAD_REQUEST") from None
         members: dict[str, Any] = {}
-        for name, value in pairs:
+        for piece in query_string.split(b"&") if query_string else ():
+            raw_name, equals, raw_value = piece.partition(b"=")
+            if raw_name not in _RAW_PARAMETERS:
+                shown = repr(raw_name.decode("latin-1")[:40])
+                raise _bad_request(
+                    f"unknown query parameter {shown}: a GraphQL GET takes only {', '.join(sorted(_PARAMETERS))}, each named as written and once", "BAD_REQUEST",
+                )
+            name = raw_name.decode("ascii")
+            if not equals:
+                raise _bad_request(f"the query parameter {name!r} has no '=' and no value", "BAD_REQUEST")
             if name in members:
                 raise _bad_request(f"the query string names {name!r} twice: the upstream might read the other one", "BAD_REQUEST")
-            if name in _DOCUMENT_IDS:
-                raise _bad_request(f"{name!r} is not read by this gateway: send the document, or its persisted-query hash", "BAD_REQUEST")
-            members[name] = value
+            members[name] = _parameter_value(name, raw_value)
         for name in ("variables", "extensions"):
             if name in members:
                 members[name] = _json(members[name].encode("utf-8"), f"the {name} parameter")
-        return [self._part({name: value for name, value in members.items() if name in _PARAMETERS})], False
+        return [self._part(members)], False
 
     @staticmethod
     def _post_media_type(scope: Scope) -> str:
         query_string: bytes = scope.get("query_string", b"")
-        if query_string:
-            names = {name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)}
-            if names & (_PARAMETERS | _DOCUMENT_IDS):
-                # express-graphql reads `query` from the URL before the body: only one place may hold it
-                raise _bad_request(f"a POST carries its operation in the body, not in the query string ({', '.join(sorted(names & (_PARAMETERS | _DOCUMENT_IDS)))})", "BAD_REQUEST")
+        # express-graphql reads `query` from the URL before the body, Laravel takes members the
+        # body lacks from it: only one place may hold them, under any name a server reads as one
+        for parameter in re.split(rb"[&;]", query_string) if query_string else ():
+            name = parameter.partition(b"=")[0]
+            if any(read.lower() in _READ_NAMES for read in read_names(name)):
+                shown = repr(name.decode("latin-1")[:40])
+                raise _bad_request(f"a POST carries its operation in the body, not in the query string (a parameter {shown})", "BAD_REQUEST")
         return _media_type(scope)
 
     def _read_post(self, media_type: str, body: bytes) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
@@ -626,6 +641,18 @@ def _json(data: bytes, what: str) -> Any:
         raise _bad_request(f"{what} nests too deep", "BAD_REQUEST") from None
     except ValueError as exc:
         raise _bad_request(f"{what} is not valid JSON: {exc}", "BAD_REQUEST") from None
+
+
+def _parameter_value(name: str, raw: bytes) -> str:
+    """A GET parameter's value decoded, refused where servers could decode it differently."""
+    if _BAD_ESCAPE.search(raw):
+        raise _bad_request(f"the {name} parameter holds a '%' that starts no escape: percent-encode it as %25", "BAD_REQUEST")
+    if any(byte <= 0x20 or byte >= 0x7f for byte in raw):
+        raise _bad_request(f"the {name} parameter holds a raw byte that must be percent-encoded", "BAD_REQUEST")
+    try:
+        return unquote_plus(raw.decode("ascii"), errors="strict")
+    except UnicodeDecodeError:
+        raise _bad_request(f"the {name} parameter is not valid percent-encoded UTF-8", "BAD_REQUEST") from None
 
 
 def _request_object(item: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from graphql import build_schema, graphql_sync
 from tests.support import LiveServer
 
 SDL = Path(__file__).parent / "graphql" / "bank.graphql"
+ACCOUNTS_SDL = Path(__file__).parent / "graphql" / "accounts.graphql"
 ANA = {"__typename": "User", "id": "u1", "name": "Ana", "email": "ana@bank.test", "friends": [{"__typename": "User", "id": "u2", "name": "Bo", "email": "bo@bank.test", "friends": []}]}
 PAYMENTS = [{"__typename": "Payment", "id": "p1", "amount": 5, "cardNumber": "4111"}, {"__typename": "Payment", "id": "p2", "amount": 7, "cardNumber": "4222"}]
 CARD = {"__typename": "Card", "id": "c1", "number": "5555"}
@@ -28,6 +29,15 @@ ROOT = {
     "makeDeposit": lambda info, amount: {"id": "d1", "amount": amount},
     "revealCard": lambda info, id: CARD,
 }
+# the answers of accounts.graphql
+ACCOUNT = {"__typename": "User", "id": "u1", "name": "Ana", "secret": "s3cr3t"}
+ACCOUNTS_ROOT = {
+    "me": ACCOUNT,
+    "account": ACCOUNT,
+    "node": lambda info, id: ACCOUNT if id == "u1" else None,
+    "parties": [ACCOUNT, {"__typename": "Org", "id": "o1", "title": "Bank"}],
+    "status": "ok",
+}
 
 
 @dataclass
@@ -39,11 +49,12 @@ class Request:
 
 
 class GraphQLUpstream:
-    """The bank's GraphQL server on a loopback port: GET ?query=, POST JSON (one or a batch) and
+    """A GraphQL server (the bank's, unless told) on a loopback port: GET ?query=, POST JSON (one or a batch) and
     POST application/graphql, as graphql-core executes them. `received` holds every request."""
 
-    def __init__(self) -> None:
-        self.schema = build_schema(SDL.read_text())
+    def __init__(self, sdl: Path = SDL, root: dict[str, Any] = ROOT) -> None:
+        self.schema = build_schema(sdl.read_text())
+        self.root = root
         self.received: list[Request] = []
         self.persisted: dict[str, str] = {}  # the same manifest as the gateway's: sha256 -> document
         self.server = LiveServer(self.app, interface="asgi3", lifespan="off")
@@ -57,7 +68,7 @@ class GraphQLUpstream:
         if query is None:
             query = self.persisted.get(((request.get("extensions") or {}).get("persistedQuery") or {}).get("sha256Hash"), "")
         result = graphql_sync(
-            self.schema, query, ROOT, variable_values=request.get("variables"), operation_name=request.get("operationName"),
+            self.schema, query, self.root, variable_values=request.get("variables"), operation_name=request.get("operationName"),
         )
         answer: dict[str, Any] = {"data": result.data}
         if result.errors:

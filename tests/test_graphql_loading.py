@@ -12,7 +12,7 @@ import pytest
 from gateway.cli import main
 from gateway.loading import ConfigError, load_config
 from gateway.scopes import Access, Requirement, all_of
-from tests.graphql_support import SDL
+from tests.graphql_support import ACCOUNTS_SDL, SDL
 from tests.support import write_config
 
 HEAD = "name: bank\nupstream: http://bank.test\nscopes:\n  LIST_PAYMENT:\n  MAKE_DEPOSIT:\n  REVEAL_CARD:\n  READ_EMAIL:\n  ADMIN:\nroutes:\n"
@@ -89,6 +89,16 @@ def test_requirements_merge_the_route_the_field_its_types_and_an_interfaces_impl
     assert requirements["Mutation.revealCard"] == Requirement(Access.SCOPES, (frozenset({"REVEAL_CARD"}),))  # the type it returns
     assert requirements["Node.id"] == Requirement(Access.SCOPES, (frozenset({"REVEAL_CARD"}),))  # Card implements Node
     assert "Query.unguarded" not in requirements and "Offer.title" not in requirements
+
+
+def test_an_interfaces_requirement_holds_for_the_field_of_every_type_that_implements_it(tmp_path: Path) -> None:
+    config = write(tmp_path, "      schema: bank.graphql\n      fields:\n        Node.id: ADMIN\n        Account.secret: READ_EMAIL\n        User.secret: LIST_PAYMENT\n", ACCOUNTS_SDL.read_text())
+    requirements = load_config(config).tables.routes[0].exchange.requirements
+    admin, email, both = (Requirement(Access.SCOPES, (frozenset(scopes),)) for scopes in ({"ADMIN"}, {"READ_EMAIL"}, {"READ_EMAIL", "LIST_PAYMENT"}))
+    assert requirements["Account.id"] == requirements["User.id"] == requirements["Bot.id"] == admin  # Account implements Node
+    assert requirements["User.secret"] == both and requirements["Bot.secret"] == email
+    assert requirements["Account.secret"] == both  # a User may answer it
+    assert "User.name" not in requirements
 
 
 def test_all_of_joins_alternatives() -> None:

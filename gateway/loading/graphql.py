@@ -226,29 +226,39 @@ class GraphQLReader:
 
 def _merged(schema: GraphQLSchema | None, sdl: dict[str, Requirement], configured: dict[str, Requirement]) -> dict[str, Requirement]:
     """`Type.field` -> one requirement: the route's entry, the field's directives, its parent type's
-    and its return type's; an interface's field also needs what each implementation's does."""
+    and its return type's. A requirement on an interface's field holds for that field of every
+    type implementing the interface (an interface's too); and an interface's field also needs
+    what each implementation's field needs, since any of them may answer it."""
     if schema is None:
         return dict(configured)
     own: dict[str, Requirement] = {}
-    for name, named in schema.type_map.items():
-        if name.startswith("__") or not (is_object_type(named) or is_interface_type(named)):
-            continue
+    composite = [named for name, named in schema.type_map.items() if not name.startswith("__") and (is_object_type(named) or is_interface_type(named))]
+    for named in composite:
         for field_name, field in named.fields.items():  # type: ignore[union-attr]
-            key = f"{name}.{field_name}"
+            key = f"{named.name}.{field_name}"
             returned = field.type
             while hasattr(returned, "of_type"):
                 returned = returned.of_type
-            stated = [found for found in (configured.get(key), sdl.get(key), sdl.get(name), sdl.get(returned.name)) if found is not None]
+            stated = [found for found in (configured.get(key), sdl.get(key), sdl.get(named.name), sdl.get(returned.name)) if found is not None]
             if stated:
                 own[key] = all_of(stated)
-    merged = dict(own)
-    for name, named in schema.type_map.items():
+    # a type lists every interface it implements, those its interfaces implement included (the
+    # spec asks it, and the schema is validated): one step down is all of them
+    inherited: dict[str, Requirement] = {}
+    for named in composite:
+        for field_name in named.fields:  # type: ignore[union-attr]
+            key = f"{named.name}.{field_name}"
+            stated = [own[found] for found in (key, *(f"{each.name}.{field_name}" for each in named.interfaces)) if found in own]  # type: ignore[union-attr]
+            if stated:
+                inherited[key] = all_of(stated)
+    merged = dict(inherited)
+    for named in composite:
         if not is_interface_type(named):
             continue
         implementations = schema.get_possible_types(named)  # type: ignore[arg-type]
         for field_name in named.fields:  # type: ignore[union-attr]
-            key = f"{name}.{field_name}"
-            stated = [own[found] for found in (key, *(f"{each.name}.{field_name}" for each in implementations)) if found in own]
+            key = f"{named.name}.{field_name}"
+            stated = [inherited[found] for found in (key, *(f"{each.name}.{field_name}" for each in implementations)) if found in inherited]
             if stated:
                 merged[key] = all_of(stated)
     return merged
