@@ -446,3 +446,12 @@ def test_coverage_exits_2_on_an_unreadable_spec_config_or_table_name(tmp_path: P
     assert run("coverage", "--openapi", bad, "--api", "pets", "--config", config)[0] == 2
     assert run("coverage", "--openapi", PETSTORE, "--api", "nobody", "--config", config)[0] == 2
     assert run("coverage", "--openapi", PETSTORE, "--api", "pets", "--config", tmp_path / "absent.yaml")[0] == 2
+
+
+def test_a_ref_inside_example_data_is_data_not_a_reference(tmp_path: Path, run: Run) -> None:
+    example = {"$ref": "other.yaml#/looks/like/a/reference"}
+    spec = spec_file(tmp_path, {"/a": {"get": {"security": [{"oauth": ["read"]}], "responses": {"200": {
+        "description": "ok", "content": {"application/json": {"schema": {"type": "object", "example": example}, "example": example}}}}}}})
+    code, out, err = run("import", "openapi", spec)
+    assert code == 0, err
+    assert routes_of(out) == {"GET /v1/a": "read"}
