@@ -219,13 +219,19 @@ def _quoted(value: str) -> str:
     return _NOT_QUOTABLE.sub("?", value.replace('"', "'"))
 
 
-def www_authenticate(refusal: Refusal, realm: str) -> bytes:
+def www_authenticate(refusal: Refusal, realm: str, resource_metadata: str | None = None) -> bytes:
     params = [("realm", realm), *refusal.challenge_params()]
+    if resource_metadata is not None and refusal.status == 401:
+        # RFC 9728 5.1: where a client that was told to authenticate finds how to
+        params.append(("resource_metadata", resource_metadata))
     return ("Bearer " + ", ".join(f'{name}="{_quoted(value)}"' for name, value in params)).encode("ascii")
 
 
-def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, bytes]:
-    """The status, headers and JSON body that answer `refusal`."""
+def render(refusal: Refusal, realm: str = "gateway", resource_metadata: str | None = None) -> tuple[int, Headers, bytes]:
+    """The status, headers and JSON body that answer `refusal`.
+
+    :param resource_metadata: the URL of the table's RFC 9728 document, named by a 401's challenge.
+    """
     body = json.dumps(
         {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
     ).encode("utf-8")
@@ -235,7 +241,7 @@ def render(refusal: Refusal, realm: str = "gateway") -> tuple[int, Headers, byte
         (b"cache-control", b"no-store"),
     ]
     if refusal.challenge:
-        headers.append((b"www-authenticate", www_authenticate(refusal, realm)))
+        headers.append((b"www-authenticate", www_authenticate(refusal, realm, resource_metadata)))
     if refusal.close:
         headers.append((b"connection", b"close"))
     if isinstance(refusal, TemporarilyUnavailable):

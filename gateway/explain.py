@@ -86,6 +86,7 @@ async def explain(
     path, _, query = target.partition("?")
     lines = [f"request:   {method} {target}"]
     realm = "gateway"
+    metadata_url = None  # the table's RFC 9728 document, which its 401s name
     try:
         canonical = canonicalise(path.encode("utf-8"))
         lines.append(f"path:      {canonical.raw.decode('ascii', 'backslashreplace')}, segments {list(canonical.segments)}")
@@ -97,6 +98,7 @@ async def explain(
             raise
         compiled = match.route
         realm = compiled.api.name
+        metadata_url = compiled.api.resource.metadata_url if compiled.api.resource is not None else None
         lines.append(f"route:     {_named(compiled)}")
         _candidates(lines, method, candidates, compiled)
         if match.params:
@@ -120,7 +122,7 @@ async def explain(
         lines.append(f"decision:  forward to {upstream.origin.scheme}://{upstream.authority.decode()}{match.upstream_target.decode()}")
         return Explanation(lines, None)
     except Refusal as refusal:
-        status, headers, _ = render(refusal, realm)
+        status, headers, _ = render(refusal, realm, metadata_url)
         lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
         for name, value in headers:
             if name == b"www-authenticate":
