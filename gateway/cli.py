@@ -327,6 +327,32 @@ def _coverage(args: argparse.Namespace) -> int:
     return 0 if coverage.agree else 1
 
 
+def _access(args: argparse.Namespace) -> int:
+    from gateway.matrix import build, render
+    from gateway.reach import find_api, reach, render_reach
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        api = find_api(config, args.api)
+        if args.matrix:
+            if args.scopes is not None or args.token is not None or args.claims is not None:
+                raise UsageError("--matrix draws the table for every scope: it takes no --scopes, --token or --claims")
+            sys.stdout.write(render(build(api, config.tables.routes), args.format or "md"))
+            return 0
+        if args.format is not None:
+            raise UsageError("--format is for --matrix")
+        if args.scopes is None and args.token is None:
+            raise UsageError("give the caller with --scopes \"a b\" or --token JWT (or draw the table with --matrix)")
+        lines, found = asyncio.run(reach(config, api, Caller(args.scopes, parse_claims(args.claims), args.token)))
+    except UsageError as exc:
+        print(exc)
+        return 2
+    print(render_reach(api, lines, found))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -480,6 +506,24 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--scheme", metavar="NAME", help="read only this security scheme (default: as recorded by the import)")
     coverage.add_argument("--within", choices=["all", "any"], help="all or any (default: as recorded by the import, else all)")
     coverage.set_defaults(run=_coverage)
+
+    access = commands.add_parser(
+        "access", help="which routes of a table a caller reaches, or the table's routes against its scopes",
+        description="With --scopes or --token: every route of the table the caller reaches, one 'METHOD /template' line each, "
+        "then the others, each with what is missing indented below it, decided as the gateway decides (catalog rules, "
+        "implications, step-up, conditions, and the live grants of the configured store). With --matrix: the table's routes "
+        "against its catalog scopes (which scope, with what it implies, opens which route) as Markdown, CSV or one "
+        "self-contained HTML page. Exit 0; 2 when the config does not load or an option is wrong.",
+    )
+    with_config(access)
+    access.add_argument("--api", required=True, metavar="NAME", help="the route table's name")
+    caller = access.add_mutually_exclusive_group()
+    caller.add_argument("--scopes", metavar='"A B"', help="space-separated scopes the caller holds")
+    caller.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
+    access.add_argument("--claims", metavar="JSON", help="with --scopes: other claims of the caller, e.g. '{\"sub\": \"u1\"}'")
+    access.add_argument("--matrix", action="store_true", help="draw the table's routes against its scopes")
+    access.add_argument("--format", choices=["md", "csv", "html"], help="with --matrix: md (default), csv or html")
+    access.set_defaults(run=_access)
 
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",

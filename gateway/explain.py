@@ -106,8 +106,8 @@ async def explain(
         lines.append(f"requires:  {compiled.requirement.describe()}")
         grant = None
         if not is_public(match):
-            token = await _token(config, caller, query.encode("utf-8"), lines)
-            view, read_from = await _view(config, match, token)
+            token = await caller_token(config, caller, query.encode("utf-8"), lines)
+            view, read_from = await grant_view(config, match, token)
             evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
             _steps(lines, match, token, evaluation, read_from, config.tokens.grant_type_claim)
             if evaluation.refusal is not None:
@@ -155,7 +155,7 @@ def _no_route(lines: list[str], method: str, candidates: tuple[Route, ...]) -> N
         lines.append(f"candidate: {_named(candidate)}: another method")
 
 
-async def _token(config: Config, caller: Caller, query: bytes, lines: list[str]) -> VerifiedToken:
+async def caller_token(config: Config, caller: Caller, query: bytes, lines: list[str]) -> VerifiedToken:
     """The caller as the decision sees it, and where its scopes came from."""
     if caller.scopes is not None:
         scopes = frozenset(caller.scopes.split())
@@ -184,7 +184,7 @@ async def _token(config: Config, caller: Caller, query: bytes, lines: list[str])
     return verified
 
 
-async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tuple[GrantView | None, str | None]:
+async def grant_view(config: Config, match: RouteMatch, token: VerifiedToken) -> tuple[GrantView | None, str | None]:
     """The grant-store view the decision needs, read from the configured store, and whose it is
     in words (None, None: none is needed).
 
