@@ -158,8 +158,8 @@ th.scope { vertical-align: bottom; padding: 8px 4px; }
 th.scope span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; font-family: ui-monospace, monospace; font-weight: 500; }
 th.route { text-align: left; font-family: ui-monospace, monospace; font-weight: 500; white-space: nowrap; }
 td.requires { color: #57606a; max-width: 22em; }
-td.yes { background: #dafbe1; color: #1a7f37; text-align: center; font-weight: 700; }
-td.part { background: #fff8c5; color: #7d4e00; font-size: 11px; max-width: 9em; overflow-wrap: anywhere; }
+td.yes { background: #dafbe1; color: #1a7f37; text-align: center; font-weight: 700; font-size: 15px; }
+td.part { background: #fff8c5; color: #7d4e00; text-align: center; font-size: 12px; }
 td.none { background: #fff; }
 tr.open td.requires { color: #cf222e; }
 table.legend td.scope { font-family: ui-monospace, monospace; white-space: nowrap; }
@@ -179,7 +179,10 @@ def render_html(matrix: Matrix) -> str:
             if cell.opens:
                 cells.append(f'<td class="yes" data-scope="{e(scope)}" title="{e(scope)} opens {e(row.name)}">✓</td>')
             elif cell.needs:
-                cells.append(f'<td class="part" data-scope="{e(scope)}">+ {e(" and ".join(cell.needs))}</td>')
+                # the count keeps the column narrow; the route's `requires` names the group whole
+                needs = " and ".join(cell.needs)
+                cells.append(f'<td class="part" data-scope="{e(scope)}" data-needs="{e(needs)}" title="only together with {e(needs)}">'
+                             f'+{len(cell.needs)}</td>')
             else:
                 cells.append(f'<td class="none" data-scope="{e(scope)}"></td>')
         open_to_all = ' class="open"' if row.route.requirement.access is not Access.SCOPES else ""
@@ -201,7 +204,7 @@ def render_html(matrix: Matrix) -> str:
 <body>
 <h1>Access matrix: {e(api.name)}</h1>
 <p class="meta">{len(matrix.rows)} routes under {e(prefix)} against {len(matrix.scopes)} scopes, from {e(Path(api.source).name)}.
-✓: the scope alone, with what it implies, opens the route; + X: only together with X (an all-of group).</p>
+✓: the scope alone, with what it implies, opens the route; +N: only together with N other scopes (an all-of group, named under requires).</p>
 <table class="matrix">
 <thead><tr><th scope="col">route</th><th scope="col">requires</th>{head}</tr></thead>
 <tbody>
