@@ -3,7 +3,8 @@ request id, and the request's metrics. The app calls `begin` when a request arri
 `finish` once it is answered; with neither on, it calls nothing.
 
 The access line (docs/operating.md, "Logs") has `request_id`, `method`, `path` (without the query,
-which may hold secrets), `api`, `route`, `decision` (`forward` or `refuse`), `reason` (the
+which may hold secrets), `api`, `route`, `decision` (`forward`, `refuse`, or `metadata` for an RFC
+9728 document), `reason` (the
 refusal's `error`, or `forwarded`), `status`, `duration_ms`, `upstream_ms`, `subject` and `client`;
 never a credential. The request id is the client's `X-Request-Id` when it is one value of 1 to 200
 visible ASCII characters (any other would go into the log and to the upstream as the client wrote
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("gateway.access")
 
 REQUEST_ID = b"x-request-id"
+# the `reason` of a request answered with an RFC 9728 document: counted as decision "metadata"
+METADATA = "protected_resource_metadata"
 MAX_REQUEST_ID = 200
 # the methods counted under their own name; any other (no route has it) is counted as "other",
 # so a client cannot add label values at will
@@ -95,7 +98,7 @@ class Observer:
         route = match.route if match is not None else None
         api = route.api.name if route is not None else ""
         template = route.template if route is not None else ""
-        decision = "forward" if forwarded else "refuse"
+        decision = "forward" if forwarded else "metadata" if reason == METADATA else "refuse"
         if self.metrics is not None:
             if verified is not None:
                 cache: str | None = "hit" if verified.recalled else "miss"

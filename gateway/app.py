@@ -9,9 +9,9 @@ from typing import Protocol
 from urllib.parse import quote
 
 from gateway import head, metrics
-from gateway.access import REQUEST_ID, Observer, Record
+from gateway.access import METADATA, REQUEST_ID, Observer, Record
 from gateway.decision import RouteMatch, authorize, is_public, route, view_needed
-from gateway.errors import FramingInvalidRequest, Refusal, TemporarilyUnavailable, render
+from gateway.errors import FramingInvalidRequest, NotFound, Refusal, TemporarilyUnavailable, render
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import LiveGrants
 from gateway.grants.store import GrantView, StoreUnavailable
@@ -21,10 +21,13 @@ from gateway.keys import KeyStore
 from gateway.metrics import Recorder
 from gateway.runtime import Runtime
 from gateway.settings import Config
-from gateway.types import Receive, Scope, Send
+from gateway.tables import Api
+from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import UpstreamClient
 
 logger = logging.getLogger("gateway")
+# the methods an RFC 9728 document is served to; any other is answered as an unknown path (404)
+_READS = ("GET", "HEAD")
 
 
 def raw_path(scope: Scope) -> bytes:
@@ -79,7 +82,7 @@ class Gateway:
         method = scope["method"]
         path = raw_path(scope)
         query = scope.get("query_string", b"")
-        realm = "gateway"
+        api: Api | None = None
         observer = self.observer
         record = None
         if observer is not None:
@@ -91,7 +94,6 @@ class Gateway:
             authorization = head.check(scope, path, query, runtime.limits)
             match = route(runtime.tables, method, path, query)
             api = match.route.api
-            realm = api.name
             identity: Sequence[tuple[bytes, bytes]] = ()
             grant = None
             if not is_public(match):
@@ -118,15 +120,22 @@ class Gateway:
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
+            if match is None and isinstance(refusal, NotFound) and method in _READS:
+                # no route: an RFC 9728 document is looked up only now, costing routed requests nothing
+                document = runtime.tables.documents.get(path)
+                if document is not None:
+                    reason = METADATA
+                    await _document(send, document, method, record)
+                    return
             reason = refusal.error
-            await _answer(send, refusal, realm, record, _graphql(match))
+            await _answer(send, refusal, api, record, _graphql(match))
         except ClientDisconnected:
             # granian reports a malformed chunked body as a disconnect too: if the client is still
             # there, it gets a 400; if it is gone, the answer goes nowhere
             logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
             refusal = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
             reason = refusal.error
-            await _answer(send, refusal, realm, record, _graphql(match))
+            await _answer(send, refusal, api, record, _graphql(match))
         finally:
             if record is not None:
                 record.observer.finish(record, method, path, match, verified, forwarded, reason)
@@ -183,8 +192,26 @@ def _graphql(match: RouteMatch | None) -> bool:
     return match is not None and isinstance(match.route.exchange, GraphQLRoute)
 
 
-async def _answer(send: Send, refusal: Refusal, realm: str, record: Record | None = None, graphql: bool = False) -> None:
-    status, headers, body = render(refusal, realm, graphql=graphql)
+async def _answer(send: Send, refusal: Refusal, api: Api | None, record: Record | None = None, graphql: bool = False) -> None:
+    if api is None:
+        status, headers, body = render(refusal, graphql=graphql)
+    else:
+        metadata_url = api.resource.metadata_url if api.resource is not None else None
+        status, headers, body = render(refusal, api.name, metadata_url, graphql=graphql)
+    await _send(send, status, headers, body, record)
+
+
+async def _document(send: Send, document: bytes, method: str, record: Record | None) -> None:
+    """An RFC 9728 document: public, and readable by a browser client on another origin."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(document)).encode("ascii")),
+        (b"access-control-allow-origin", b"*"),
+    ]
+    await _send(send, 200, headers, b"" if method == "HEAD" else document, record)
+
+
+async def _send(send: Send, status: int, headers: Headers, body: bytes, record: Record | None) -> None:
     if record is not None:
         record.status = status
         if record.request_id is not None:

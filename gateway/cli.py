@@ -369,6 +369,100 @@ def _token_mint(args: argparse.Namespace) -> int:
     claims = {name: value for name, value in claims.items() if value is not None}
     claims.update(extra)
     print(key.sign(claims))
+
+def _import_openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi import (
+        ReadOptions,
+        SpecError,
+        default_name,
+        read_spec,
+        table_problems,
+        write_table,
+    )
+    from gateway.scopes import Access
+
+    options = ReadOptions(scheme=args.scheme, within=args.within, allow_public=args.allow_public)
+    try:
+        spec = read_spec(args.spec, options)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    public = [operation for operation in spec.enforceable if operation.requirement and operation.requirement.access is Access.PUBLIC]
+    if public and not args.allow_public:
+        print(f"{args.spec}: {len(public)} operations need no token; nothing written (give --allow-public to make them public routes):", file=sys.stderr)
+        for operation in public:
+            print(f"  {operation.key}  {operation.pointer}", file=sys.stderr)
+        return 1
+    upstream = args.upstream or spec.origin
+    if upstream is None:
+        print(f"{args.spec}#/servers/0/url: a relative server URL names no upstream: give --upstream", file=sys.stderr)
+        return 2
+    text = write_table(spec, name=args.name or default_name(spec), upstream=upstream, prefix=args.prefix, options=options)
+    problems = table_problems(text)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    for scope in spec.undeclared:
+        print(f"scope {scope}: named by a requirement, declared by no OAuth flow; added to the catalog", file=sys.stderr)
+    for operation in spec.not_enforceable:
+        print(f"left out (the gateway answers 404): {operation.key}  {operation.pointer}: {operation.reason}", file=sys.stderr)
+    sys.stdout.write(text)
+    return 0
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from gateway.coverage import compare
+    from gateway.openapi import ReadOptions, SpecError, read_spec
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    api = next((api for api in config.tables.apis if api.name == args.api), None)
+    if api is None:
+        print(f"no route table is named {args.api!r} (tables: {', '.join(api.name for api in config.tables.apis)})")
+        return 2
+    recorded = ReadOptions.from_table(Path(api.source).read_text(encoding="utf-8")) or ReadOptions()
+    options = ReadOptions(scheme=args.scheme or recorded.scheme, within=args.within or recorded.within)
+    try:
+        spec = read_spec(args.openapi, options)
+    except SpecError as exc:
+        print(exc)
+        return 2
+    coverage, lines = compare(spec, tuple(route for route in config.tables.routes if route.api is api), api.catalog)
+    if args.json:
+        print(json.dumps(coverage.as_json(), indent=2))
+    else:
+        print("\n".join(lines))
+        verdict = "OK: they agree" if coverage.agree else "DIFFERENT"
+        print(f"{verdict}: {len(spec.operations)} operations, {len(coverage.missing_routes)} without a route, "
+              f"{len(coverage.undocumented_routes)} routes undocumented, {len(coverage.differing)} differing, "
+              f"{len(coverage.not_enforceable)} not enforceable")
+    return 0 if coverage.agree else 1
+
+
+def _access(args: argparse.Namespace) -> int:
+    from gateway.matrix import build, render
+    from gateway.reach import find_api, reach, render_reach
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        api = find_api(config, args.api)
+        if args.matrix:
+            if args.scopes is not None or args.token is not None or args.claims is not None:
+                raise UsageError("--matrix draws the table for every scope: it takes no --scopes, --token or --claims")
+            sys.stdout.write(render(build(api, config.tables.routes), args.format or "md"))
+            return 0
+        if args.format is not None:
+            raise UsageError("--format is for --matrix")
+        if args.scopes is None and args.token is None:
+            raise UsageError("give the caller with --scopes \"a b\" or --token JWT (or draw the table with --matrix)")
+        lines, found = asyncio.run(reach(config, api, Caller(args.scopes, parse_claims(args.claims), args.token)))
+    except UsageError as exc:
+        print(exc)
+        return 2
+    print(render_reach(api, lines, found))
     return 0
 
 
@@ -524,6 +618,57 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--claims", metavar="JSON", help='other claims, added last, e.g. \'{"acr": "sms", "auth_time": 1700000000}\'')
     mint.add_argument("--ttl", type=float, default=3600, metavar="SECONDS", help="seconds until exp (default: 3600)")
     mint.set_defaults(run=_token_mint)
+
+    importing = commands.add_parser("import", help="write a route table from an API description", description="Route tables from what an API says of itself.")
+    import_commands = importing.add_subparsers(dest="import_command", required=True, metavar="FORMAT")
+    openapi = import_commands.add_parser(
+        "openapi", help="a route table from an OpenAPI 3.0 or 3.1 description",
+        description="Write the route table of SPEC (YAML or JSON, local $refs) to stdout: each operation's security as any-of "
+        "requirement objects, each all of its OAuth scopes; the catalog from every OAuth flow. Operations without OAuth2 or "
+        "OpenID Connect security are left out and listed on stderr. Exit 0; 1, writing nothing, when an operation needs no "
+        "token and --allow-public is not given; 2 when SPEC cannot be read.",
+    )
+    openapi.add_argument("spec", metavar="SPEC", help="the OpenAPI description, a YAML or JSON file")
+    openapi.add_argument("--name", metavar="N", help="the table's name (default: from info.title)")
+    openapi.add_argument("--upstream", metavar="URL", help="where allowed requests go (default: servers[0].url's origin)")
+    openapi.add_argument("--prefix", metavar="/p", help="a gateway path prefix, stripped before matching and forwarding")
+    openapi.add_argument("--scheme", metavar="NAME", help="read only this oauth2 or openIdConnect security scheme")
+    openapi.add_argument("--allow-public", action="store_true", help="operations with empty security become public routes")
+    openapi.add_argument("--within", choices=["all", "any"], default="all",
+                         help="the scopes of one requirement object: all together (default, as OpenAPI says) or any one")
+    openapi.set_defaults(run=_import_openapi)
+
+    coverage = commands.add_parser(
+        "coverage", help="compare a route table with the API's OpenAPI description",
+        description="Operations without a route, routes without an operation, and requirements that differ (as sets, the "
+        "catalog's implications applied), read with the options recorded in an imported table or given here. "
+        "Exit 0 when they agree, 1 when they differ, 2 when the config or SPEC cannot be read.",
+    )
+    with_config(coverage)
+    coverage.add_argument("--openapi", required=True, metavar="SPEC", help="the OpenAPI description, a YAML or JSON file")
+    coverage.add_argument("--api", required=True, metavar="NAME", help="the route table's name")
+    coverage.add_argument("--json", action="store_true", help="as JSON: missing_routes, undocumented_routes, differing, not_enforceable")
+    coverage.add_argument("--scheme", metavar="NAME", help="read only this security scheme (default: as recorded by the import)")
+    coverage.add_argument("--within", choices=["all", "any"], help="all or any (default: as recorded by the import, else all)")
+    coverage.set_defaults(run=_coverage)
+
+    access = commands.add_parser(
+        "access", help="which routes of a table a caller reaches, or the table's routes against its scopes",
+        description="With --scopes or --token: every route of the table the caller reaches, one 'METHOD /template' line each, "
+        "then the others, each with what is missing indented below it, decided as the gateway decides (catalog rules, "
+        "implications, step-up, conditions, and the live grants of the configured store). With --matrix: the table's routes "
+        "against its catalog scopes (which scope, with what it implies, opens which route) as Markdown, CSV or one "
+        "self-contained HTML page. Exit 0; 2 when the config does not load or an option is wrong.",
+    )
+    with_config(access)
+    access.add_argument("--api", required=True, metavar="NAME", help="the route table's name")
+    caller = access.add_mutually_exclusive_group()
+    caller.add_argument("--scopes", metavar='"A B"', help="space-separated scopes the caller holds")
+    caller.add_argument("--token", metavar="JWT", help="a bearer token to verify and use")
+    access.add_argument("--claims", metavar="JSON", help="with --scopes: other claims of the caller, e.g. '{\"sub\": \"u1\"}'")
+    access.add_argument("--matrix", action="store_true", help="draw the table's routes against its scopes")
+    access.add_argument("--format", choices=["md", "csv", "html"], help="with --matrix: md (default), csv or html")
+    access.set_defaults(run=_access)
 
     demo = commands.add_parser(
         "demo", help="run the gateway in front of a built-in demo upstream",

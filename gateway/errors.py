@@ -219,8 +219,11 @@ def _quoted(value: str) -> str:
     return _NOT_QUOTABLE.sub("?", value.replace('"', "'"))
 
 
-def www_authenticate(refusal: Refusal, realm: str) -> bytes:
+def www_authenticate(refusal: Refusal, realm: str, resource_metadata: str | None = None) -> bytes:
     params = [("realm", realm), *refusal.challenge_params()]
+    if resource_metadata is not None and refusal.status == 401:
+        # RFC 9728 5.1: where a client that was told to authenticate finds how to
+        params.append(("resource_metadata", resource_metadata))
     return ("Bearer " + ", ".join(f'{name}="{_quoted(value)}"' for name, value in params)).encode("ascii")
 
 
@@ -238,9 +241,15 @@ def _graphql_errors(refusal: Refusal) -> list[dict[str, object]]:
     return [{"message": refusal.description, "extensions": extensions}]
 
 
-def render(refusal: Refusal, realm: str = "gateway", *, graphql: bool = False) -> tuple[int, Headers, bytes]:
-    """The status, headers and JSON body that answer `refusal`; with `graphql` (a GraphQL route's
-    answer), the body is a GraphQL response too: it has `errors`, the refusal's own or one error."""
+def render(
+    refusal: Refusal, realm: str = "gateway", resource_metadata: str | None = None, *, graphql: bool = False,
+) -> tuple[int, Headers, bytes]:
+    """The status, headers and JSON body that answer `refusal`.
+
+    :param resource_metadata: the URL of the table's RFC 9728 document, named by a 401's challenge.
+    :param graphql: a GraphQL route's answer: the body is a GraphQL response too, with `errors`
+        (the refusal's own, or one error).
+    """
     members = {"error": refusal.error, "error_description": refusal.description, **refusal.extra}
     # a bare 404 is the no-route answer, which a hidden route and another user's resource give
     # too: it stays that answer, or its shape would tell that a GraphQL route is there
@@ -253,7 +262,7 @@ def render(refusal: Refusal, realm: str = "gateway", *, graphql: bool = False) -
         (b"cache-control", b"no-store"),
     ]
     if refusal.challenge:
-        headers.append((b"www-authenticate", www_authenticate(refusal, realm)))
+        headers.append((b"www-authenticate", www_authenticate(refusal, realm, resource_metadata)))
     if refusal.close:
         headers.append((b"connection", b"close"))
     if isinstance(refusal, TemporarilyUnavailable):

@@ -88,6 +88,7 @@ async def explain(
     path, _, query = target.partition("?")
     lines = [f"request:   {method} {target}"]
     realm = "gateway"
+    metadata_url = None  # the table's RFC 9728 document, which its 401s name
     try:
         canonical = canonicalise(path.encode("utf-8"))
         lines.append(f"path:      {canonical.raw.decode('ascii', 'backslashreplace')}, segments {list(canonical.segments)}")
@@ -99,6 +100,7 @@ async def explain(
             raise
         compiled = match.route
         realm = compiled.api.name
+        metadata_url = compiled.api.resource.metadata_url if compiled.api.resource is not None else None
         lines.append(f"route:     {_named(compiled)}")
         _candidates(lines, method, candidates, compiled)
         if match.params:
@@ -106,8 +108,8 @@ async def explain(
         lines.append(f"requires:  {compiled.requirement.describe()}")
         grant = None
         if not is_public(match):
-            token = await _token(config, caller, query.encode("utf-8"), lines)
-            view, read_from = await _view(config, match, token)
+            token = await caller_token(config, caller, query.encode("utf-8"), lines)
+            view, read_from = await grant_view(config, match, token)
             evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
             _steps(lines, match, token, evaluation, read_from, config.tokens.grant_type_claim)
             if evaluation.hidden is not None:
@@ -125,7 +127,7 @@ async def explain(
         lines.append(f"decision:  forward to {upstream.origin.scheme}://{upstream.authority.decode()}{match.upstream_target.decode()}")
         return Explanation(lines, None)
     except Refusal as refusal:
-        status, headers, _ = render(refusal, realm)
+        status, headers, _ = render(refusal, realm, metadata_url)
         lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
         for name, value in headers:
             if name == b"www-authenticate":
@@ -158,7 +160,7 @@ def _no_route(lines: list[str], method: str, candidates: tuple[Route, ...]) -> N
         lines.append(f"candidate: {_named(candidate)}: another method")
 
 
-async def _token(config: Config, caller: Caller, query: bytes, lines: list[str]) -> VerifiedToken:
+async def caller_token(config: Config, caller: Caller, query: bytes, lines: list[str]) -> VerifiedToken:
     """The caller as the decision sees it, and where its scopes came from."""
     if caller.scopes is not None:
         scopes = frozenset(caller.scopes.split())
@@ -187,7 +189,7 @@ async def _token(config: Config, caller: Caller, query: bytes, lines: list[str])
     return verified
 
 
-async def _view(config: Config, match: RouteMatch, token: VerifiedToken) -> tuple[GrantView | None, str | None]:
+async def grant_view(config: Config, match: RouteMatch, token: VerifiedToken) -> tuple[GrantView | None, str | None]:
     """The grant-store view the decision needs, read from the configured store, and whose it is
     in words (None, None: none is needed).
 

@@ -5,7 +5,7 @@ most specific template wins whatever order the tables were written in."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.scopes import Access
@@ -144,6 +144,8 @@ class Tables:
     apis: tuple[Api, ...]
     trie: RouteTrie
     routes: tuple[Route, ...]
+    # the RFC 9728 documents the tables publish, by raw request path; read only when no route matched
+    documents: Mapping[bytes, bytes] = field(default_factory=dict)
 
     def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
         """Every route whose template matches `segments`, any method, most specific first."""

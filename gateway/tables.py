@@ -32,6 +32,17 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtectedResource:
+    """A table's `resource:` block: its RFC 9728 metadata, worked out once at load time."""
+
+    identifier: str  # the resource identifier, as written: the document's `resource`
+    metadata_url: str  # on the identifier's origin: what every 401 of the table names
+    metadata_path: bytes  # where the proxy port serves the document
+    document: bytes  # the JSON document itself
+    source: str  # file:line of the identifier
+
+
+@dataclass(frozen=True, slots=True)
 class Api:
     """One route table: an upstream API behind a path prefix."""
 
@@ -40,6 +51,7 @@ class Api:
     prefix: tuple[str, ...]
     catalog: Catalog
     source: str  # the table's file
+    resource: ProtectedResource | None = None  # None: the table publishes no RFC 9728 metadata
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.loading.nodes import Invalid, Problem, Reader, line_of
+from gateway.loading.resource import ResourceBlock, read_resource, supported_scopes
+from gateway.paths import canonicalise
 from gateway.routing import METHODS, RouteTrie, Tables, parse_template, template_params
 from gateway.catalog import Catalog, is_parameterised, split_parameterised
 from gateway.exchange import Exchange
@@ -20,7 +22,7 @@ from gateway.loading.graphql import GraphQLReader
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
 
-_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes"}
+_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
@@ -65,7 +67,37 @@ def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: boo
             reader.problems.append(Problem(file, int(line), f"{route.method} {route.template}: same method and path as {clash.method} {clash.template} at {clash.source}"))
     if len(reader.problems) > before:
         return None
-    return Tables(apis=tuple(apis), trie=RouteTrie(entries), routes=tuple(route for _, route in entries))
+    trie = RouteTrie(entries)
+    documents = _documents(reader, apis, trie)
+    if len(reader.problems) > before:
+        return None
+    return Tables(apis=tuple(apis), trie=trie, routes=tuple(route for _, route in entries), documents=documents)
+
+
+def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, bytes]:
+    """The RFC 9728 documents by path; a path two tables publish at, or that a route of any
+    method matches, is a problem (the route would take the document's requests, or hide it)."""
+    documents: dict[bytes, bytes] = {}
+    publishers: dict[bytes, Api] = {}
+    for api in apis:
+        resource = api.resource
+        if resource is None:
+            continue
+        file, _, line = resource.source.rpartition(":")
+        path = resource.metadata_path
+        shown = path.decode("ascii")
+        if path in publishers:
+            other = publishers[path]
+            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is table {other.name}'s too ({other.resource.source})"))  # type: ignore[union-attr]
+            continue
+        routes = trie.candidates(canonicalise(path).segments)
+        if routes:
+            clash = routes[0]
+            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is matched by route {clash.method} {clash.template} of table {clash.api.name} ({clash.source})"))
+            continue
+        publishers[path] = api
+        documents[path] = resource.document
+    return documents
 
 
 class _TableReader:
@@ -105,6 +137,10 @@ class _TableReader:
         if "prefix" in entries:
             with reader.reporting():
                 prefix = self._prefix(entries["prefix"][1])
+        block: ResourceBlock | None = None
+        if "resource" in entries:
+            with reader.reporting():
+                block = read_resource(reader, entries["resource"][1])
         if "scopes" in entries or "rules" in entries:
             self.has_catalog = "scopes" in entries
             self.catalog = CatalogReader(reader, self.live).read(entries.get("scopes"), entries.get("rules"))
@@ -120,7 +156,11 @@ class _TableReader:
                     parsed.append((method, template, shape, requirement, user, hide, exchange, line_of(key_node)))
         if len(reader.problems) > before or upstream is None:
             return None
-        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file))
+        resource = None
+        if block is not None:
+            scopes = supported_scopes(self.catalog if self.has_catalog else None, (requirement for _, _, _, requirement, *_ in parsed))
+            resource = block.publish(name, str(self.file), scopes)
+        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource)
         routes = [
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
