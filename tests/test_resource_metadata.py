@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -103,15 +103,19 @@ async def test_only_the_document_s_own_path_serves_it(client: httpx.AsyncClient,
     assert answer.status_code == status and "resource" not in answer.json()
 
 
+# tokens are minted when the test runs, not when it is collected: a long run would outlive them
 @pytest.mark.parametrize(("method", "path", "token", "error"), [
-    ("GET", "/api/things", None, "unauthorized"),
-    ("GET", "/api/things", "not-a-token", "invalid_token"),
-    ("GET", "/api/things", mint("things:read", lifetime=-60), "invalid_token"),
-    ("POST", "/api/approvals", mint("approvals:write"), "insufficient_user_authentication"),
-    ("POST", "/api/approvals", mint("approvals:write", acr="sms", auth_time=int(time.time()) - 900), "insufficient_user_authentication"),
+    ("GET", "/api/things", lambda: None, "unauthorized"),
+    ("GET", "/api/things", lambda: "not-a-token", "invalid_token"),
+    ("GET", "/api/things", lambda: mint("things:read", lifetime=-60), "invalid_token"),
+    ("POST", "/api/approvals", lambda: mint("approvals:write"), "insufficient_user_authentication"),
+    ("POST", "/api/approvals", lambda: mint("approvals:write", acr="sms", auth_time=int(time.time()) - 900), "insufficient_user_authentication"),
 ])
-async def test_every_401_of_the_table_names_the_document(client: httpx.AsyncClient, method: str, path: str, token: str | None, error: str) -> None:
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+async def test_every_401_of_the_table_names_the_document(
+    client: httpx.AsyncClient, method: str, path: str, token: Callable[[], str | None], error: str,
+) -> None:
+    bearer = token()
+    headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
     answer = await client.request(method, path, headers=headers)
     assert (answer.status_code, answer.json()["error"]) == (401, error)
     assert answer.headers["www-authenticate"].startswith('Bearer realm="payments"')
@@ -119,13 +123,15 @@ async def test_every_401_of_the_table_names_the_document(client: httpx.AsyncClie
 
 
 @pytest.mark.parametrize(("method", "path", "token", "status", "error"), [
-    ("POST", "/api/things", mint("things:read"), 403, "forbidden"),
-    ("GET", "/api/banks/B2", mint("id:B1"), 403, "forbidden"),
-    ("GET", "/api/things", mint("things:read bogus"), 403, "invalid_scope"),
-    ("GET", "/api/things", "a b", 400, "invalid_request"),  # a challenge, but not a 401
+    ("POST", "/api/things", lambda: mint("things:read"), 403, "forbidden"),
+    ("GET", "/api/banks/B2", lambda: mint("id:B1"), 403, "forbidden"),
+    ("GET", "/api/things", lambda: mint("things:read bogus"), 403, "invalid_scope"),
+    ("GET", "/api/things", lambda: "a b", 400, "invalid_request"),  # a challenge, but not a 401
 ])
-async def test_no_other_answer_names_it(client: httpx.AsyncClient, method: str, path: str, token: str, status: int, error: str) -> None:
-    answer = await client.request(method, path, headers={"Authorization": f"Bearer {token}"})
+async def test_no_other_answer_names_it(
+    client: httpx.AsyncClient, method: str, path: str, token: Callable[[], str], status: int, error: str,
+) -> None:
+    answer = await client.request(method, path, headers={"Authorization": f"Bearer {token()}"})
     assert (answer.status_code, answer.json()["error"]) == (status, error)
     assert "www-authenticate" in answer.headers and "resource_metadata" not in answer.headers["www-authenticate"]
 
