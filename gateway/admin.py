@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from gateway import metrics
+from gateway import health, metrics
 from gateway.errors import InvalidRequest, NotFound, Refusal, TemporarilyUnavailable, Unauthorized, render
 from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import open_store
@@ -128,7 +128,7 @@ class AdminApp:
         raw = (scope.get("raw_path") or scope["path"].encode()).partition(b"?")[0]
         path = raw.decode("latin-1")
         if path == "/healthz" and method in ("GET", "HEAD"):
-            return 200, {"status": "serving"}
+            return 200, {"status": "serving", **health.answer(self._token.removeprefix(b"Bearer "), scope.get("query_string", b""))}
         if path == "/readyz" and method in ("GET", "HEAD"):
             return await self._ready()
         if path not in _OPEN_PATHS:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import RecordingUpstream, mint, write_config
+from tests.support import EndlessUpstream, RecordingUpstream, mint, write_config
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 
@@ -313,3 +314,148 @@ def test_the_package_exposes_the_same_check(tmp_path: Path) -> None:
     assert validate_scopes(config, "bank", ["transactions:read:in", "transactions:write"]).valid
     check = validate_scopes(config, "bank", "transactions:read:in transactions:read:all", grant_type="authorization_code")
     assert not check.valid and "at most one of" in check.problems[0]
+
+
+# --- stopping: every process `serve` started ends with it, and its folders go ----------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes `pid` started, and theirs, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found.update(children)
+        pending.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie has ended; only its parent has not asked yet
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    return False
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def serve_with_admin(tmp_path: Path, *options: str, upstream: str = "http://upstream.test") -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
+    """`gateway serve` with its admin listener, its temporary folders in a folder of the test's;
+    yields the process, the proxy's and the admin listener's ports, and that folder."""
+    from tests.test_admin import with_admin
+
+    port, admin_port = _free_port(), _free_port()
+    config = with_admin(write_config(tmp_path, upstream=upstream), admin_port)
+    (tmp_path / "admin.token").chmod(0o600)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(temporary)})
+    try:
+        _wait_for(port, process)
+        assert run("health", "--config", str(config)).returncode == 0
+        yield process, port, admin_port, temporary
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=15)
+
+
+@pytest.mark.parametrize(("server", "workers", "signum"), [
+    ("uvicorn", 1, signal.SIGTERM), ("uvicorn", 2, signal.SIGTERM), ("granian", 1, signal.SIGTERM), ("granian", 2, signal.SIGTERM),
+    ("uvicorn", 1, signal.SIGINT), ("granian", 2, signal.SIGINT),
+])
+def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: Path, server: str, workers: int, signum: int) -> None:
+    from gateway.server import SHUTDOWN_TIMEOUT
+
+    with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers)) as (process, port, admin_port, temporary):
+        children = descendants(process.pid)
+        assert len(children) >= 1 + (workers if server == "granian" or workers > 1 else 0), children  # the admin listener, the workers
+        assert {path.name.split("-")[1] for path in temporary.iterdir()} == {"run", "metrics"}
+        process.send_signal(signum)
+        started = time.monotonic()
+        output = process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)[0]
+        assert process.returncode == 0, output
+        deadline = started + SHUTDOWN_TIMEOUT + 2
+        while any(alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [child for child in children if alive(child)] == [], output
+        assert not answers(admin_port) and not answers(port)
+        assert list(temporary.iterdir()) == [], output
+
+
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("uvicorn", 2), ("granian", 2)])
+def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_timeout(tmp_path: Path, server: str, workers: int) -> None:
+    from gateway.server import SHUTDOWN_TIMEOUT
+
+    upstream = EndlessUpstream()
+    events: list[str] = []
+
+    def listen(port: int) -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.stream("POST", f"http://127.0.0.1:{port}/api/echo", timeout=30) as answer:
+            events.extend(answer.iter_lines())
+
+    try:
+        with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers), upstream=upstream.url) as (process, port, _, temporary):
+            children = descendants(process.pid)
+            listener = threading.Thread(target=listen, args=(port,))
+            listener.start()
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert events, "the stream did not start"
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)
+            while any(alive(child) for child in children) and time.monotonic() < started + SHUTDOWN_TIMEOUT + 2:
+                time.sleep(0.05)
+            assert [child for child in children if alive(child)] == []
+            assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 2
+            listener.join(5)
+            assert not listener.is_alive() and list(temporary.iterdir()) == []
+    finally:
+        upstream.close()
+
+
+def test_an_admin_listener_outlives_no_gateway_even_one_killed(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path) as (process, _, admin_port, _):
+        children = descendants(process.pid)
+        process.kill()  # no chance to stop anything
+        process.wait(10)
+        deadline = time.monotonic() + 5
+        while answers(admin_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not answers(admin_port)
+        while any(alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [child for child in children if alive(child)] == []
+
+
+def test_serve_refuses_an_admin_port_another_process_holds(tmp_path: Path) -> None:
+    from tests.test_admin import with_admin
+
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        admin_port = stranger.getsockname()[1]
+        config = with_admin(write_config(tmp_path), admin_port)
+        port = _free_port()
+        done = subprocess.run([GATEWAY, "serve", "--config", str(config), "--port", str(port)], capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0
+        assert f"the admin listener cannot listen on 127.0.0.1:{admin_port} (admin.listen): Address already in use" in done.stderr
+        assert not answers(port)

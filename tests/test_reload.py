@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ routes:
   GET /status: public
 """
 TABLE_A, TABLE_B = TABLE % ("A", "a"), TABLE % ("B", "b")
+ORDERS = (TABLE % ("O", "o")).replace("name: items", "name: orders").replace("prefix: /api", "prefix: /orders")
 BROKEN = "name: items\nupstream: ftp://nowhere\nprefix: /api\nroutes:\n  GET /items/{id}: read:a\n"
 
 
@@ -499,3 +501,82 @@ async def test_a_failure_only_the_serving_processes_see_reaches_post_reload_and_
     finally:
         server.close()
         identity.close()
+
+
+# --- what the watch follows: the names the config read, as given ----------------------------------
+
+
+def test_a_replaced_routes_folder_is_reloaded_and_so_is_every_later_edit_and_new_table(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = RecordingUpstream(echo)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    server, service = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    routes = tmp_path / "routes"
+    try:
+        assert get(base, "read:a").text == "/A/items/7"
+        # a whole new folder of tables swapped in by renames (`mv routes.new routes`): the watch
+        # set on the old folder sees nothing that happens in the new one unless it is set again
+        staged = tmp_path / "routes.new"
+        staged.mkdir()
+        (staged / "payments.yaml").write_text(TABLE_B.replace("{upstream}", upstream.url))
+        routes.rename(tmp_path / "routes.old")
+        staged.rename(routes)
+        shutil.rmtree(tmp_path / "routes.old")
+        # (a reload may also catch the moment between the renames, and fail: no folder)
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after the folder was replaced")
+
+        write_table(config, TABLE_A, upstream.url)  # an edit in the new folder
+        until(lambda: get(base, "read:a").text == "/A/items/7", what="the reload after an edit in the new folder")
+
+        (routes / "orders.yaml").write_text(ORDERS.replace("{upstream}", upstream.url))
+        orders = {"authorization": f"Bearer {mint('read:o', lifetime=600)}"}
+        until(lambda: httpx.get(f"{base}/orders/items/7", headers=orders).text == "/O/items/7",
+              what="the reload after a table was added to the new folder")
+
+        # the same again, with the replaced folder holding the same tables: nothing to reload,
+        # but the watch must move to the new folder all the same
+        staged.mkdir()
+        for table in routes.glob("*.yaml"):
+            shutil.copy(table, staged / table.name)
+        routes.rename(tmp_path / "routes.old")
+        staged.rename(routes)
+        shutil.rmtree(tmp_path / "routes.old")
+        time.sleep(0.5)  # the rename's event, and the watch set again
+        write_table(config, TABLE_B, upstream.url)
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after an edit in a folder replaced by the same tables")
+        assert service.reloader.last is not None and service.reloader.last.result == SUCCESS
+    finally:
+        upstream.close()
+
+
+def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a log file beside gateway.yaml: were each write noticed and logged, it would feed itself
+    config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
+    server, service = reloads(config)
+    time.sleep(1.5)  # the watch is set, and has looked for what changed before
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    unread = [tmp_path / "gateway.log", tmp_path / "routes" / "notes.txt", tmp_path / "routes" / ".payments.yaml.swp",
+              tmp_path / "routes" / "payments.yaml.bak", tmp_path / "routes.yaml"]
+    for number in range(20):
+        for file in unread:
+            with file.open("a") as log:
+                log.write(f"line {number}\n")
+        time.sleep(0.02)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "routes" / "old").mkdir()
+    (tmp_path / "routes" / "old" / "previous.yaml").write_text("not a table: its folder is not loaded")
+    time.sleep(2)  # longer than the watch groups events over
+    assert service.reloader.counts == {SUCCESS: 0, FAILURE: 0}
+    assert [record.getMessage() for record in caplog.records] == []
+    # a table added to the routes folder is a change, and the only one
+    (tmp_path / "routes" / "orders.yaml").write_text(ORDERS.replace("{upstream}", "http://upstream.test"))
+    until(lambda: service.reloader.counts[SUCCESS] == 1, what="the reload after a table was added")
+    assert sorted(api.name for api in service.app.runtime.tables.apis) == ["items", "orders"]
+    assert [record.getMessage() for record in caplog.records if record.name != "gateway.reload"] == []
+    time.sleep(1.5)
+    assert service.reloader.counts == {SUCCESS: 1, FAILURE: 0}
