@@ -354,14 +354,16 @@ def answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def serve_with_admin(tmp_path: Path, *options: str, upstream: str = "http://upstream.test") -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
+def serve_with_admin(
+    tmp_path: Path, *options: str, upstream: str = "http://upstream.test", token_mode: int = 0o600,
+) -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
     """`gateway serve` with its admin listener, its temporary folders in a folder of the test's;
     yields the process, the proxy's and the admin listener's ports, and that folder."""
     from tests.test_admin import with_admin
 
     port, admin_port = _free_port(), _free_port()
     config = with_admin(write_config(tmp_path, upstream=upstream), admin_port)
-    (tmp_path / "admin.token").chmod(0o600)
+    (tmp_path / "admin.token").chmod(token_mode)
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
@@ -459,3 +461,65 @@ def test_serve_refuses_an_admin_port_another_process_holds(tmp_path: Path) -> No
         assert done.returncode != 0
         assert f"the admin listener cannot listen on 127.0.0.1:{admin_port} (admin.listen): Address already in use" in done.stderr
         assert not answers(port)
+
+
+# --- secret files only their owner may read -------------------------------------------------------
+
+QUIET_TABLE = "name: items\nupstream: http://upstream.test\nroutes:\n  GET /items: public\n"
+OPEN_MODES = [(0o644, "its group and others"), (0o640, "its group"), (0o604, "others"), (0o620, "its group"), (0o606, "others")]
+
+
+def _line(config: Path, key: str) -> int:
+    return next(number for number, line in enumerate(config.read_text().splitlines(), 1) if line.strip().startswith(f"{key}:"))
+
+
+@pytest.mark.parametrize(("mode", "open_to"), OPEN_MODES, ids=[f"{mode:04o}" for mode, _ in OPEN_MODES])
+def test_check_warns_of_an_admin_token_file_others_may_read_and_strict_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, open_to: str,
+) -> None:
+    from gateway.cli import main
+    from tests.test_admin import with_admin
+
+    config = with_admin(write_config(tmp_path, table=QUIET_TABLE))
+    token = tmp_path / "admin.token"
+    token.chmod(mode)
+    warning = (f"{config}:{_line(config, 'token_file')}: warning: admin.token_file {token} is open to {open_to} (mode {mode:04o}): "
+               "only its owner may read it; chmod 600 it")
+    assert main(["check", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == warning
+    assert main(["check", "--strict", "--config", str(config)]) == 1
+    assert warning in capsys.readouterr().out.splitlines()
+    token.chmod(0o600)
+    assert main(["check", "--strict", "--config", str(config)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    token.chmod(0o400)
+    assert main(["check", "--strict", "--config", str(config)]) == 0
+
+
+def test_check_warns_of_an_hmac_secret_file_others_may_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    secret = tmp_path / "hs.secret"
+    secret.write_text("s" * 40)
+    config = write_config(tmp_path, table=QUIET_TABLE.replace("public", "authenticated"),
+                          tokens="tokens:\n  algorithms: [HS256]\n  hmac_secret_file: hs.secret\n")
+    secret.chmod(0o644)
+    assert main(["check", "--strict", "--config", str(config)]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{config}:{_line(config, 'hmac_secret_file')}: warning: tokens.hmac_secret_file {secret} is open to its group and others (mode 0644): only its owner may read it; chmod 600 it")
+    secret.chmod(0o600)
+    assert main(["check", "--strict", "--config", str(config)]) == 0
+
+
+def test_serve_warns_at_start_of_an_admin_token_file_others_may_read(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path, token_mode=0o640) as (process, *_):
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0]
+    config, token = tmp_path / "gateway.yaml", tmp_path / "admin.token"
+    assert (f"WARNING gateway.server: {config}:{_line(config, 'token_file')}: warning: admin.token_file {token} is open to its group "
+            "(mode 0640): only its owner may read it; chmod 600 it") in output.splitlines()
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    with serve_with_admin(quiet) as (process, *_):
+        process.send_signal(signal.SIGTERM)
+        assert "admin.token_file" not in process.communicate(timeout=20)[0]
