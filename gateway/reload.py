@@ -14,6 +14,13 @@ watch the same files. `gateway serve` keeps a run folder (`RunDir`) that ties th
     <run>/serving/<pid>.json  each serving process's status: the config it serves, its last
                               reload's outcome, its keys and grant store; /readyz reads them
 
+A process watches what its config read, by the names it was given and every symbolic link on
+the way (never resolved once and for all: a Kubernetes ConfigMap updates by swapping a link):
+gateway.yaml, each table, schema, manifest, key, CA and token file, and the folders whose *.yaml
+are all loaded, for a table added or removed. Nothing else in those folders counts: a log file
+written beside gateway.yaml changes nothing and logs nothing. A watch follows a folder, not its
+name, so it is set again after every reload and whenever a watched name names another folder.
+
 Requests in flight keep the runtime they started with (`Gateway.swap`); what only an old runtime
 used (an upstream pool whose settings changed, say) is closed once the last request holding that
 runtime has finished.
@@ -150,7 +157,7 @@ def fingerprint(files: Iterable[Path]) -> str:
 
 
 def links(path: Path) -> list[Path]:
-    """`path`, each symbolic link met on the way to what it names, and that file: the names whose
+    """`path` (absolute), each symbolic link met on the way to what it names, and that file: the names whose
     change changes what reading `path` reads. A Kubernetes ConfigMap mounts `gateway.yaml ->
     ..data/gateway.yaml` and `..data -> ..2026_12_07_...`, and updates every file at once by
     renaming a new `..data` link over the old one."""

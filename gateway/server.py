@@ -345,17 +345,20 @@ def run(
     for warning in secret_files(config):
         logger.warning("%s", warning)
     children: list[multiprocessing.process.BaseProcess] = []
-    run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
-    os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
-    metrics_directory = None
-    if config.admin.listen is not None and config.admin.metrics:
-        metrics_directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
-        os.environ[metrics.DIRECTORY_VARIABLE] = str(metrics_directory)
-    else:
-        os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
+    folders: list[Path] = []
     _stop_on_signals()
-    reload_on_sighup(run_dir)
     try:
+        run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
+        folders.append(run_dir.path)
+        os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
+        reload_on_sighup(run_dir)
+        metrics_directory = None
+        if config.admin.listen is not None and config.admin.metrics:
+            metrics_directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+            folders.append(metrics_directory)
+            os.environ[metrics.DIRECTORY_VARIABLE] = str(metrics_directory)
+        else:
+            os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
         listener = _admin_listener(config)
         if listener is not None:
             _start_admin(config_path, config, listener, log_level, log_format, run_dir, metrics_directory, children)
@@ -368,9 +371,8 @@ def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
         _stop(children)
-        shutil.rmtree(run_dir.path, ignore_errors=True)
-        if metrics_directory is not None:
-            shutil.rmtree(metrics_directory, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool, log_format: str) -> None:
