@@ -457,7 +457,7 @@ def test_serve_refuses_an_admin_port_another_process_holds(tmp_path: Path) -> No
         admin_port = stranger.getsockname()[1]
         config = with_admin(write_config(tmp_path), admin_port)
         port = _free_port()
-        done = subprocess.run([GATEWAY, "serve", "--config", str(config), "--port", str(port)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([GATEWAY, "serve", "--config", str(config), "--port", str(port)], capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode != 0
         assert f"the admin listener cannot listen on 127.0.0.1:{admin_port} (admin.listen): Address already in use" in done.stderr
         assert not answers(port)

@@ -567,7 +567,7 @@ def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
 ) -> None:
     # a log file beside gateway.yaml: were each write noticed and logged, it would feed itself
     config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
-    server, service = reloads(config)
+    _, service = reloads(config)
     time.sleep(SETTLED)
     caplog.set_level(logging.DEBUG)
     caplog.clear()
@@ -662,7 +662,7 @@ def test_an_edit_of_a_schema_or_manifest_a_table_names_reloads(
     sdl.write_text(SDL.read_text())
     manifest.write_text('{"format": "apollo-persisted-query-manifest", "version": 1, "operations": []}')
     assert {sdl, manifest} <= set(load_config(config).files)
-    server, service = reloads(config)
+    _, service = reloads(config)
     time.sleep(SETTLED)
     with sdl.open("a") as file:
         file.write("\n# reviewed\n")
