@@ -206,6 +206,9 @@ class WatchPlan:
             if chain[-1].is_dir():
                 tables.update((file, chain[-1]))
         folders = {name.parent for name in names} | tables
+        # a folder replaced whole (`mv conf.new conf`) shows only in its own parent
+        names |= folders
+        folders |= {folder.parent for folder in folders}
         trigger = None
         if run_dir is not None:
             trigger = run_dir.trigger.absolute()

@@ -562,6 +562,31 @@ def test_a_replaced_routes_folder_is_reloaded_and_so_is_every_later_edit_and_new
         upstream.close()
 
 
+def test_a_replaced_config_folder_is_reloaded_and_so_is_every_later_edit(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = RecordingUpstream(echo)
+    folder, staged = tmp_path / "conf", tmp_path / "conf.new"
+    folder.mkdir()
+    staged.mkdir()
+    config = write_config(folder, upstream=upstream.url, table=TABLE_A)
+    write_config(staged, upstream=upstream.url, table=TABLE_B)
+    server, _ = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert get(base, "read:a").text == "/A/items/7"
+        time.sleep(SETTLED)
+        folder.rename(tmp_path / "conf.old")
+        time.sleep(SETTLED)  # a reload in between fails (no gateway.yaml), and the watch is set again
+        staged.rename(folder)  # the old one is kept: no event from it
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after the config's folder was replaced")
+        time.sleep(SETTLED)
+        write_table(config, TABLE_A, upstream.url)
+        until(lambda: get(base, "read:a").text == "/A/items/7", what="the reload after an edit in the new folder")
+    finally:
+        upstream.close()
+
+
 def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
     tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]], caplog: pytest.LogCaptureFixture,
 ) -> None:
