@@ -4,7 +4,8 @@
     a catalog scope no route uses             neither required, nor implying or required by a scope that is
     an empty table                            every request under its prefix is refused (404)
     a secret file open to group or others     admin.token_file, tokens.hmac_secret_file (sshd and libpq
-                                              refuse such files; `gateway serve` logs it at start)
+                                              refuse such files; `gateway serve` logs it at start); as
+                                              libpq, a file root owns may be read by its group
 
 A scope a route uses that its table's catalog lacks is no warning: with a catalog, the loader
 refuses it (an error); without one, there is nothing to compare it with.
@@ -160,10 +161,14 @@ def secret_files(config: Config) -> list[Problem]:
             continue
         file = config.source.parent / entry[1].value
         try:
-            mode = file.stat().st_mode & 0o777
+            status = file.stat()
         except OSError:
             continue  # it loaded a moment ago; a file that went since is the next reload's problem
-        open_to = " and ".join(who for bits, who in ((0o070, "its group"), (0o007, "others")) if mode & bits)
+        mode = status.st_mode & 0o777
+        # as libpq: a file root owns may be read by its group (how Kubernetes' fsGroup grants a
+        # secret to the gateway's user); anything more is open
+        group = 0o030 if status.st_uid == 0 else 0o070
+        open_to = " and ".join(who for bits, who in ((group, "its group"), (0o007, "others")) if mode & bits)
         if open_to:
             found.append(Problem(str(config.source), entry[0], (
                 f"warning: {section}.{key} {file} is open to {open_to} (mode {mode:04o}): only its owner may read it; chmod 600 it"
