@@ -532,3 +532,13 @@ def test_serve_warns_at_start_of_an_admin_token_file_others_may_read(tmp_path: P
     with serve_with_admin(quiet) as (process, *_):
         process.send_signal(signal.SIGTERM)
         assert "admin.token_file" not in process.communicate(timeout=20)[0]
+
+
+def test_a_second_serve_of_the_same_config_is_refused_and_the_first_serves_on(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path) as (process, port, admin_port, temporary):
+        second = subprocess.run([GATEWAY, "serve", "--config", str(tmp_path / "gateway.yaml"), "--port", str(_free_port())],
+                                capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "TMPDIR": str(temporary)})
+        assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{admin_port} (admin.listen)" in second.stderr
+        assert len(list(temporary.iterdir())) == 2  # the first one's run and metrics folders, no more
+        assert run("health", "--config", str(tmp_path / "gateway.yaml")).returncode == 0
+        assert answers(port) and process.poll() is None
