@@ -60,7 +60,7 @@ SUCCESS, FAILURE = "success", "failure"
 _STATUS_INTERVAL = 1.0
 # the longest a watch sleeps without a change: its first wake after being set looks for what
 # changed while it was not yet set (milliseconds)
-_CATCH_UP_MS = 1000
+_CATCH_UP_MS = 500
 # as the kernel's bound on symbolic links in one path name
 _LINK_HOPS = 40
 

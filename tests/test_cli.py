@@ -401,7 +401,7 @@ def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: P
         assert list(temporary.iterdir()) == [], output
 
 
-@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("uvicorn", 2), ("granian", 2)])
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("granian", 2)])
 def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_timeout(tmp_path: Path, server: str, workers: int) -> None:
     from gateway.server import SHUTDOWN_TIMEOUT
 

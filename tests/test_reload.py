@@ -511,7 +511,7 @@ async def test_a_failure_only_the_serving_processes_see_reaches_post_reload_and_
 
 # seconds after which a watch (set again after a reload) has looked for what changed while it was
 # not set: a change made later is seen by the watch alone
-SETTLED = 1.5
+SETTLED = 0.8
 
 
 def test_a_replaced_routes_folder_is_reloaded_and_so_is_every_later_edit_and_new_table(
@@ -606,7 +606,7 @@ def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
     (tmp_path / "sub").mkdir()
     (tmp_path / "routes" / "old").mkdir()
     (tmp_path / "routes" / "old" / "previous.yaml").write_text("not a table: its folder is not loaded")
-    time.sleep(2)  # longer than the watch groups events over
+    time.sleep(1)  # longer than the watch waits for more events (50 ms)
     assert service.reloader.counts == {SUCCESS: 0, FAILURE: 0}
     assert [record.getMessage() for record in caplog.records] == []
     # a table added to the routes folder is a change, and the only one
@@ -614,7 +614,7 @@ def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
     until(lambda: service.reloader.counts[SUCCESS] == 1, what="the reload after a table was added")
     assert sorted(api.name for api in service.app.runtime.tables.apis) == ["items", "orders"]
     assert [record.getMessage() for record in caplog.records if record.name != "gateway.reload"] == []
-    time.sleep(1.5)
+    time.sleep(SETTLED)
     assert service.reloader.counts == {SUCCESS: 1, FAILURE: 0}
 
 
