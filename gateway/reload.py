@@ -327,7 +327,7 @@ class Reloader:
         name names another folder (`mv routes.new routes`, a ConfigMap's `..data` swapped)."""
         while True:
             self._rewatch.clear()
-            plan = WatchPlan.of(self._files(), self.run_dir)
+            plan = await asyncio.to_thread(WatchPlan.of, self._files(), self.run_dir)
             caught_up = False
             async for changes in watchfiles.awatch(
                 *plan.folders, watch_filter=plan.relevant, recursive=False, stop_event=self._rewatch, step=50,
