@@ -52,7 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import metrics
+from gateway import health, metrics
 from gateway.errors import (
     InvalidRequest,
     NotFound,
@@ -152,8 +152,9 @@ class AdminApp:
             if self.store is not None:
                 await self.store.aclose()
 
-    async def _healthz(self, _: Request) -> Response:
-        return _json(200, {"status": "serving"})
+    async def _healthz(self, request: Request) -> Response:
+        # with ?challenge=, a proof that this listener holds the config's admin token (gateway health)
+        return _json(200, {"status": "serving", **health.answer(self._token.removeprefix(b"Bearer "), request.scope.get("query_string", b""))})
 
     async def _readyz(self, _: Request) -> Response:
         return _json(*await self._ready())

@@ -15,14 +15,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
-from gateway import logs, times
+from gateway import health, logs, times
 from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store, read_view
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
-from gateway.loading import ConfigError, admin_address, load_config
-from gateway.loading.lint import warnings
+from gateway.loading import ConfigError, admin_settings, load_config
+from gateway.loading.lint import secret_files, warnings
 from gateway.server import SERVERS
 from gateway.settings import Config
 from gateway.signing import KEY_FILE_ALGORITHMS, init_key_files, read_key_file
@@ -76,7 +74,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    found = [*config.warnings, *map(str, warnings(config.tables))]
+    found = [*config.warnings, *secret_files(config), *map(str, warnings(config.tables))]
     for warning in found:
         print(warning)
     counts = {api.name: 0 for api in config.tables.apis}
@@ -284,23 +282,17 @@ def _test(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     try:
-        address = admin_address(args.config)
+        admin = admin_settings(args.config)
     except ConfigError as error:
         print(error)  # a line per problem, `file:line: message`
         return 1
-    if address is None:
+    if admin.listen is None or admin.token_file is None:
         print(f"{args.config} sets no admin.listen: the health check asks the admin listener's /healthz")
         return 1
-    # a listener on every address answers on loopback
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address[0], address[0])
-    url = f"http://{f'[{host}]' if ':' in host else host}:{address[1]}/healthz"
-    try:
-        answer = httpx.get(url, timeout=args.timeout, trust_env=False)
-    except httpx.HTTPError as exc:
-        print(f"{url}: {str(exc) or type(exc).__name__}")
-        return 1
-    print(f"{url}: {answer.status_code} {answer.text.strip()}")
-    return 0 if answer.status_code == 200 else 1
+    # the listener proves it holds the config's admin token: another process on its port is no gateway
+    healthy, line = health.ask(admin.listen, admin.token_file.read_text().strip(), args.timeout)
+    print(line)
+    return 0 if healthy else 1
 
 
 def _keys_init(args: argparse.Namespace) -> int:

@@ -14,6 +14,13 @@ watch the same files. `gateway serve` keeps a run folder (`RunDir`) that ties th
     <run>/serving/<pid>.json  each serving process's status: the config it serves, its last
                               reload's outcome, its keys and grant store; /readyz reads them
 
+A process watches what its config read, by the names it was given and every symbolic link on
+the way (never resolved once and for all: a Kubernetes ConfigMap updates by swapping a link):
+gateway.yaml, each table, schema, manifest, key, CA and token file, and the folders whose *.yaml
+are all loaded, for a table added or removed. Nothing else in those folders counts: a log file
+written beside gateway.yaml changes nothing and logs nothing. A watch follows a folder, not its
+name, so it is set again after every reload and whenever a watched name names another folder.
+
 Requests in flight keep the runtime they started with (`Gateway.swap`); what only an old runtime
 used (an upstream pool whose settings changed, say) is closed once the last request holding that
 runtime has finished.
@@ -28,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 import weakref
@@ -50,6 +58,11 @@ logger = logging.getLogger("gateway.reload")
 SUCCESS, FAILURE = "success", "failure"
 # how often a serving process rewrites its status when its keys or grant store changed
 _STATUS_INTERVAL = 1.0
+# the longest a watch sleeps without a change: its first wake after being set looks for what
+# changed while it was not yet set (milliseconds)
+_CATCH_UP_MS = 500
+# as the kernel's bound on symbolic links in one path name
+_LINK_HOPS = 40
 
 
 class ReloadFailed(Exception):
@@ -130,16 +143,90 @@ def reload_on_sighup(run_dir: RunDir) -> None:
 
 def fingerprint(files: Iterable[Path]) -> str:
     """A digest of what `files` hold now (a folder: its *.yaml files), to tell a change from an
-    event that changed nothing (an editor's swap file, a touch)."""
+    event that changed nothing (an editor's swap file, a touch). A table found in a folder and
+    then named by the config it loaded counts once: the reload it caused is not seen as a change."""
+    entries = {entry for path in files for entry in (path.glob("*.yaml") if path.is_dir() else (path,))}
     digest = hashlib.sha256()
-    for path in files:
-        for entry in sorted(path.glob("*.yaml")) if path.is_dir() else (path,):
-            digest.update(str(entry).encode() + b"\0")
-            try:
-                digest.update(entry.read_bytes())
-            except OSError:
-                digest.update(b"\0(unreadable)")
+    for entry in sorted(entries):
+        digest.update(str(entry).encode() + b"\0")
+        try:
+            digest.update(entry.read_bytes())
+        except OSError:
+            digest.update(b"\0(unreadable)")
     return digest.hexdigest()
+
+
+def links(path: Path) -> list[Path]:
+    """`path` (absolute), each symbolic link met on the way to what it names, and that file: the names whose
+    change changes what reading `path` reads. A Kubernetes ConfigMap mounts `gateway.yaml ->
+    ..data/gateway.yaml` and `..data -> ..2026_12_07_...`, and updates every file at once by
+    renaming a new `..data` link over the old one."""
+    found = [path]
+    current, pending, hops = Path(path.anchor), list(path.parts[1:]), 0
+    while pending:
+        name = pending.pop(0)
+        if name in (".", ""):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        candidate = current / name
+        if not candidate.is_symlink() or hops == _LINK_HOPS:
+            current = candidate
+            continue
+        hops += 1
+        found.append(candidate)
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current = Path(target.anchor)
+        pending[:0] = target.parts[1:] if target.is_absolute() else target.parts
+    found.append(current)
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class WatchPlan:
+    """What one watch of a config is set on: the folders holding what the config read, each by
+    identity (a folder replaced under the same name needs a new watch), and the names in them
+    that matter. Only those count: a log file written beside gateway.yaml is no change."""
+
+    folders: tuple[Path, ...]
+    identities: tuple[tuple[int, int], ...]
+    names: frozenset[Path]  # the files (and links to them) the config read
+    tables: frozenset[Path]  # folders whose *.yaml are all loaded: a table added or removed counts
+    trigger: Path | None  # the run folder's reload requests
+
+    @classmethod
+    def of(cls, files: Iterable[Path], run_dir: RunDir | None) -> WatchPlan:
+        names: set[Path] = set()
+        tables: set[Path] = set()
+        for file in files:
+            chain = links(file)
+            names.update(chain)
+            if chain[-1].is_dir():
+                tables.update((file, chain[-1]))
+        folders = {name.parent for name in names} | tables
+        # a folder replaced whole (`mv conf.new conf`) shows only in its own parent
+        names |= folders
+        folders |= {folder.parent for folder in folders}
+        trigger = None
+        if run_dir is not None:
+            trigger = run_dir.trigger.absolute()
+            folders.add(trigger.parent)
+        watched, identities = [], []
+        for folder in sorted(folders):
+            try:
+                found = folder.stat()
+            except OSError:
+                continue  # gone, or not yet there: its parent's watch sees it come
+            if stat.S_ISDIR(found.st_mode):
+                watched.append(folder)
+                identities.append((found.st_dev, found.st_ino))
+        return cls(tuple(watched), tuple(identities), frozenset(names), frozenset(tables), trigger)
+
+    def relevant(self, _: watchfiles.Change, name: str) -> bool:
+        path = Path(name)
+        return path in self.names or path == self.trigger or (path.parent in self.tables and path.suffix == ".yaml")
 
 
 class Reloader:
@@ -174,6 +261,10 @@ class Reloader:
         return tuple(dict.fromkeys(path.absolute() for path in (self.source, *self.config.files, *self._broken)))
 
     async def start(self) -> None:
+        # watchfiles logs a debug line for every event of a watched folder, wanted or not: a log
+        # file written beside gateway.yaml would log a line per line it writes. The reloader
+        # logs what it does itself.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def aclose(self) -> None:
@@ -187,8 +278,7 @@ class Reloader:
         """
         async with self._lock:
             self.handled = max(self.handled, request)
-            files_before = self._files()
-            self.fingerprint = await asyncio.to_thread(fingerprint, files_before)
+            self.fingerprint = await asyncio.to_thread(fingerprint, self._files())
             try:
                 # in a thread: a large table takes a while to compile, and requests go on meanwhile
                 config = await asyncio.to_thread(load_config, self.source)
@@ -213,8 +303,7 @@ class Reloader:
                 outcome = ReloadOutcome(SUCCESS, time.time())
             self.last = outcome
             self.counts[outcome.result] += 1
-            if self._files() != files_before:
-                self._rewatch.set()
+            self._rewatch.set()  # what the new config read may be other folders than those watched
         if outcome.result == SUCCESS:
             metrics.reload_succeeded()
         else:
@@ -226,35 +315,37 @@ class Reloader:
         while True:
             try:
                 await self._watch_files()
+            except FileNotFoundError:
+                await asyncio.sleep(0.1)  # a folder went away while the watch was being set: plan again
             except Exception:
                 logger.exception("watching the config's files failed; trying again in 5 s (SIGHUP and POST /reload still reload)")
                 await asyncio.sleep(5)
 
     async def _watch_files(self) -> None:
-        """Until the files to watch change (`_rewatch`): reload on each change, or request."""
+        """Reload on each change of what the config read, or request. A watch follows the folder
+        it was set on, not its name, so it is set again after every reload and whenever a watched
+        name names another folder (`mv routes.new routes`, a ConfigMap's `..data` swapped)."""
         while True:
             self._rewatch.clear()
-            files = self._files()
-            folders = {path for path in files if path.is_dir()}
-            watched = {path if path in folders else path.parent for path in files}
-            if self.run_dir is not None:
-                watched.add(self.run_dir.path.absolute())
-            watched = {path for path in watched if path.is_dir()}
-
-            def relevant(_: watchfiles.Change, name: str) -> bool:
-                path = Path(name)
-                # Kubernetes swaps a ConfigMap's files at once by renaming its `..data` link
-                return path in files or path.parent in folders or path.name.startswith("..") or (
-                    self.run_dir is not None and path == self.run_dir.trigger.absolute())
-
+            plan = await asyncio.to_thread(WatchPlan.of, self._files(), self.run_dir)
+            caught_up = False
             async for changes in watchfiles.awatch(
-                *watched, watch_filter=relevant, recursive=False, stop_event=self._rewatch, step=50, ignore_permission_denied=True,
+                *plan.folders, watch_filter=plan.relevant, recursive=False, stop_event=self._rewatch, step=50,
+                rust_timeout=_CATCH_UP_MS, yield_on_timeout=True, ignore_permission_denied=True,
             ):
+                if changes:
+                    logger.debug("changed: %s", ", ".join(sorted({name for _, name in changes})))
+                elif caught_up:
+                    continue
+                # the first wake after the watch was set also sees what changed before it was
+                caught_up = True
                 requested = self.run_dir.requested() if self.run_dir is not None else 0
                 if requested > self.handled:
                     await self.reload(requested)
                 elif await asyncio.to_thread(fingerprint, self._files()) != self.fingerprint:
                     await self.reload()
+                elif await asyncio.to_thread(WatchPlan.of, self._files(), self.run_dir) != plan:
+                    self._rewatch.set()
 
 
 class ServingReloads:

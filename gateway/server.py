@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -23,20 +25,25 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
-from gateway import logs, metrics
+from gateway import health, logs, metrics
 from gateway.app import Gateway
 from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, Refusal, VersionNotSupported, render
 from gateway.loading import ConfigError, load_config
+from gateway.loading.lint import secret_files
 from gateway.reload import RunDir, ServingReloads, reload_on_sighup
 from gateway.settings import Config
 from gateway.types import Receive, Scope, Send
 
 SERVERS = ("uvicorn", "granian")
+logger = logging.getLogger("gateway.server")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _RUN_DIR_VARIABLE = "GATEWAY_RUN_DIR"
 _ACCESS_LOG_VARIABLE = "GATEWAY_ACCESS_LOG"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
+# seconds the processes of `gateway serve` have to finish the requests in flight once it is told to
+# stop, before what is left is killed: well within the 10 s Docker waits before its SIGKILL
+SHUTDOWN_TIMEOUT = 5
 # seconds a connection may take to send a request head (granian's header_read_timeout; nginx's
 # client_header_timeout is 60): past it, the connection is closed
 HEAD_TIMEOUT = 30
@@ -169,6 +176,7 @@ def uvicorn_options() -> dict[str, object]:
         "server_header": False,
         "date_header": False,
         "http": BoundedHttpToolsProtocol,
+        "timeout_graceful_shutdown": SHUTDOWN_TIMEOUT,
     }
 
 
@@ -207,88 +215,168 @@ def create_app() -> Gateway | _FailedStart:
     return app
 
 
-def _serve_admin(config_path: str, log_level: str, log_format: str, run_dir: str, metrics_directory: str | None) -> None:
+def _serve_admin(
+    config_path: str, log_level: str, log_format: str, run_dir: str, metrics_directory: str | None, listener: socket.socket, parent: int,
+) -> None:
     """The admin listener's own process: one for the gateway, whatever its server and workers
     (the grant store is shared, so any process may write it; the serving processes' metrics are
-    files in `metrics_directory`)."""
+    files in `metrics_directory`). It serves on `listener`, bound by `gateway serve`, and stops
+    when `parent` (that process) is gone, however it went."""
     import uvicorn
 
     from gateway.admin import AdminApp
     from gateway.grants.live import open_store
 
     config = load_config(config_path)
-    assert config.admin.listen is not None and config.admin.token_file is not None
-    host, port = config.admin.listen
+    assert config.admin.token_file is not None
     store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
     token = config.admin.token_file.read_text().strip()
     # SIGHUP is for the serving processes' main one; this process follows the run folder
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     app = AdminApp(config, store, token, RunDir(Path(run_dir)), Path(metrics_directory) if metrics_directory else None)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False,
-                log_config=logs.logging_config(log_level, log_format), access_log=False)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False, access_log=False,
+        log_config=logs.logging_config(log_level, log_format), timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
+    ))
+    threading.Thread(target=_exit_with, args=(parent, server), name="gateway-parent-watch", daemon=True).start()
+    server.run(sockets=[listener])
 
 
-def _start_admin(
-    config_path: Path, config: Config, log_level: str, log_format: str, run_dir: RunDir, metrics_directory: Path | None,
-) -> multiprocessing.process.BaseProcess | None:
-    """The admin listener, started and listening; None when the config asks for none.
+def _exit_with(parent: int, server: Any) -> None:
+    # an admin listener whose gateway is gone (even by SIGKILL) would answer for a stranger
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    server.should_exit = True
 
-    :raises SystemExit: it could not start (its port taken, say).
+
+def _admin_listener(config: Config) -> socket.socket | None:
+    """The admin listener's socket, bound here so that a port another process holds stops the
+    gateway at once, never to be mistaken for its own listener; None when the config asks for none.
+
+    :raises SystemExit: the port cannot be had.
     """
     if config.admin.listen is None:
         return None
+    host, port = config.admin.listen
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+    try:
+        listener.bind((host, port))
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise SystemExit(f"the admin listener cannot listen on {host}:{port} (admin.listen): {exc.strerror or exc}") from None
+    return listener
+
+
+def _start_admin(
+    config_path: Path, config: Config, listener: socket.socket, log_level: str, log_format: str, run_dir: RunDir, metrics_directory: Path | None,
+    children: list[multiprocessing.process.BaseProcess],
+) -> None:
+    """The admin listener, started and answering, in `children`.
+
+    :raises SystemExit: it could not start.
+    """
+    assert config.admin.listen is not None and config.admin.token_file is not None
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve_admin, args=(str(config_path), log_level, log_format, str(run_dir.path), str(metrics_directory) if metrics_directory else None),
-        name="gateway-admin", daemon=True,
+        target=_serve_admin, name="gateway-admin", daemon=True,
+        args=(str(config_path), log_level, log_format, str(run_dir.path), str(metrics_directory) if metrics_directory else None, listener, os.getpid()),
     )
+    children.append(process)
     process.start()
+    listener.close()  # the child has its own copy
+    token = config.admin.token_file.read_text().strip()
     deadline = time.monotonic() + 20
     while True:
-        try:
-            socket.create_connection(config.admin.listen, timeout=0.2).close()
-            return process
-        except OSError:
-            if not process.is_alive() or time.monotonic() > deadline:
-                process.terminate()
-                raise SystemExit(f"the admin listener could not start on {config.admin.listen[0]}:{config.admin.listen[1]}") from None
-            time.sleep(0.05)
+        answering, reason = health.ask(config.admin.listen, token, 0.5)
+        if answering:
+            return
+        if not process.is_alive() or time.monotonic() > deadline:
+            raise SystemExit(f"the admin listener did not start: {reason}")
+        time.sleep(0.05)
+
+
+def _stop(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop `children` gracefully, and kill those still alive after `SHUTDOWN_TIMEOUT`."""
+    for child in children:
+        if child.is_alive():
+            child.terminate()
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0))
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached `gateway serve`: it stops, and stops every process it started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    # the handlers a server puts back when it has stopped: uvicorn then raises the signal again,
+    # which by default would end this process before it stopped its children
+    def stop(signum: int, _: Any) -> None:
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def run(
     config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
     log_format: str = "text",
 ) -> None:
-    """Serve until stopped, with the admin listener beside the proxy when the config has one. The
-    access log (the gateway's line per request, forwarded or refused) is off unless asked for,
-    as in Envoy. Metrics are counted when the admin listener is on and `admin.metrics` is not
-    false, in a folder private to this run, removed when it ends."""
+    """Serve until stopped (SIGTERM or SIGINT), with the admin listener beside the proxy when the
+    config has one. The access log (the gateway's line per request, forwarded or refused) is off
+    unless asked for, as in Envoy. Metrics are counted when the admin listener is on and
+    `admin.metrics` is not false, in a folder private to this run. Once stopped, every process it
+    started has ended (within `SHUTDOWN_TIMEOUT`, else killed) and its folders are removed.
+
+    The config is read from `config_path` as given, never with its links resolved: a Kubernetes
+    ConfigMap updates by swapping a link, and the files behind the old one are deleted.
+    """
+    config_path = config_path.absolute()
     config = load_config(config_path)
-    run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
-    os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
-    reload_on_sighup(run_dir)
-    metrics_directory = None
-    if config.admin.listen is not None and config.admin.metrics:
-        metrics_directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
-        os.environ[metrics.DIRECTORY_VARIABLE] = str(metrics_directory)
-    else:
-        os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
+    for warning in secret_files(config):
+        logger.warning("%s", warning)
+    children: list[multiprocessing.process.BaseProcess] = []
+    folders: list[Path] = []
+    _stop_on_signals()
     try:
-        admin = _start_admin(config_path, config, log_level, log_format, run_dir, metrics_directory)
-        try:
-            _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log,
-                   log_format=log_format)
-        finally:
-            if admin is not None:
-                admin.terminate()
-                admin.join(5)
+        run_dir = RunDir(Path(tempfile.mkdtemp(prefix="gateway-run-"))).create()
+        folders.append(run_dir.path)
+        os.environ[_RUN_DIR_VARIABLE] = str(run_dir.path)
+        reload_on_sighup(run_dir)
+        metrics_directory = None
+        if config.admin.listen is not None and config.admin.metrics:
+            metrics_directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+            folders.append(metrics_directory)
+            os.environ[metrics.DIRECTORY_VARIABLE] = str(metrics_directory)
+        else:
+            os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
+        listener = _admin_listener(config)
+        if listener is not None:
+            _start_admin(config_path, config, listener, log_level, log_format, run_dir, metrics_directory, children)
+        _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log,
+               log_format=log_format)
+    except Stopped as stopped:
+        logger.info("stopped by %s", stopped)
     finally:
-        shutil.rmtree(run_dir.path, ignore_errors=True)
-        if metrics_directory is not None:
-            shutil.rmtree(metrics_directory, ignore_errors=True)
+        # stopping is bounded (`_stop`): a second Ctrl-C must not leave half of it undone
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        _stop(children)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool, log_format: str) -> None:
-    os.environ[_CONFIG_VARIABLE] = str(config_path.resolve())
+    os.environ[_CONFIG_VARIABLE] = str(config_path)
     os.environ[_ACCESS_LOG_VARIABLE] = "1" if access_log else "0"
     # the server's own access log stays off: the gateway's line replaces it
     log_config = logs.logging_config(log_level, log_format, access_log)
@@ -298,7 +386,7 @@ def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int
 
         _granian()(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, log_level=log_level, log_access=False, log_dictconfig=log_config,
+            workers=workers, workers_kill_timeout=SHUTDOWN_TIMEOUT, log_level=log_level, log_access=False, log_dictconfig=log_config,
             # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
             # of 100 MiB grew RSS by 52 MiB with the default and by 9 MiB with this; it is also
             # granian's bound on a request head (431 above it)
@@ -325,10 +413,19 @@ def _request_reload() -> None:
 
 class _Workers(Multiprocess):
     """uvicorn's supervisor of several workers, with SIGHUP asking them to reload instead of
-    restarting them."""
+    restarting them, and a worker that does not stop within `SHUTDOWN_TIMEOUT` killed (uvicorn
+    waits for ever)."""
 
     def handle_hup(self) -> None:
         _request_reload()
+
+    def join_all(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        for worker in self.processes:
+            worker.process.join(max(deadline - time.monotonic(), 0))
+            if worker.process.is_alive():
+                worker.kill()
+                worker.join()
 
 
 def _granian() -> type:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from gateway.cli import main
-from tests.support import RecordingUpstream, mint, write_config
+from tests.support import EndlessUpstream, RecordingUpstream, mint, write_config
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 
@@ -349,3 +350,231 @@ def test_mint_with_no_config_here_and_none_given_is_no_problem(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     assert main(["keys", "init"]) == 0
     assert main(["token", "mint", "--key", "keys/private.pem"]) == 0
+
+
+# --- stopping: every process `serve` started ends with it, and its folders go ----------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes `pid` started, and theirs, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found.update(children)
+        pending.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie has ended; only its parent has not asked yet
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    return False
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def serve_with_admin(
+    tmp_path: Path, *options: str, upstream: str = "http://upstream.test", token_mode: int = 0o600,
+) -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
+    """`gateway serve` with its admin listener, its temporary folders in a folder of the test's;
+    yields the process, the proxy's and the admin listener's ports, and that folder."""
+    from tests.test_admin import with_admin
+
+    port, admin_port = _free_port(), _free_port()
+    config = with_admin(write_config(tmp_path, upstream=upstream), admin_port)
+    (tmp_path / "admin.token").chmod(token_mode)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(temporary)})
+    try:
+        _wait_for(port, process)
+        assert run("health", "--config", str(config)).returncode == 0
+        yield process, port, admin_port, temporary
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=15)
+
+
+@pytest.mark.parametrize(("server", "workers", "signum"), [
+    ("uvicorn", 1, signal.SIGTERM), ("uvicorn", 2, signal.SIGTERM), ("granian", 1, signal.SIGTERM), ("granian", 2, signal.SIGTERM),
+    ("uvicorn", 1, signal.SIGINT), ("granian", 2, signal.SIGINT),
+])
+def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: Path, server: str, workers: int, signum: int) -> None:
+    from gateway.server import SHUTDOWN_TIMEOUT
+
+    with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers)) as (process, port, admin_port, temporary):
+        children = descendants(process.pid)
+        assert len(children) >= 1 + (workers if server == "granian" or workers > 1 else 0), children  # the admin listener, the workers
+        assert {path.name.split("-")[1] for path in temporary.iterdir()} == {"run", "metrics"}
+        process.send_signal(signum)
+        started = time.monotonic()
+        output = process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)[0]
+        assert process.returncode == 0, output
+        deadline = started + SHUTDOWN_TIMEOUT + 2
+        while any(alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [child for child in children if alive(child)] == [], output
+        assert not answers(admin_port) and not answers(port)
+        assert list(temporary.iterdir()) == [], output
+
+
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("granian", 2)])
+def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_timeout(tmp_path: Path, server: str, workers: int) -> None:
+    from gateway.server import SHUTDOWN_TIMEOUT
+
+    upstream = EndlessUpstream()
+    events: list[str] = []
+
+    def listen(port: int) -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.stream("POST", f"http://127.0.0.1:{port}/api/echo", timeout=30) as answer:
+            events.extend(answer.iter_lines())
+
+    try:
+        with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers), upstream=upstream.url) as (process, port, _, temporary):
+            children = descendants(process.pid)
+            listener = threading.Thread(target=listen, args=(port,))
+            listener.start()
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert events, "the stream did not start"
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)
+            while any(alive(child) for child in children) and time.monotonic() < started + SHUTDOWN_TIMEOUT + 2:
+                time.sleep(0.05)
+            assert [child for child in children if alive(child)] == []
+            assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 2
+            listener.join(5)
+            assert not listener.is_alive() and list(temporary.iterdir()) == []
+    finally:
+        upstream.close()
+
+
+def test_an_admin_listener_outlives_no_gateway_even_one_killed(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path) as (process, _, admin_port, _):
+        children = descendants(process.pid)
+        process.kill()  # no chance to stop anything
+        process.wait(10)
+        deadline = time.monotonic() + 5
+        while answers(admin_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not answers(admin_port)
+        while any(alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [child for child in children if alive(child)] == []
+
+
+def test_serve_refuses_an_admin_port_another_process_holds(tmp_path: Path) -> None:
+    from tests.test_admin import with_admin
+
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        admin_port = stranger.getsockname()[1]
+        config = with_admin(write_config(tmp_path), admin_port)
+        port = _free_port()
+        done = subprocess.run([GATEWAY, "serve", "--config", str(config), "--port", str(port)], capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode != 0
+        assert f"the admin listener cannot listen on 127.0.0.1:{admin_port} (admin.listen): Address already in use" in done.stderr
+        assert not answers(port)
+
+
+# --- secret files only their owner may read -------------------------------------------------------
+
+QUIET_TABLE = "name: items\nupstream: http://upstream.test\nroutes:\n  GET /items: public\n"
+NOBODY = 65534
+# (mode, owner, what the warning says it is open to: None for no warning); as libpq, a file root
+# owns may be read by its group, as Kubernetes' fsGroup makes a secret readable by the gateway
+OPEN_MODES = [
+    (0o644, NOBODY, "its group and others"), (0o640, NOBODY, "its group"), (0o604, NOBODY, "others"), (0o620, NOBODY, "its group"),
+    (0o606, NOBODY, "others"), (0o440, NOBODY, "its group"), (0o600, NOBODY, None), (0o400, NOBODY, None),
+    (0o644, 0, "others"), (0o660, 0, "its group"), (0o640, 0, None), (0o440, 0, None), (0o600, 0, None),
+]
+
+
+def _line(config: Path, key: str) -> int:
+    return next(number for number, line in enumerate(config.read_text().splitlines(), 1) if line.strip().startswith(f"{key}:"))
+
+
+@pytest.mark.parametrize(("mode", "owner", "open_to"), OPEN_MODES, ids=[f"{mode:04o}-{owner}" for mode, owner, _ in OPEN_MODES])
+def test_check_warns_of_an_admin_token_file_others_may_read_and_strict_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, owner: int, open_to: str | None,
+) -> None:
+    from gateway.cli import main
+    from tests.test_admin import with_admin
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another owner needs root")
+    config = with_admin(write_config(tmp_path, table=QUIET_TABLE))
+    token = tmp_path / "admin.token"
+    os.chown(token, owner, -1)
+    token.chmod(mode)
+    if open_to is None:
+        assert main(["check", "--strict", "--config", str(config)]) == 0
+        assert "warning" not in capsys.readouterr().out
+        return
+    warning = (f"{config}:{_line(config, 'token_file')}: warning: admin.token_file {token} is open to {open_to} (mode {mode:04o}): "
+               "only its owner may read it; chmod 600 it")
+    assert main(["check", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == warning
+    assert main(["check", "--strict", "--config", str(config)]) == 1
+    assert warning in capsys.readouterr().out.splitlines()
+
+
+def test_check_warns_of_an_hmac_secret_file_others_may_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    secret = tmp_path / "hs.secret"
+    secret.write_text("s" * 40)
+    config = write_config(tmp_path, table=QUIET_TABLE.replace("public", "authenticated"),
+                          tokens="tokens:\n  algorithms: [HS256]\n  hmac_secret_file: hs.secret\n")
+    secret.chmod(0o604)
+    assert main(["check", "--strict", "--config", str(config)]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{config}:{_line(config, 'hmac_secret_file')}: warning: tokens.hmac_secret_file {secret} is open to others (mode 0604): only its owner may read it; chmod 600 it")
+    secret.chmod(0o600)
+    assert main(["check", "--strict", "--config", str(config)]) == 0
+
+
+def test_serve_warns_at_start_of_an_admin_token_file_others_may_read(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path, token_mode=0o604) as (process, *_):
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0]
+    config, token = tmp_path / "gateway.yaml", tmp_path / "admin.token"
+    assert (f"WARNING gateway.server: {config}:{_line(config, 'token_file')}: warning: admin.token_file {token} is open to others "
+            "(mode 0604): only its owner may read it; chmod 600 it") in output.splitlines()
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    with serve_with_admin(quiet) as (process, *_):
+        process.send_signal(signal.SIGTERM)
+        assert "admin.token_file" not in process.communicate(timeout=20)[0]
+
+
+def test_a_second_serve_of_the_same_config_is_refused_and_the_first_serves_on(tmp_path: Path) -> None:
+    with serve_with_admin(tmp_path) as (process, port, admin_port, temporary):
+        second = subprocess.run([GATEWAY, "serve", "--config", str(tmp_path / "gateway.yaml"), "--port", str(_free_port())],
+                                capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "TMPDIR": str(temporary)})
+        assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{admin_port} (admin.listen)" in second.stderr
+        assert len(list(temporary.iterdir())) == 2  # the first one's run and metrics folders, no more
+        assert run("health", "--config", str(tmp_path / "gateway.yaml")).returncode == 0
+        assert answers(port) and process.poll() is None

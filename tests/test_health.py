@@ -6,10 +6,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from tests.support import free_port, write_config
-from tests.test_admin import with_admin
+import httpx
+import pytest
+
+from gateway import health
+from gateway.admin import AdminApp
+from gateway.loading import load_config
+from tests.support import Received, RecordingUpstream, answer, free_port, write_config
+from tests.test_admin import TOKEN, with_admin
 from tests.test_cli import run, serving
 
 DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"
@@ -49,3 +58,55 @@ def test_the_image_health_check_asks_the_admin_listener_of_the_config_it_serves(
     assert check[:2] == ["gateway", "health"]
     assert check[check.index("--config") + 1] == serve[serve.index("--config") + 1], shlex.join(check)
     assert re.search(r"^EXPOSE .*\b9901\b", text, re.MULTILINE)
+
+
+def _proving(token: str) -> Callable[[Received, Any], None]:
+    """The answer of a listener that holds `token`: the proof of whatever it is asked."""
+    def respond(request: Received, connection: Any) -> None:
+        challenge = parse_qs(urlsplit(request.target.decode()).query).get("challenge", [""])[0]
+        answer(200, json.dumps({"status": "serving", "proof": health.proof(token.encode(), challenge)}).encode())(request, connection)
+    return respond
+
+
+STRANGERS = {
+    "a server answering as the gateway once did": answer(200, b'{"status": "serving"}'),
+    "one answering with a made-up proof": answer(200, json.dumps({"status": "serving", "proof": "0" * 64}).encode()),
+    "one answering with a proof that is no string": answer(200, b'{"status": "serving", "proof": ["x"]}'),
+    "one answering anything": answer(200, b"OK"),
+    "a gateway of another admin token": _proving("another-admin-token-0123456789"),
+}
+
+
+@pytest.mark.parametrize("behaviour", STRANGERS.values(), ids=STRANGERS.keys())
+def test_health_is_not_fooled_by_another_process_on_the_admin_port(tmp_path: Path, behaviour: Callable[[Received, Any], None]) -> None:
+    stranger = RecordingUpstream(behaviour)
+    try:
+        port = int(stranger.url.rpartition(":")[2])
+        config = with_admin(write_config(tmp_path), port)
+        done = run("health", "--config", str(config))
+        assert done.returncode == 1, done.stdout
+        assert f"http://127.0.0.1:{port}/healthz: " in done.stdout
+        # it was asked, and the question never carried the token
+        assert stranger.received and all(TOKEN.encode() not in request.target + b"".join(v for _, v in request.headers) for request in stranger.received)
+    finally:
+        stranger.close()
+    # the same answers, from a listener that holds the token, are healthy
+    holder = RecordingUpstream(_proving(TOKEN))
+    try:
+        with_admin(write_config(tmp_path), int(holder.url.rpartition(":")[2]))
+        assert run("health", "--config", str(tmp_path / "gateway.yaml")).returncode == 0
+    finally:
+        holder.close()
+
+
+@pytest.mark.anyio
+async def test_healthz_proves_the_admin_token_only_when_asked_and_never_shows_it(tmp_path: Path) -> None:
+    app = AdminApp(load_config(with_admin(write_config(tmp_path))), None, TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as client:
+        plain = await client.get("/healthz")
+        assert plain.status_code == 200 and plain.json() == {"status": "serving"}
+        asked = await client.get("/healthz", params={"challenge": "n0nce"})
+        assert asked.json() == {"status": "serving", "proof": health.proof(TOKEN.encode(), "n0nce")}
+        assert TOKEN not in asked.text
+        assert asked.json()["proof"] != health.proof(TOKEN.encode(), "other")
+        assert (await client.get("/healthz", params={"challenge": "x" * 129})).json() == {"status": "serving"}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,7 +30,7 @@ from gateway.app import Gateway
 from gateway.loading import load_config
 from gateway import metrics
 from gateway.reload import FAILURE, SUCCESS, RunDir, ServingReloads
-from tests.support import KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
+from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
 from tests.test_admin import AUTH, TOKEN, with_admin
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
@@ -42,6 +44,7 @@ routes:
   GET /status: public
 """
 TABLE_A, TABLE_B = TABLE % ("A", "a"), TABLE % ("B", "b")
+ORDERS = (TABLE % ("O", "o")).replace("name: items", "name: orders").replace("prefix: /api", "prefix: /orders")
 BROKEN = "name: items\nupstream: ftp://nowhere\nprefix: /api\nroutes:\n  GET /items/{id}: read:a\n"
 
 
@@ -126,10 +129,13 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(config: Path, *options: str) -> Iterator[Served]:
-    """`gateway serve` with its admin listener, as an operator runs it."""
-    port, admin_port = free_port(), free_port()
-    with_admin(config, admin_port)
+def serving(config: Path, *options: str, admin_port: int | None = None) -> Iterator[Served]:
+    """`gateway serve` with its admin listener, as an operator runs it (`admin_port`: the one the
+    config already names)."""
+    port = free_port()
+    if admin_port is None:
+        admin_port = free_port()
+        with_admin(config, admin_port)
     process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
@@ -499,3 +505,193 @@ async def test_a_failure_only_the_serving_processes_see_reaches_post_reload_and_
     finally:
         server.close()
         identity.close()
+
+
+# --- what the watch follows: the names the config read, as given ----------------------------------
+
+# seconds after which a watch (set again after a reload) has looked for what changed while it was
+# not set: a change made later is seen by the watch alone
+SETTLED = 0.8
+
+
+def test_a_replaced_routes_folder_is_reloaded_and_so_is_every_later_edit_and_new_table(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = RecordingUpstream(echo)
+    config = write_config(tmp_path, upstream=upstream.url, table=TABLE_A)
+    server, service = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    routes = tmp_path / "routes"
+    try:
+        assert get(base, "read:a").text == "/A/items/7"
+        # a whole new folder of tables swapped in by renames (`mv routes.new routes`): the watch
+        # set on the old folder sees nothing that happens in the new one unless it is set again
+        time.sleep(SETTLED)
+        staged = tmp_path / "routes.new"
+        staged.mkdir()
+        (staged / "payments.yaml").write_text(TABLE_B.replace("{upstream}", upstream.url))
+        routes.rename(tmp_path / "routes.old")
+        staged.rename(routes)
+        shutil.rmtree(tmp_path / "routes.old")
+        # (a reload may also catch the moment between the renames, and fail: no folder)
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after the folder was replaced")
+
+        time.sleep(SETTLED)
+        write_table(config, TABLE_A, upstream.url)  # an edit in the new folder
+        until(lambda: get(base, "read:a").text == "/A/items/7", what="the reload after an edit in the new folder")
+
+        time.sleep(SETTLED)
+        (routes / "orders.yaml").write_text(ORDERS.replace("{upstream}", upstream.url))
+        orders = {"authorization": f"Bearer {mint('read:o', lifetime=600)}"}
+        until(lambda: httpx.get(f"{base}/orders/items/7", headers=orders).text == "/O/items/7",
+              what="the reload after a table was added to the new folder")
+
+        # the same again, with the replaced folder holding the same tables: nothing to reload,
+        # but the watch must move to the new folder all the same
+        staged.mkdir()
+        for table in routes.glob("*.yaml"):
+            shutil.copy(table, staged / table.name)
+        routes.rename(tmp_path / "routes.old")
+        staged.rename(routes)
+        shutil.rmtree(tmp_path / "routes.old")
+        time.sleep(SETTLED)
+        write_table(config, TABLE_B, upstream.url)
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after an edit in a folder replaced by the same tables")
+        assert service.reloader.last is not None and service.reloader.last.result == SUCCESS
+    finally:
+        upstream.close()
+
+
+def test_a_replaced_config_folder_is_reloaded_and_so_is_every_later_edit(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    upstream = RecordingUpstream(echo)
+    folder, staged = tmp_path / "conf", tmp_path / "conf.new"
+    folder.mkdir()
+    staged.mkdir()
+    config = write_config(folder, upstream=upstream.url, table=TABLE_A)
+    write_config(staged, upstream=upstream.url, table=TABLE_B)
+    server, _ = reloads(config)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert get(base, "read:a").text == "/A/items/7"
+        time.sleep(SETTLED)
+        folder.rename(tmp_path / "conf.old")
+        time.sleep(SETTLED)  # a reload in between fails (no gateway.yaml), and the watch is set again
+        staged.rename(folder)  # the old one is kept: no event from it
+        until(lambda: get(base, "read:b").text == "/B/items/7", what="the reload after the config's folder was replaced")
+        time.sleep(SETTLED)
+        write_table(config, TABLE_A, upstream.url)
+        until(lambda: get(base, "read:a").text == "/A/items/7", what="the reload after an edit in the new folder")
+    finally:
+        upstream.close()
+
+
+def test_writes_to_a_file_the_config_never_read_neither_reload_nor_log(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a log file beside gateway.yaml: were each write noticed and logged, it would feed itself
+    config = write_config(tmp_path, table=TABLE_A.replace("{upstream}", "http://upstream.test"))
+    _, service = reloads(config)
+    time.sleep(SETTLED)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    unread = [tmp_path / "gateway.log", tmp_path / "routes" / "notes.txt", tmp_path / "routes" / ".payments.yaml.swp",
+              tmp_path / "routes" / "payments.yaml.bak", tmp_path / "routes.yaml"]
+    for number in range(20):
+        for file in unread:
+            with file.open("a") as log:
+                log.write(f"line {number}\n")
+        time.sleep(0.02)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "routes" / "old").mkdir()
+    (tmp_path / "routes" / "old" / "previous.yaml").write_text("not a table: its folder is not loaded")
+    time.sleep(1)  # longer than the watch waits for more events (50 ms)
+    assert service.reloader.counts == {SUCCESS: 0, FAILURE: 0}
+    assert [record.getMessage() for record in caplog.records] == []
+    # a table added to the routes folder is a change, and the only one
+    (tmp_path / "routes" / "orders.yaml").write_text(ORDERS.replace("{upstream}", "http://upstream.test"))
+    until(lambda: service.reloader.counts[SUCCESS] == 1, what="the reload after a table was added")
+    assert sorted(api.name for api in service.app.runtime.tables.apis) == ["items", "orders"]
+    assert [record.getMessage() for record in caplog.records if record.name != "gateway.reload"] == []
+    time.sleep(SETTLED)
+    assert service.reloader.counts == {SUCCESS: 1, FAILURE: 0}
+
+
+_VERSIONS = itertools.count()
+
+
+def publish(volume: Path, files: dict[str, str]) -> None:
+    """A ConfigMap's update as kubelet's atomic writer makes it: every file in a new folder named
+    after the time, a `..data_tmp` link to it renamed over `..data`, a link per file into `..data`
+    (made once), and the previous folder deleted."""
+    data = volume / "..data"
+    previous = volume / os.readlink(data) if data.is_symlink() else None
+    version = volume / time.strftime(f"..%Y_%m_%d_%H_%M_%S.{next(_VERSIONS)}")
+    version.mkdir()
+    for name, text in files.items():
+        (version / name).write_text(text)
+    (volume / "..data_tmp").symlink_to(version.name)
+    os.replace(volume / "..data_tmp", data)
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+    if previous is not None:
+        shutil.rmtree(previous)
+
+
+def test_a_configmap_update_is_reloaded_from_the_names_given_and_so_is_every_later_one(tmp_path: Path) -> None:
+    upstream = RecordingUpstream(echo)
+    volume = tmp_path / "config"
+    volume.mkdir()
+    admin_port = free_port()
+
+    def files(table: str) -> dict[str, str]:
+        return {
+            "gateway.yaml": f"routes: payments.yaml\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
+                            f"admin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: admin.token\n",
+            "payments.yaml": table.replace("{upstream}", upstream.url),
+            "admin.token": TOKEN,
+        }
+
+    publish(volume, files(TABLE_A))
+    config = volume / "gateway.yaml"
+    try:
+        with serving(config, admin_port=admin_port) as served:
+            assert get(served.base, "read:a").text == "/A/items/7"
+            assert [process["config"] for process in served.processes()] == [str(config)]  # not the version folder
+            first = volume / os.readlink(volume / "..data")
+            time.sleep(SETTLED)
+            publish(volume, files(TABLE_B))
+            assert not first.exists()
+            until(lambda: get(served.base, "read:b").text == "/B/items/7", what="the reload after the ConfigMap's update")
+            # the next update: the folder first read from is gone, the one after it too
+            time.sleep(SETTLED)
+            publish(volume, files(TABLE_A))
+            until(lambda: get(served.base, "read:a").text == "/A/items/7", what="the reload after the next update")
+            done = httpx.post(f"{served.admin}/reload", headers=AUTH, timeout=40)
+            assert done.status_code == 200 and done.json()["result"] == SUCCESS, done.text
+            assert [process["reload"]["result"] for process in served.processes()] == [SUCCESS]
+    finally:
+        upstream.close()
+
+
+def test_an_edit_of_a_schema_or_manifest_a_table_names_reloads(
+    tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
+) -> None:
+    from tests.graphql_support import SDL
+    from tests.test_graphql_loading import HEAD, ROUTE
+
+    config = write_config(tmp_path, table=HEAD + ROUTE + "      schema: bank.graphql\n      persisted_queries: persisted.json\n")
+    sdl, manifest = tmp_path / "routes" / "bank.graphql", tmp_path / "routes" / "persisted.json"
+    sdl.write_text(SDL.read_text())
+    manifest.write_text('{"format": "apollo-persisted-query-manifest", "version": 1, "operations": []}')
+    assert {sdl, manifest} <= set(load_config(config).files)
+    _, service = reloads(config)
+    time.sleep(SETTLED)
+    with sdl.open("a") as file:
+        file.write("\n# reviewed\n")
+    until(lambda: service.reloader.counts[SUCCESS] == 1, what="the reload after the schema changed")
+    time.sleep(SETTLED)
+    manifest.write_text('{"format": "apollo-persisted-query-manifest", "version": 1, "operations": [] }')
+    until(lambda: service.reloader.counts[SUCCESS] == 2, what="the reload after the manifest changed")

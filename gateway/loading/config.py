@@ -277,19 +277,21 @@ def _grants(reader: Reader, node: yaml.Node, base: Path) -> GrantSettings:
     return GrantSettings(**settings)
 
 
-def admin_address(path: str | Path) -> tuple[str, int] | None:
-    """The admin listener's (host, port), read alone from gateway.yaml (None: it has none), so
-    that a table or key file being edited does not make a serving gateway look unhealthy.
+def admin_settings(path: str | Path) -> AdminSettings:
+    """The admin section alone, read from gateway.yaml (its listener's address and token file),
+    so that a table or key file being edited does not make a serving gateway look unhealthy.
 
-    :raises ConfigError: gateway.yaml, or its admin.listen, does not read.
+    :raises ConfigError: gateway.yaml, or its admin section, does not read.
     """
+    path = Path(path)
     reader = Reader()
-    root = reader.parse(Path(path))
+    root = reader.parse(path)
     try:
         if root is not None:
             admin = reader.mapping(root, "gateway config").get("admin")
-            listen = reader.mapping(admin[1], "admin").get("listen") if admin is not None else None
-            return _listen(reader, listen[1]) if listen is not None else None
+            settings = _admin(reader, admin[1], path.parent) if admin is not None else AdminSettings()
+            if not reader.problems:
+                return settings
     except Invalid as invalid:
         reader.report(invalid.node, invalid.message)
     raise ConfigError(reader.problems)

@@ -102,6 +102,7 @@ class GraphQLReader:
     def _schema(self, key: str, node: yaml.Node) -> tuple[GraphQLSchema, dict[str, Requirement]]:
         """The SDL built, and the requirements its directives state, per `Type.field` or `Type`."""
         file = self.table.parent / self.reader.string(node, f"{key}: graphql.schema")
+        self.reader.read.append(file)  # an edit reloads the config
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -203,6 +204,7 @@ class GraphQLReader:
         """An Apollo persisted-query manifest: id (the SHA-256 of the body) -> (body, name)."""
         what = f"{key}: graphql.persisted_queries"
         file = self.table.parent / self.reader.string(node, what)
+        self.reader.read.append(file)  # an edit reloads the config
         try:
             manifest = json.loads(file.read_bytes())
         except (OSError, ValueError) as exc:

@@ -7,6 +7,9 @@
                                               what its tokens carry: it reaches the upstream and the
                                               authorization server's `scopes validate`)
     an empty table                            every request under its prefix is refused (404)
+    a secret file open to group or others     admin.token_file, tokens.hmac_secret_file (sshd and libpq
+                                              refuse such files; `gateway serve` logs it at start); as
+                                              libpq, a file root owns may be read by its group
 
 A literal route beside a parameter one (`GET /users/me` beside `GET /users/{id}`) is no warning:
 the literal one takes its own path, the parameter one every other, both as written. Nor are two
@@ -28,9 +31,12 @@ import yaml
 from gateway.catalog import Catalog
 from gateway.loading.nodes import Problem, line_of
 from gateway.routing import Tables, parse_template
+from gateway.settings import Config
 from gateway.tables import Api, Route
 
 Shape = tuple[str | None, ...]
+# the keys of gateway.yaml naming a file whose reader can act as the gateway or its operator
+_SECRET_FILES = (("admin", "token_file"), ("tokens", "hmac_secret_file"))
 
 
 def warnings(tables: Tables) -> list[Problem]:
@@ -159,7 +165,37 @@ def _catalog_lines(api: Api) -> dict[str, int]:
 def _top_level(api: Api) -> dict[str, tuple[int, yaml.Node]]:
     """The line and value of each top-level key of `api`'s file."""
     # the file loaded a moment ago; only lines are read from it again
-    root = yaml.compose(Path(api.source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    if not isinstance(root, yaml.MappingNode):
+    return _mapping(yaml.compose(Path(api.source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
+
+
+def secret_files(config: Config) -> list[Problem]:
+    """A warning for each secret file that others than its owner may read or write: whoever reads
+    the admin token can change every grant, and whoever reads an HMAC secret can mint tokens."""
+    found = []
+    sections = _mapping(yaml.compose(config.source.read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
+    for section, key in _SECRET_FILES:
+        entry = _mapping(sections.get(section, (1, None))[1]).get(key)
+        if entry is None or not isinstance(entry[1], yaml.ScalarNode):
+            continue
+        file = config.source.parent / entry[1].value
+        try:
+            status = file.stat()
+        except OSError:
+            continue  # it loaded a moment ago; a file that went since is the next reload's problem
+        mode = status.st_mode & 0o777
+        # as libpq: a file root owns may be read by its group (how Kubernetes' fsGroup grants a
+        # secret to the gateway's user); anything more is open
+        group = 0o030 if status.st_uid == 0 else 0o070
+        open_to = " and ".join(who for bits, who in ((group, "its group"), (0o007, "others")) if mode & bits)
+        if open_to:
+            found.append(Problem(str(config.source), entry[0], (
+                f"warning: {section}.{key} {file} is open to {open_to} (mode {mode:04o}): only its owner may read it; chmod 600 it"
+            )))
+    return found
+
+
+def _mapping(node: yaml.Node | None) -> dict[str, tuple[int, yaml.Node]]:
+    """The line and value of each key of a mapping node (none for anything else)."""
+    if not isinstance(node, yaml.MappingNode):
         return {}
-    return {key.value: (line_of(key), value) for key, value in root.value if isinstance(key, yaml.ScalarNode)}
+    return {key.value: (line_of(key), value) for key, value in node.value if isinstance(key, yaml.ScalarNode)}
