@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.routing import Tables
 from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
-from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
 from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
+from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
 from gateway.paths import CanonicalPath, canonicalise
-from gateway.tables import Route
+from gateway.routing import Tables
 from gateway.scopes import Access, Requirement
+from gateway.tables import Route
 from gateway.tokens import VerifiedToken
 
 

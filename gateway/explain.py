@@ -168,7 +168,7 @@ async def caller_token(config: Config, caller: Caller, query: bytes, lines: list
             if not SCOPE_TOKEN.fullmatch(scope):
                 raise UsageError(f"--scopes: {scope!r} is not a valid scope")
         claims = caller.claims
-        lines.append(f"token:     given with --scopes (signature and claims not checked)"
+        lines.append("token:     given with --scopes (signature and claims not checked)"
                      + (f"; claims {json.dumps(claims, sort_keys=True)}" if claims else ""))
         lines.append(f"scopes:    {' '.join(sorted(scopes)) or '(none)'}, from --scopes {caller.scopes!r}")
         subject, client = claims.get("sub"), claims.get("client_id", claims.get("azp"))

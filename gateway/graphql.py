@@ -30,12 +30,34 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 from graphql import (
-    DocumentNode, FieldNode, FragmentDefinitionNode, FragmentSpreadNode, GraphQLError, GraphQLSchema, InlineFragmentNode,
-    OperationDefinitionNode, OperationType, SelectionSetNode, VariableNode, build_schema, parse, print_ast, specified_rules, validate,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    VariableNode,
+    build_schema,
+    parse,
+    print_ast,
+    specified_rules,
+    validate,
 )
 from graphql.validation import (
-    ExecutableDefinitionsRule, KnownFragmentNamesRule, LoneAnonymousOperationRule, NoFragmentCyclesRule, NoUndefinedVariablesRule,
-    NoUnusedFragmentsRule, NoUnusedVariablesRule, UniqueArgumentNamesRule, UniqueFragmentNamesRule, UniqueOperationNamesRule,
+    ExecutableDefinitionsRule,
+    KnownFragmentNamesRule,
+    LoneAnonymousOperationRule,
+    NoFragmentCyclesRule,
+    NoUndefinedVariablesRule,
+    NoUnusedFragmentsRule,
+    NoUnusedVariablesRule,
+    UniqueArgumentNamesRule,
+    UniqueFragmentNamesRule,
+    UniqueOperationNamesRule,
     UniqueVariableNamesRule,
 )
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from gateway.access import Record
-from gateway.settings import ProxySettings
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
 from gateway.exchange import ClientDisconnected, Forwarding
 from gateway.identity import NAMES as IDENTITY
+from gateway.settings import ProxySettings
 from gateway.tables import Api
 from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout

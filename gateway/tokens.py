@@ -25,11 +25,11 @@ from typing import Any
 
 import jwt
 
-from gateway.settings import TokenSettings
+from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore
-from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.scopes import SCOPE_TOKEN
+from gateway.settings import TokenSettings
 
 # pyjwt's signature algorithms, by JOSE name; the config's allow-list says which may be used
 _ALGORITHMS = jwt.algorithms.get_default_algorithms()

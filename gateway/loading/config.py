@@ -10,15 +10,31 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.grants.live import open_store
 from gateway.keys import (
-    ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, VerificationKey, jwks_document, key_from_pem, key_from_secret, keys_from_jwks, unusable, usable_keys,
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    VerificationKey,
+    jwks_document,
+    key_from_pem,
+    key_from_secret,
+    keys_from_jwks,
+    unusable,
+    usable_keys,
 )
 from gateway.loading.nodes import ConfigError, Invalid, Problem, Reader, line_of
 from gateway.loading.tables import load_tables
 from gateway.routing import Tables
-from gateway.grants.live import open_store
 from gateway.settings import (
-    DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, AdminSettings, Config, GrantSettings, LimitSettings, ProxySettings, TokenSettings,
+    DEFAULT_ALGORITHMS,
+    UNDERSCORE_HEADERS,
+    UPSTREAM_CLIENTS,
+    AdminSettings,
+    Config,
+    GrantSettings,
+    LimitSettings,
+    ProxySettings,
+    TokenSettings,
 )
 
 _GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants", "admin"}

@@ -13,14 +13,23 @@ from typing import Any
 
 import yaml
 from graphql import (
-    DirectiveDefinitionNode, DocumentNode, GraphQLError, GraphQLSchema, OperationType, build_ast_schema, is_interface_type, is_object_type,
-    parse, validate_schema, value_from_ast_untyped,
+    DirectiveDefinitionNode,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationType,
+    build_ast_schema,
+    is_interface_type,
+    is_object_type,
+    parse,
+    validate_schema,
+    value_from_ast_untyped,
 )
 from graphql.validation.validate import validate_sdl
 
 from gateway.errors import Refusal
 from gateway.graphql import MODES, GraphQLLimits, GraphQLRoute
-from gateway.loading.nodes import Invalid, Problem, Reader, line_of
+from gateway.loading.nodes import Invalid, Problem, Reader
 from gateway.scopes import Access, Requirement, all_of
 
 _KEYS = {"schema", "mode", "fields", "introspection", "limits", "persisted_queries"}
