@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import socketserver
@@ -25,7 +26,9 @@ ISSUER = "https://auth.test"
 AUDIENCE = "payments-api"
 
 
+@functools.cache
 def private_key(name: str) -> Any:
+    """A test key, loaded once: loading checks an RSA key's primes, some 80 ms each time."""
     return serialization.load_pem_private_key((KEYS / f"{name}.pem").read_bytes(), password=None)
 
 
@@ -68,6 +71,33 @@ def raw_claims(**claims: str) -> str:
     members = {"iss": json.dumps(ISSUER), "aud": json.dumps(AUDIENCE), "sub": '"user-1"', "scope": '"a"',
                "iat": str(now), "exp": str(now + 300), **claims}
     return "{" + ", ".join(f'"{name}": {value}' for name, value in members.items()) + "}"
+
+
+class Clock:
+    """The time the decision judges expiries by, for a test to move on instead of sleeping through
+    an expiry: the real time plus an offset. `install` puts it in place of `gateway.decision`'s
+    clock (tokens are still verified against the real time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def install(self, monkeypatch: Any) -> Clock:
+        import gateway.decision
+
+        monkeypatch.setattr(gateway.decision, "time", self)
+        return self
+
+
+async def seen(live: Any) -> None:
+    """Have `live` (a `LiveGrants`) check the store's version now, as its poll does every
+    `refresh` seconds: a write made before this returns is seen, without sleeping through a poll."""
+    await live._check()
 
 
 TABLE = """\
