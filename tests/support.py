@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import io
 import json
+import logging
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,9 +78,10 @@ def raw_claims(**claims: str) -> str:
 
 
 class Clock:
-    """The time the decision judges expiries by, for a test to move on instead of sleeping through
-    an expiry: the real time plus an offset. `install` puts it in place of `gateway.decision`'s
-    clock (tokens are still verified against the real time)."""
+    """A wall clock for a test to move on instead of sleeping through an expiry: the real time plus
+    an offset. `install` puts it in place of the `time` module of the gateway's modules that judge
+    expiries (grant expiries in `gateway.decision` by default; token expiries in `gateway.tokens`);
+    the rest of `time` (monotonic, sleep) is the real one."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -87,10 +92,14 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.offset += seconds
 
-    def install(self, monkeypatch: Any) -> Clock:
-        import gateway.decision
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
 
-        monkeypatch.setattr(gateway.decision, "time", self)
+    def install(self, monkeypatch: Any, *modules: str) -> Clock:
+        import importlib
+
+        for module in modules or ("gateway.decision",):
+            monkeypatch.setattr(importlib.import_module(module), "time", self)
         return self
 
 
@@ -98,6 +107,62 @@ async def seen(live: Any) -> None:
     """Have `live` (a `LiveGrants`) check the store's version now, as its poll does every
     `refresh` seconds: a write made before this returns is seen, without sleeping through a poll."""
     await live._check()
+
+
+def eventually(condition: Callable[[], Any], timeout: float = 10, what: str = "the condition") -> Any:
+    """Poll `condition` until it holds (returning its value): for what another process does on
+    its own time, instead of a sleep long enough for a busy machine."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS` run in this process, for a command a subprocess would show nothing more of
+    (the entry point, signals and serving are tested in subprocesses): its exit status and what it
+    wrote, as `subprocess.run` gives them. A thread of its own, as a command runs its own event
+    loop and the caller may be inside one; the logging set-up it makes is undone after it."""
+    from gateway.cli import main
+
+    outcome: list[int] = []
+
+    def command() -> None:
+        try:
+            outcome.append(main(list(args)))
+        except SystemExit as exit_:  # argparse's refusals, --help
+            outcome.append(exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = _logging_state()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), contextlib.chdir(cwd or Path.cwd()):
+            thread = threading.Thread(target=command)
+            thread.start()
+            thread.join()
+    finally:
+        _restore_logging(saved)
+    assert outcome, f"gateway {' '.join(args)} raised: {stderr.getvalue()}"
+    return subprocess.CompletedProcess(["gateway", *args], outcome[0], stdout.getvalue(), stderr.getvalue())
+
+
+def _logging_state() -> dict[str, tuple[int, list[logging.Handler], bool, bool]]:
+    loggers = {name: logger for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    return {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled) for name, logger in [("", logging.root), *loggers.items()]}
+
+
+def _restore_logging(saved: dict[str, tuple[int, list[logging.Handler], bool, bool]]) -> None:
+    for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]:
+        if not isinstance(logger, logging.Logger):
+            continue
+        level, handlers, propagate, disabled = saved.get(name, (logging.NOTSET, [], True, False))
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 TABLE = """\

@@ -20,8 +20,7 @@ from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
-from tests.support import AUDIENCE, ISSUER, KEYS, mint
-from tests.test_cli import run
+from tests.support import AUDIENCE, ISSUER, KEYS, Clock, cli, mint, seen
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +84,9 @@ class Wallet:
         return response.status_code, body | {"retry-after": response.headers.get("retry-after")}, upstream.called
 
     async def fresh(self) -> None:
-        await asyncio.sleep(self.app.runtime.config.grants.refresh * 3)  # past a poll: every process sees a change
+        """See the store's writes now, as a poll would within `refresh` (tested on its own below)."""
+        assert self.app.runtime.grants is not None
+        await seen(self.app.runtime.grants)
 
 
 @pytest.fixture
@@ -96,8 +97,13 @@ async def wallet(tmp_path: Path) -> AsyncIterator[Wallet]:
     await gateway.app.runtime.aclose()
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock().install(monkeypatch)
+
+
 def grants(config: Path, *args: str) -> str:
-    done = run("grants", *args, "--config", str(config))
+    done = cli("grants", *args, "--config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -181,7 +187,7 @@ def test_scopes_validate_refuses_a_scope_not_enabled_for_the_client(tmp_path: Pa
     config = write(tmp_path)
 
     def validate(*args: str) -> tuple[int, str]:
-        done = run("scopes", "validate", "--config", str(config), "--api", "wallet", *args)
+        done = cli("scopes", "validate", "--config", str(config), "--api", "wallet", *args)
         return done.returncode, done.stdout
 
     assert validate("--client", "app", "accounts_details:read balance") == (
@@ -266,11 +272,11 @@ async def test_client_grants_count_while_active(wallet: Wallet) -> None:
     assert status == 403 and "was revoked at" in body["error_description"]
 
 
-async def test_an_expiry_takes_effect_at_its_second(wallet: Wallet) -> None:
+async def test_an_expiry_takes_effect_at_its_second(wallet: Wallet, clock: Clock) -> None:
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", "--ttl", "4")
     await wallet.fresh()
     assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
-    await asyncio.sleep(4.1)  # no write, no refresh: the view's expiry is checked at decision time
+    clock.advance(4.1)  # no write, no refresh: the view's expiry is checked at decision time
     status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
     assert (status, forwarded) == (403, False) and "expired at" in body["error_description"]
 
@@ -300,7 +306,7 @@ async def test_offline_forms_count_through_the_users_offline_grant(wallet: Walle
     assert (await wallet.ask("GET /w/balance", "balance_offline"))[0] == 403
 
 
-async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_grants(wallet: Wallet) -> None:
+async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_grants(wallet: Wallet, clock: Clock) -> None:
     assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
     await wallet.fresh()
@@ -311,7 +317,7 @@ async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_g
     # an offline grant past its expiry, or revoked, no longer counts
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline", "--ttl", "0.5")
     await wallet.fresh()
-    await asyncio.sleep(0.5)
+    clock.advance(0.5)
     assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
     grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
@@ -383,7 +389,7 @@ def test_grants_list_and_its_json(tmp_path: Path) -> None:
     (["unfulfil", "--api", "wallet", "--subject", "ana", "phone"], 1, "no such condition met"),
 ])
 def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str) -> None:
-    done = run("grants", *args, "--config", str(write(tmp_path)))
+    done = cli("grants", *args, "--config", str(write(tmp_path)))
     assert done.returncode == code, done.stdout + done.stderr
     assert words in done.stdout + done.stderr
 
@@ -403,7 +409,7 @@ routes:
 """
 
 
-async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_scope(tmp_path: Path) -> None:
+async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_scope(tmp_path: Path, clock: Clock) -> None:
     config = write(tmp_path)
     (tmp_path / "routes" / "fluz.yaml").write_text(FLUZ)
     gateway = Wallet(config)
@@ -418,7 +424,7 @@ async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_
         await gateway.fresh()
         assert (await gateway.ask("GET /f/payments", "LIST_PAYMENT"))[2]
         assert (await gateway.ask("POST /f/deposits", "MAKE_DEPOSIT"))[0] == 403  # granted per scope
-        await asyncio.sleep(4)  # the administrator's grant expires: the user's alone does not count
+        clock.advance(4)  # the administrator's grant expires: the user's alone does not count
         expired = await gateway.ask("GET /f/payments", "LIST_PAYMENT")
         assert expired[0] == 403 and "the client grant of LIST_PAYMENT to client app expired at" in expired[1]["error_description"]
     finally:
@@ -428,14 +434,14 @@ async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_
 def test_explain_reads_the_store_and_shows_the_live_step(tmp_path: Path) -> None:
     config = write(tmp_path)
     claims = ["--claims", '{"sub": "ana", "client_id": "app"}']
-    refused = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional balance_offline", *claims)
+    refused = cli("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional balance_offline", *claims)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "step 3, live grants: read from sqlite:///grants.db for client app, user ana" in refused.stdout
     assert "           the offline grant balance_offline by ana to client app: missing" in refused.stdout
     assert "           the condition of phone (" in refused.stdout and "): not met: phone_optional waits for it" in refused.stdout
     assert "decision:  404 not_found" in refused.stdout
     grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
-    allowed = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
+    allowed = cli("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
     assert allowed.returncode == 0 and "           counts: phone" in allowed.stdout
 
 
@@ -448,7 +454,7 @@ async def test_a_locked_store_refuses_writes_after_its_busy_timeout_and_still_se
     holder.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than the 2 s busy timeout
     try:
         started = time.monotonic()
-        done = run("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
+        done = cli("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
         assert done.returncode == 3 and "database is locked" in done.stdout
         assert 1.5 < time.monotonic() - started < 10
         # in WAL mode a writer blocks no reader: the gateway still decides, on the grant as it is

@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from tests.support import free_port, write_config
+from tests.support import cli, free_port, write_config
 from tests.test_admin import with_admin
 from tests.test_cli import run, serving
 
@@ -33,10 +33,10 @@ def test_health_answers_0_while_the_admin_listener_serves_and_1_once_it_stopped(
 
 def test_health_without_an_admin_listener_says_why_it_fails(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    done = run("health", "--config", str(config))
+    done = cli("health", "--config", str(config))
     assert done.returncode == 1 and "sets no admin.listen: the health check asks the admin listener's /healthz" in done.stdout
     config.write_text(config.read_text() + "admin:\n  listen: nowhere\n")
-    done = run("health", "--config", str(config))
+    done = cli("health", "--config", str(config))
     assert done.returncode == 1 and "gateway.yaml:8: admin.listen must be host:port, e.g. 127.0.0.1:9901, not 'nowhere'" in done.stdout
 
 
