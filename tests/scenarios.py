@@ -5,6 +5,7 @@ with which identity headers) the request reached the upstream."""
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import respx
 
 from gateway.app import Gateway
 from gateway.loading import load_config
+from gateway.settings import Config
 from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, seen
 
 ROOT = Path(__file__).parent.parent
@@ -54,6 +56,19 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
+_LOADED: dict[tuple[str, tuple[str, ...]], Config] = {}
+
+
+def _load(config: Path, table: str, files: tuple[str, ...], store: str) -> Config:
+    """The config of `table`, loaded once per session (its YAML alone takes some 50 ms), with this
+    test's own store: a SQLite file in its folder, or the URL given."""
+    key = (table, files)
+    if key not in _LOADED:
+        _LOADED[key] = load_config(config)
+    loaded = _LOADED[key]
+    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=store, base=config.parent))
+
+
 class Provider:
     """The gateway with one table of routes/ in front of a respx-mocked upstream, and a grant
     store (a real SQLite file) that `grant` and friends write to. Call `start` before use and
@@ -72,7 +87,7 @@ class Provider:
             f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
             f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {self.REFRESH}\n"
         )
-        loaded = load_config(self.config)
+        loaded = _load(self.config, table, files, store)
         self.api = loaded.tables.apis[0].name
         self.upstream_host = loaded.tables.apis[0].upstream.origin.host
         self.app = Gateway(loaded)
