@@ -4,8 +4,8 @@ with which identity headers) the request reached the upstream."""
 
 from __future__ import annotations
 
-import time
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.loading import load_config
-from gateway.routing import Tables
 from gateway.decision import authorize, route
 from gateway.errors import Forbidden, NotFound
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.tokens import VerifiedToken
 from tests.support import cli
 

@@ -6,8 +6,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,8 +18,8 @@ import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
 from gateway.grants.redis import RedisStore
-from tests.support import RedisServer, cli, eventually, free_port
 from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
+from tests.support import RedisServer, cli, eventually, free_port
 
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)

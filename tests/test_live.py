@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
-    Behaviour, EndlessUpstream, GatewayProcess, LiveServer, RecordingUpstream, Received, answer, mint, raw_exchange, request_bytes, start_gateway, write_config,
+    EndlessUpstream, GatewayProcess, LiveServer, Received, RecordingUpstream, answer, mint, raw_exchange, request_bytes, start_gateway, write_config,
 )
 
 # (server, upstream client): the forwarding table runs on both clients, the path-safety and
@@ -260,7 +260,7 @@ def injected_header(request: Received, connection: socket.socket) -> None:
     (injected_header, 502, "bad_gateway"),
     (oversized_headers, 502, "bad_gateway"),
 ])
-def test_upstream_faults_are_answered_by_the_gateway(gateway: LiveServer, upstream: RecordingUpstream, behaviour: Behaviour, status: int, error: str) -> None:
+def test_upstream_faults_are_answered_by_the_gateway(gateway: LiveServer, upstream: RecordingUpstream, behaviour, status: int, error: str) -> None:
     upstream.behaviour = behaviour  # `slow` answers after the shared gateway's read_timeout of 1 s
     response = raw_exchange(gateway.port, request_bytes("GET", "/api/merchants/M1/webhooks", [TOKEN]))
     assert response.status == status

@@ -1,4 +1,3 @@
-import asyncio
 import base64
 import gc
 import json
@@ -9,10 +8,10 @@ import httpx
 import pytest
 import respx
 
-from gateway.loading import load_config
-from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore, key_from_pem, key_from_secret
+from gateway.loading import load_config
+from gateway.settings import TokenSettings
 from gateway.tokens import TokenVerifier
 from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, raw_claims, sign_raw, write_config
 
