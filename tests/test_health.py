@@ -26,7 +26,7 @@ def test_health_answers_0_while_the_admin_listener_serves_and_1_once_it_stopped(
         assert healthy.stdout.strip() == f'http://127.0.0.1:{admin_port}/healthz: 200 {{"status": "serving"}}'
         # a table being edited does not make a serving gateway unhealthy: only admin.listen is read
         (folder / "routes" / "payments.yaml").write_text("routes: [\n")
-        assert run("health", "--config", str(config)).returncode == 0
+        assert cli("health", "--config", str(config)).returncode == 0
     stopped = run("health", "--config", str(config))
     assert stopped.returncode == 1 and f"http://127.0.0.1:{admin_port}/healthz: " in stopped.stdout
 

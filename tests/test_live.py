@@ -60,9 +60,11 @@ def gateway(shared_gateway: LiveServer | GatewayProcess) -> LiveServer | Gateway
 
 @pytest.fixture
 def upstream(shared_upstream: RecordingUpstream) -> RecordingUpstream:
-    """The module's upstream, emptied and answering 200 again: a test sets its `behaviour` for a fault."""
+    """The module's upstream, emptied and answering 200 again: a test sets its `behaviour` for a fault.
+    It closes each connection after one exchange, and says so: a gateway that pooled the connection
+    could otherwise send the next test's request on it as it closes (a 502 on a busy machine)."""
     shared_upstream.received.clear()
-    shared_upstream.behaviour = answer()
+    shared_upstream.behaviour = answer(headers=[(b"content-type", b"application/json"), (b"connection", b"close")])
     return shared_upstream
 
 
