@@ -4,7 +4,7 @@ with which identity headers) the request reached the upstream."""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,8 @@ import respx
 
 from gateway.app import Gateway
 from gateway.loading import load_config
-from tests.support import AUDIENCE, ISSUER, KEYS, mint
+from gateway.settings import Config
+from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, seen
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,6 +56,19 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
+_LOADED: dict[tuple[str, tuple[str, ...]], Config] = {}
+
+
+def _load(config: Path, table: str, files: tuple[str, ...], store: str) -> Config:
+    """The config of `table`, loaded once per session (its YAML alone takes some 50 ms), with this
+    test's own store: a SQLite file in its folder, or the URL given."""
+    key = (table, files)
+    if key not in _LOADED:
+        _LOADED[key] = load_config(config)
+    loaded = _LOADED[key]
+    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=store, base=config.parent))
+
+
 class Provider:
     """The gateway with one table of routes/ in front of a respx-mocked upstream, and a grant
     store (a real SQLite file) that `grant` and friends write to. Call `start` before use and
@@ -63,6 +77,8 @@ class Provider:
     REFRESH = 0.05
 
     def __init__(self, table: str, folder: Path, store: str = "sqlite:///grants.db", files: tuple[str, ...] = ()) -> None:
+        self.clock = Clock()  # what `Wait` moves on: grant expiries are judged by it
+        self._patches = pytest.MonkeyPatch()
         (folder / "routes").mkdir()
         for name in (table, *files):  # `files`: what the table names beside it (a GraphQL schema)
             (folder / "routes" / name).write_text((ROOT / "routes" / name).read_text())
@@ -71,33 +87,39 @@ class Provider:
             f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
             f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {self.REFRESH}\n"
         )
-        loaded = load_config(self.config)
+        loaded = _load(self.config, table, files, store)
         self.api = loaded.tables.apis[0].name
         self.upstream_host = loaded.tables.apis[0].upstream.origin.host
         self.app = Gateway(loaded)
         self.response = httpx.Response(200, json={"upstream": True})
 
     async def start(self) -> None:
+        self.clock.install(self._patches)
         await self.app.runtime.start()
 
     async def aclose(self) -> None:
         await self.app.runtime.aclose()
+        self._patches.undo()
+
+    async def seen(self) -> None:
+        assert self.app.runtime.grants is not None
+        await seen(self.app.runtime.grants)
 
     async def grant(self, client: str, scope: str, subject: str | None = None, expires_at: float | None = None) -> None:
         """A client grant (a user grant with `subject`), seen by the gateway once this returns."""
         assert self.app.runtime.grants is not None
         await self.app.runtime.grants.store.put_grant(self.api, client, subject, scope, expires_at)
-        await asyncio.sleep(self.REFRESH * 3)
+        await self.seen()
 
     async def revoke(self, client: str, scope: str, subject: str | None = None) -> None:
         assert self.app.runtime.grants is not None
         assert await self.app.runtime.grants.store.revoke_grant(self.api, client, subject, scope)
-        await asyncio.sleep(self.REFRESH * 3)
+        await self.seen()
 
     async def fulfil(self, subject: str, scope: str, met: bool = True) -> None:
         assert self.app.runtime.grants is not None
         await self.app.runtime.grants.store.set_condition(self.api, subject, scope, met)
-        await asyncio.sleep(self.REFRESH * 3)
+        await self.seen()
 
     async def ask(self, case: Case) -> Answer:
         method, path = case.request.split(" ", 1)
@@ -159,7 +181,7 @@ class Grant:
     ttl: float | None = None
 
     async def __call__(self, provider: Provider) -> None:
-        await provider.grant(self.client, self.scope, self.subject, None if self.ttl is None else time.time() + self.ttl)
+        await provider.grant(self.client, self.scope, self.subject, None if self.ttl is None else provider.clock.time() + self.ttl)
 
 
 @dataclass
@@ -186,10 +208,12 @@ class Fulfil:
 
 @dataclass
 class Wait:
+    """Time passes: the provider's clock moves on `seconds` (no sleep)."""
+
     seconds: float
 
     async def __call__(self, provider: Provider) -> None:
-        await asyncio.sleep(self.seconds)
+        provider.clock.advance(self.seconds)
 
 
 @dataclass

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import io
 import json
+import logging
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +30,9 @@ ISSUER = "https://auth.test"
 AUDIENCE = "payments-api"
 
 
+@functools.cache
 def private_key(name: str) -> Any:
+    """A test key, loaded once: loading checks an RSA key's primes, some 80 ms each time."""
     return serialization.load_pem_private_key((KEYS / f"{name}.pem").read_bytes(), password=None)
 
 
@@ -68,6 +75,94 @@ def raw_claims(**claims: str) -> str:
     members = {"iss": json.dumps(ISSUER), "aud": json.dumps(AUDIENCE), "sub": '"user-1"', "scope": '"a"',
                "iat": str(now), "exp": str(now + 300), **claims}
     return "{" + ", ".join(f'"{name}": {value}' for name, value in members.items()) + "}"
+
+
+class Clock:
+    """A wall clock for a test to move on instead of sleeping through an expiry: the real time plus
+    an offset. `install` puts it in place of the `time` module of the gateway's modules that judge
+    expiries (grant expiries in `gateway.decision` by default; token expiries in `gateway.tokens`);
+    the rest of `time` (monotonic, sleep) is the real one."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def install(self, monkeypatch: Any, *modules: str) -> Clock:
+        import importlib
+
+        for module in modules or ("gateway.decision",):
+            monkeypatch.setattr(importlib.import_module(module), "time", self)
+        return self
+
+
+async def seen(live: Any) -> None:
+    """Have `live` (a `LiveGrants`) check the store's version now, as its poll does every
+    `refresh` seconds: a write made before this returns is seen, without sleeping through a poll."""
+    await live._check()
+
+
+def eventually(condition: Callable[[], Any], timeout: float = 10, what: str = "the condition") -> Any:
+    """Poll `condition` until it holds (returning its value): for what another process does on
+    its own time, instead of a sleep long enough for a busy machine."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS` run in this process, for a command a subprocess would show nothing more of
+    (the entry point, signals and serving are tested in subprocesses): its exit status and what it
+    wrote, as `subprocess.run` gives them. A thread of its own, as a command runs its own event
+    loop and the caller may be inside one; the logging set-up it makes is undone after it."""
+    from gateway.cli import main
+
+    outcome: list[int] = []
+
+    def command() -> None:
+        try:
+            outcome.append(main(list(args)))
+        except SystemExit as exit_:  # argparse's refusals, --help
+            outcome.append(exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = _logging_state()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), contextlib.chdir(cwd or Path.cwd()):
+            thread = threading.Thread(target=command)
+            thread.start()
+            thread.join()
+    finally:
+        _restore_logging(saved)
+    assert outcome, f"gateway {' '.join(args)} raised: {stderr.getvalue()}"
+    return subprocess.CompletedProcess(["gateway", *args], outcome[0], stdout.getvalue(), stderr.getvalue())
+
+
+def _logging_state() -> dict[str, tuple[int, list[logging.Handler], bool, bool]]:
+    loggers = {name: logger for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    return {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled) for name, logger in [("", logging.root), *loggers.items()]}
+
+
+def _restore_logging(saved: dict[str, tuple[int, list[logging.Handler], bool, bool]]) -> None:
+    for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]:
+        if not isinstance(logger, logging.Logger):
+            continue
+        level, handlers, propagate, disabled = saved.get(name, (logging.NOTSET, [], True, False))
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 TABLE = """\
@@ -189,7 +284,8 @@ class RecordingUpstream:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # `shutdown` waits for the loop to look at its flag: every 0.5 s by default, half a second a test
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:

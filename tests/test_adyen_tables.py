@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.loading import load_config
-from gateway.routing import Tables
 from gateway.decision import authorize, route
 from gateway.errors import Forbidden, NotFound
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.tokens import VerifiedToken
-from tests.test_cli import run
+from tests.support import cli
 
 ROOT = Path(__file__).parent.parent
 CASES = yaml.safe_load((Path(__file__).parent / "cases" / "adyen.yaml").read_text())
@@ -41,7 +41,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Tables:
 
 def test_the_worked_tables_pass_gateway_check() -> None:
     # the config they are tested under (with a grant store: Paysera's and Moneyhub's tables need one)
-    result = run("check", "--config", str(ROOT / "routes" / "tests" / "gateway.yaml"))
+    result = cli("check", "--config", str(ROOT / "routes" / "tests" / "gateway.yaml"))
     assert result.returncode == 0, result.stdout
     for table in ("adyen-checkout: 26", "adyen-management: 9", "banqup: 30", "moneyhub: 88", "paysera-wallet: 70"):
         assert table in result.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import KEYS, write_config
+from tests.support import KEYS, cli, write_config
 from tests.test_cli import run
 
 TABLE = """\
@@ -52,11 +52,11 @@ def test_check_prints_each_warning_as_file_line_and_exits_0_unless_strict(tmp_pa
          "and the requests both match (such as /shop/orders/recent/items) go there, its literal segment coming first"),
         # /items/top/stock: GET /items/top/{rank} takes it, but it decides as GET /items/{itemId}/stock would: no warning
     ]
-    result = run("check", "--config", str(config))
+    result = cli("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[:-1] == expected
     assert result.stdout.splitlines()[-1].startswith("OK: 2 route tables, 9 routes (later: 0, shop: 9)")
-    strict = run("check", "--config", str(config), "--strict")
+    strict = cli("check", "--config", str(config), "--strict")
     assert strict.returncode == 1 and strict.stdout == result.stdout
 
 
@@ -65,7 +65,7 @@ def test_a_route_crossed_from_another_table_names_that_table(tmp_path: Path) -> 
     config = write_config(tmp_path, table=table)
     narrow = tmp_path / "routes" / "zz-narrow.yaml"
     narrow.write_text("name: narrow\nupstream: http://narrow.internal\nprefix: /shop/orders\nroutes:\n  GET /{id}: public\n")
-    result = run("check", "--config", str(config))
+    result = cli("check", "--config", str(config))
     assert result.returncode == 0
     wide = tmp_path / "routes" / "payments.yaml"
     # another upstream takes /shop/orders/list: the requirements being the same does not make the routes alike
@@ -117,7 +117,7 @@ def test_the_shipped_tables_pass_check_strict() -> None:
 
 def test_tables_without_likely_mistakes_print_only_the_summary(tmp_path: Path) -> None:
     table = "name: t\nupstream: http://t.internal\nscopes:\n  a:\n  b:\n    implies: [a]\nroutes:\n  GET /x/{id}: a\n  GET /y/mine: b\n  GET /z/{id}: public\n"
-    result = run("check", "--config", str(write_config(tmp_path, table=table)), "--strict")
+    result = cli("check", "--config", str(write_config(tmp_path, table=table)), "--strict")
     assert result.returncode == 0 and result.stdout.startswith("OK: 1 route tables, 3 routes")
 
 
@@ -128,7 +128,7 @@ def test_scopes_required_below_the_route_are_used(tmp_path: Path) -> None:
         "  POST /graphql: {scopes: authenticated, graphql: {fields: {Mutation.makeDeposit: deposit}}}\n"
         "  GET /me: {scopes: authenticated, response_fields: {email: email}}\n"
     )
-    result = run("check", "--config", str(write_config(tmp_path, table=table)))
+    result = cli("check", "--config", str(write_config(tmp_path, table=table)))
     assert result.stdout.splitlines()[:-1] == [
         f"{tmp_path / 'routes' / 'payments.yaml'}:6: warning: scope unused of the catalog is used by no route"
         " (none requires it, nor a scope it implies or that requires it)",
@@ -138,7 +138,7 @@ def test_scopes_required_below_the_route_are_used(tmp_path: Path) -> None:
 def test_a_ca_file_that_does_not_read_is_a_file_line_error_for_check_and_serve(tmp_path: Path) -> None:
     config = write_config(tmp_path, proxy=f"proxy:\n  connect_timeout: 2\n  ca_file: {KEYS / 'rsa.pub.pem'}\n")
     expected = f"{config}:9: proxy.ca_file: {KEYS / 'rsa.pub.pem'} is not a PEM bundle of CA certificates"
-    checked = run("check", "--config", str(config))
+    checked = cli("check", "--config", str(config))
     assert checked.returncode == 1 and checked.stdout.startswith(expected), checked.stdout
     served = run("serve", "--config", str(config), "--port", "0")
     assert served.returncode == 1 and served.stdout.startswith(expected), served.stdout + served.stderr

@@ -1,4 +1,5 @@
-"""The `gateway` command as a user runs it: the installed console script, in a subprocess."""
+"""The `gateway` command as a user runs it: the installed console script in a subprocess for the
+entry point, serving, signals and exit codes; the commands that only print, in process (`cli`)."""
 
 import contextlib
 import os
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from gateway.cli import main
-from tests.support import EndlessUpstream, RecordingUpstream, mint, write_config
+from tests.support import EndlessUpstream, RecordingUpstream, cli, mint, write_config
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 
@@ -37,12 +38,12 @@ def test_check_prints_a_summary_and_exits_0(tmp_path: Path) -> None:
 
 def test_check_defaults_to_gateway_yaml_in_the_current_folder(tmp_path: Path) -> None:
     write_config(tmp_path)
-    assert run("check", cwd=tmp_path).returncode == 0
+    assert cli("check", cwd=tmp_path).returncode == 0
 
 
 def test_check_lists_every_problem_as_file_line_message_and_exits_1(tmp_path: Path) -> None:
     config = write_config(tmp_path, table="name: t\nupstream: http://x\nroutes:\n  FETCH /a: s\n  GET /b: [[]]\n")
-    result = run("check", "--config", str(config))
+    result = cli("check", "--config", str(config))
     assert result.returncode == 1
     table = tmp_path / "routes" / "payments.yaml"
     assert result.stdout.splitlines() == [
@@ -52,7 +53,7 @@ def test_check_lists_every_problem_as_file_line_message_and_exits_1(tmp_path: Pa
 
 
 def test_explain_shows_route_requirement_and_a_forward(tmp_path: Path) -> None:
-    result = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks?x=1", "--scopes", "psp.webhook:write")
+    result = cli("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks?x=1", "--scopes", "psp.webhook:write")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "route:     GET /merchants/{merchantId}/webhooks  (table payments, " in result.stdout
     assert "params:    merchantId=M1" in result.stdout
@@ -69,17 +70,17 @@ def test_explain_shows_route_requirement_and_a_forward(tmp_path: Path) -> None:
     (["GET", "/api/merchants/M1/webhooks", "--token", "x.y.z"], "decision:  401 invalid_token: malformed token"),
 ])
 def test_explain_says_why_a_request_is_refused_and_exits_1(tmp_path: Path, args: list[str], decision: str) -> None:
-    result = run("explain", "--config", str(write_config(tmp_path)), *args)
+    result = cli("explain", "--config", str(write_config(tmp_path)), *args)
     assert result.returncode == 1, result.stdout + result.stderr
     assert decision in result.stdout
 
 
 def test_explain_verifies_a_real_token(tmp_path: Path) -> None:
-    result = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint("psp.webhook:read"))
+    result = cli("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint("psp.webhook:read"))
     assert result.returncode == 0, result.stdout
     assert "token:     valid; sub=user-1 client=client-1" in result.stdout
     assert "scopes:    \"psp.webhook:read\", from claim 'scope' (tokens.scope_claims)" in result.stdout
-    expired = run("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint(lifetime=-3600))
+    expired = cli("explain", "--config", str(write_config(tmp_path)), "GET", "/api/merchants/M1/webhooks", "--token", mint(lifetime=-3600))
     assert expired.returncode == 1 and "401 invalid_token: token expired at" in expired.stdout
 
 
@@ -221,8 +222,10 @@ def test_the_demo_serves_an_allowed_a_forbidden_and_a_not_found_call() -> None:
         assert refused.status_code == 403 and "client grant of accounts_details:read" in refused.json()["error_description"]
         add = next(line.strip() for line in output.splitlines() if line.strip().startswith("gateway grants add"))
         assert subprocess.run([GATEWAY, *add.split()[1:]], capture_output=True, timeout=60).returncode == 0
-        time.sleep(1.5)
-        assert httpx.get(details, headers=bank).status_code == 200
+        deadline = time.monotonic() + 10  # seen within the store's refresh
+        while (allowed := httpx.get(details, headers=bank)).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert allowed.status_code == 200
         # the printed mint command signs with the demo's key for its config: a write token creates a webhook
         mint = next(line.strip() for line in output.splitlines() if line.strip().startswith("gateway token mint"))
         minted = subprocess.run([GATEWAY, *shlex.split(mint)[1:]], capture_output=True, text=True, timeout=60, check=False)
@@ -269,7 +272,7 @@ routes:
 
 def test_explain_shows_each_step_of_the_effective_scopes(tmp_path: Path) -> None:
     config = str(write_config(tmp_path, table=RULES_TABLE))
-    result = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "3f95524e-70aa-4663-8548-763583e08909 email_optional openid")
+    result = cli("explain", "--config", config, "GET", "/bank/entities", "--scopes", "3f95524e-70aa-4663-8548-763583e08909 email_optional openid")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step 1, aliases and forms:\n           3f95524e-70aa-4663-8548-763583e08909 -> entity_read (alias)\n" in result.stdout
     assert "           email_optional -> email, its optional form\n" in result.stdout
@@ -277,17 +280,17 @@ def test_explain_shows_each_step_of_the_effective_scopes(tmp_path: Path) -> None
     assert "step 2, rules: none broken" in result.stdout
     assert "effective: email entity_read" in result.stdout
 
-    refused = run("explain", "--config", config, "GET", "/bank/entities", "--scopes", "id:B1 id:all")
+    refused = cli("explain", "--config", config, "GET", "/bank/entities", "--scopes", "id:B1 id:all")
     assert refused.returncode == 1
     assert "step 2, rules: broken: at most one of id:{bank_id}, id:all may be held at once; the token holds id:B1 and id:all" in refused.stdout
     assert 'decision:  403 invalid_scope' in refused.stdout and 'error="invalid_scope"' in refused.stdout
 
-    step_up = run("explain", "--config", config, "POST", "/bank/convert", "--scopes", "convert_currency", "--claims", '{"sub": "u1", "acr": "pwd"}')
+    step_up = cli("explain", "--config", config, "POST", "/bank/convert", "--scopes", "convert_currency", "--claims", '{"sub": "u1", "acr": "pwd"}')
     assert step_up.returncode == 1
     assert "step 4, step-up:\n           convert_currency is pending: it counts only after an authentication with acr sms within 300 s" in step_up.stdout
     assert 'acr_values="sms", max_age="300"' in step_up.stdout
 
-    other_user = run("explain", "--config", config, "GET", "/bank/users/u2", "--scopes", "email", "--claims", '{"sub": "u1", "client_id": "c1"}')
+    other_user = cli("explain", "--config", config, "GET", "/bank/users/u2", "--scopes", "email", "--claims", '{"sub": "u1", "client_id": "c1"}')
     assert other_user.returncode == 1
     assert "user:      the route acts on user 'u2' (parameter userId); the token's subject is 'u1'" in other_user.stdout
     assert "decision:  404 not_found" in other_user.stdout
@@ -306,13 +309,13 @@ def test_explain_shows_each_step_of_the_effective_scopes(tmp_path: Path) -> None
     (["--stage", "refresh", "convert_currency"], 0, ["valid: convert_currency"]),
 ])
 def test_scopes_validate_applies_the_catalog_for_an_authorization_server(tmp_path: Path, args: list[str], code: int, lines: list[str]) -> None:
-    result = run("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "bank", *args)
+    result = cli("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "bank", *args)
     assert result.returncode == code, result.stdout + result.stderr
     assert result.stdout.splitlines() == lines
 
 
 def test_scopes_validate_names_an_unknown_api(tmp_path: Path) -> None:
-    result = run("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "other", "a")
+    result = cli("scopes", "validate", "--config", str(write_config(tmp_path, table=RULES_TABLE)), "--api", "other", "a")
     assert result.returncode == 2 and "no route table is named 'other' (tables: bank)" in result.stdout
 
 

@@ -15,8 +15,7 @@ from gateway.explain import Caller, explain
 from gateway.grants.sqlite import SQLiteStore
 from gateway.harness import DEFAULT_CLIENT, DEFAULT_SUBJECT, Condition, Grant, Harness
 from gateway.loading import load_config
-from tests.support import write_config
-from tests.test_cli import run
+from tests.support import cli, write_config
 
 SHOP = """\
 name: shop
@@ -73,13 +72,13 @@ def shop(tmp_path: Path) -> Path:
 
 def trace(config: Path, *args: str, code: int) -> list[str]:
     """explain's lines, with the table's path shortened to T."""
-    result = run("explain", "--config", str(config), *args)
+    result = cli("explain", "--config", str(config), *args)
     assert result.returncode == code, result.stdout + result.stderr
     return result.stdout.replace(str(config.parent / "routes" / "payments.yaml"), "T").splitlines()
 
 
 def grants(config: Path, *args: str) -> None:
-    done = run("grants", *args, "--config", str(config))
+    done = cli("grants", *args, "--config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -292,9 +291,9 @@ def test_response_fields_say_which_members_are_removed(shop: Path) -> None:
 
 
 def test_usage_errors_exit_2(shop: Path) -> None:
-    missing = run("explain", "--config", str(shop), "POST", "/s/graphql", "--scopes", "a", "--body", "@/no/such/file")
+    missing = cli("explain", "--config", str(shop), "POST", "/s/graphql", "--scopes", "a", "--body", "@/no/such/file")
     assert missing.returncode == 2 and missing.stdout.strip() == "--body: No such file or directory: /no/such/file"
-    bad = run("explain", "--config", str(shop), "GET", "/s/me", "--scopes", "a", "--claims", "[1]")
+    bad = cli("explain", "--config", str(shop), "GET", "/s/me", "--scopes", "a", "--claims", "[1]")
     assert bad.returncode == 2 and "--claims: a JSON object of claims" in bad.stdout
 
 

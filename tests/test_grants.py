@@ -25,8 +25,7 @@ from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
 from gateway.times import parse_rfc3339
-from tests.support import AUDIENCE, ISSUER, KEYS, mint
-from tests.test_cli import run
+from tests.support import AUDIENCE, ISSUER, KEYS, Clock, cli, mint, seen
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +89,9 @@ class Wallet:
         return response.status_code, body | {"retry-after": response.headers.get("retry-after")}, upstream.called
 
     async def fresh(self) -> None:
-        await asyncio.sleep(self.app.runtime.config.grants.refresh * 3)  # past a poll: every process sees a change
+        """See the store's writes now, as a poll would within `refresh` (tested on its own below)."""
+        assert self.app.runtime.grants is not None
+        await seen(self.app.runtime.grants)
 
 
 @pytest.fixture
@@ -101,8 +102,13 @@ async def wallet(tmp_path: Path) -> AsyncIterator[Wallet]:
     await gateway.app.runtime.aclose()
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock().install(monkeypatch)
+
+
 def grants(config: Path, *args: str) -> str:
-    done = run("grants", *args, "--config", str(config))
+    done = cli("grants", *args, "--config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -186,7 +192,7 @@ def test_scopes_validate_refuses_a_scope_not_enabled_for_the_client(tmp_path: Pa
     config = write(tmp_path)
 
     def validate(*args: str) -> tuple[int, str]:
-        done = run("scopes", "validate", "--config", str(config), "--api", "wallet", *args)
+        done = cli("scopes", "validate", "--config", str(config), "--api", "wallet", *args)
         return done.returncode, done.stdout
 
     assert validate("--client", "app", "accounts_details:read balance") == (
@@ -271,11 +277,11 @@ async def test_client_grants_count_while_active(wallet: Wallet) -> None:
     assert status == 403 and "was revoked at" in body["error_description"]
 
 
-async def test_an_expiry_takes_effect_at_its_second(wallet: Wallet) -> None:
+async def test_an_expiry_takes_effect_at_its_second(wallet: Wallet, clock: Clock) -> None:
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", "--ttl", "4")
     await wallet.fresh()
     assert (await wallet.ask("GET /w/accounts/details", "accounts_details:read"))[2]
-    await asyncio.sleep(4.1)  # no write, no refresh: the view's expiry is checked at decision time
+    clock.advance(4.1)  # no write, no refresh: the view's expiry is checked at decision time
     status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
     assert (status, forwarded) == (403, False) and "expired at" in body["error_description"]
 
@@ -305,7 +311,7 @@ async def test_offline_forms_count_through_the_users_offline_grant(wallet: Walle
     assert (await wallet.ask("GET /w/balance", "balance_offline"))[0] == 403
 
 
-async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_grants(wallet: Wallet) -> None:
+async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_grants(wallet: Wallet, clock: Clock) -> None:
     assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
     await wallet.fresh()
@@ -316,7 +322,7 @@ async def test_a_client_credentials_token_acts_on_a_user_through_their_offline_g
     # an offline grant past its expiry, or revoked, no longer counts
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline", "--ttl", "0.5")
     await wallet.fresh()
-    await asyncio.sleep(0.5)
+    clock.advance(0.5)
     assert (await wallet.ask("GET /w/users/ana/balance", "", CLIENT))[0] == 403
     grants(wallet.config, "add", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
     grants(wallet.config, "revoke", "--api", "wallet", "--client", "app", "--subject", "ana", "balance_offline")
@@ -388,12 +394,12 @@ def test_grants_list_and_its_json(tmp_path: Path) -> None:
     (["unfulfil", "--api", "wallet", "--subject", "ana", "phone"], 1, "no such condition met"),
 ])
 def test_grants_refusals(tmp_path: Path, args: list[str], code: int, words: str) -> None:
-    done = run("grants", *args, "--config", str(write(tmp_path)))
+    done = cli("grants", *args, "--config", str(write(tmp_path)))
     assert done.returncode == code, done.stdout + done.stderr
     assert words in done.stdout + done.stderr
 
 
-def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str]:
+def grants_here(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str]:
     """`gateway grants ARGS` in this process: the exit code and what it printed."""
     try:
         code = main(["grants", *args, "--config", str(config)])
@@ -417,52 +423,52 @@ def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[i
 ])
 def test_grants_add_refuses_an_expiry_it_could_not_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str], expiry: list[str], words: str) -> None:
     config = write(tmp_path)
-    code, printed = cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", *expiry)
+    code, printed = grants_here(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read", *expiry)
     assert code == 2 and words in printed, printed
-    assert cli(capsys, config, "list", "--json") == (0, json.dumps({"grants": [], "conditions": []}, indent=2) + "\n")
+    assert grants_here(capsys, config, "list", "--json") == (0, json.dumps({"grants": [], "conditions": []}, indent=2) + "\n")
 
 
 @pytest.mark.parametrize("who", [["--client", ""], ["--client", "app", "--subject", ""]])
 def test_grants_add_refuses_an_empty_client_or_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str], who: list[str]) -> None:
     config = write(tmp_path)
-    code, printed = cli(capsys, config, "add", "--api", "wallet", *who, "accounts_details:read")
+    code, printed = grants_here(capsys, config, "add", "--api", "wallet", *who, "accounts_details:read")
     assert code == 2 and "must be a non-empty string" in printed, printed
-    assert cli(capsys, config, "list", "--json")[1] == json.dumps({"grants": [], "conditions": []}, indent=2) + "\n"
+    assert grants_here(capsys, config, "list", "--json")[1] == json.dumps({"grants": [], "conditions": []}, indent=2) + "\n"
 
 
 def test_grants_list_all_shows_revoked_and_expired_grants_with_their_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write(tmp_path)
     for args in (["--client", "app", "accounts_details:read"], ["--client", "app", "--subject", "ana", "balance_offline", "--expires", "2001-01-01T00:00:00Z"],
                  ["--client", "web", "accounts_details:read", "--expires", "2099-01-01T00:00:00Z"]):
-        assert cli(capsys, config, "add", "--api", "wallet", *args)[0] == 0
+        assert grants_here(capsys, config, "add", "--api", "wallet", *args)[0] == 0
     before = time.time()
-    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
-    assert cli(capsys, config, "revoke", "--api", "wallet", "--client", "web", "accounts_details:read")[0] == 0
+    assert grants_here(capsys, config, "revoke", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    assert grants_here(capsys, config, "revoke", "--api", "wallet", "--client", "web", "accounts_details:read")[0] == 0
     # without --all, as before: the revoked grants are gone, the expired one is listed
-    code, printed = cli(capsys, config, "list")
+    code, printed = grants_here(capsys, config, "list")
     assert code == 0 and printed == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)\n"
-    code, printed = cli(capsys, config, "list", "--all")
+    code, printed = grants_here(capsys, config, "list", "--all")
     lines = printed.splitlines()
     assert code == 0 and len(lines) == 3
     assert re.fullmatch(r"grant      wallet  client app  accounts_details:read  \(revoked at \S+Z; no expiry\)", lines[0])
     assert lines[1] == "grant      wallet  user ana via client app  balance_offline  (expired 2001-01-01T00:00:00Z)"
     assert re.fullmatch(r"grant      wallet  client web  accounts_details:read  \(revoked at \S+Z; expires 2099-01-01T00:00:00Z\)", lines[2])
-    listed = json.loads(cli(capsys, config, "list", "--all", "--json", "--client", "app")[1])["grants"]
+    listed = json.loads(grants_here(capsys, config, "list", "--all", "--json", "--client", "app")[1])["grants"]
     assert [(g["scope"], g["state"], g["expires_at"]) for g in listed] == [
         ("accounts_details:read", "revoked", None), ("balance_offline", "expired", "2001-01-01T00:00:00Z")]
     revoked_at = parse_rfc3339(listed[0]["revoked_at"])
     assert before - 1 <= revoked_at <= time.time() and listed[1]["revoked_at"] is None
-    assert "state" not in json.loads(cli(capsys, config, "list", "--json")[1])["grants"][0]  # the JSON of GET /grants without --all
+    assert "state" not in json.loads(grants_here(capsys, config, "list", "--json")[1])["grants"][0]  # the JSON of GET /grants without --all
 
 
 def test_grants_list_reads_a_row_whose_expiry_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import sqlite3
 
     config = write(tmp_path)
-    assert cli(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
+    assert grants_here(capsys, config, "add", "--api", "wallet", "--client", "app", "accounts_details:read")[0] == 0
     with sqlite3.connect(tmp_path / "grants.db") as connection:  # a row no version of the gateway writes
         connection.execute("UPDATE grants SET expires_at = 1e300")
-    code, printed = cli(capsys, config, "list", "--all")
+    code, printed = grants_here(capsys, config, "list", "--all")
     assert code == 0 and "revoked at 0001-01-01T00:00:00Z" in printed, printed
 
 
@@ -481,7 +487,7 @@ routes:
 """
 
 
-async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_scope(tmp_path: Path) -> None:
+async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_scope(tmp_path: Path, clock: Clock) -> None:
     config = write(tmp_path)
     (tmp_path / "routes" / "fluz.yaml").write_text(FLUZ)
     gateway = Wallet(config)
@@ -496,7 +502,7 @@ async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_
         await gateway.fresh()
         assert (await gateway.ask("GET /f/payments", "LIST_PAYMENT"))[2]
         assert (await gateway.ask("POST /f/deposits", "MAKE_DEPOSIT"))[0] == 403  # granted per scope
-        await asyncio.sleep(4)  # the administrator's grant expires: the user's alone does not count
+        clock.advance(4)  # the administrator's grant expires: the user's alone does not count
         expired = await gateway.ask("GET /f/payments", "LIST_PAYMENT")
         assert expired[0] == 403 and "the client grant of LIST_PAYMENT to client app expired at" in expired[1]["error_description"]
     finally:
@@ -506,14 +512,14 @@ async def test_rules_grants_needs_the_application_grant_and_the_users_for_every_
 def test_explain_reads_the_store_and_shows_the_live_step(tmp_path: Path) -> None:
     config = write(tmp_path)
     claims = ["--claims", '{"sub": "ana", "client_id": "app"}']
-    refused = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional balance_offline", *claims)
+    refused = cli("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional balance_offline", *claims)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "step 3, live grants: read from sqlite:///grants.db for client app, user ana" in refused.stdout
     assert "           the offline grant balance_offline by ana to client app: missing" in refused.stdout
     assert "           the condition of phone (" in refused.stdout and "): not met: phone_optional waits for it" in refused.stdout
     assert "decision:  404 not_found" in refused.stdout
     grants(config, "fulfil", "--api", "wallet", "--subject", "ana", "phone")
-    allowed = run("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
+    allowed = cli("explain", "--config", str(config), "GET", "/w/phone", "--scopes", "phone_optional", *claims)
     assert allowed.returncode == 0 and "           counts: phone" in allowed.stdout
 
 
@@ -526,7 +532,7 @@ async def test_a_locked_store_refuses_writes_after_its_busy_timeout_and_still_se
     holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than the 2 s busy timeout
     try:
         started = time.monotonic()
-        done = run("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
+        done = cli("grants", "revoke", "--config", str(wallet.config), "--api", "wallet", "--client", "app", "accounts_details:read")
         assert done.returncode == 3 and "database is locked" in done.stdout
         assert 1.5 < time.monotonic() - started < 10
         # a writer that has not begun to commit blocks no reader: the gateway still decides, on the grant as it is

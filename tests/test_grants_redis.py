@@ -7,7 +7,6 @@ import json
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,17 +23,10 @@ from gateway.admin import AdminApp
 from gateway.cli import main
 from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.redis import RedisStore
+from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, GrantState, GrantView, StoreUnavailable
 from gateway.grants.urls import redacted, scrubbed
-from gateway.grants.store import (
-    EMPTY_VIEW,
-    ConditionRecord,
-    GrantRecord,
-    GrantState,
-    GrantView,
-    StoreUnavailable,
-)
 from gateway.loading import load_config
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, cli, eventually, free_port
 from tests.test_grants import write as write_config
 
 if shutil.which("redis-server") is None:
@@ -417,20 +409,29 @@ async def test_two_replicas_see_a_change_within_refresh_and_never_decide_on_a_de
     try:
         for replica in replicas:
             assert (await replica.view("wallet", "app", None)).client_grants == {}  # now in memory
+        async def views() -> list[set[str] | None]:
+            """Each replica's client grants of app, None where its store cannot be read."""
+            seen: list[set[str] | None] = []
+            for replica in replicas:
+                try:
+                    seen.append(set((await replica.view("wallet", "app", None)).client_grants))
+                except StoreUnavailable:
+                    seen.append(None)
+            return seen
+
+        async def until(expected: list[set[str] | None], within: float) -> None:
+            deadline = asyncio.get_running_loop().time() + within
+            while (seen := await views()) != expected and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            assert seen == expected
+
         await replicas[0].store.put_grant("wallet", "app", None, "s", None)
-        await asyncio.sleep(0.35)
-        for replica in replicas:
-            assert "s" in (await replica.view("wallet", "app", None)).client_grants
+        await until([{"s"}, {"s"}], within=1)  # refresh is 0.1 s
         own_server.stop()
-        await asyncio.sleep(1.5)  # a poll times out after its 1 s: the views held are dropped
-        for replica in replicas:
-            assert replica.cached("wallet", "app", None) is None
-            with pytest.raises(StoreUnavailable):
-                await replica.view("wallet", "app", None)
+        await until([None, None], within=5)  # a poll times out after its 1 s: the views held are dropped
+        assert [replica.cached("wallet", "app", None) for replica in replicas] == [None, None]
         own_server.start()  # empty: no persistence
-        await asyncio.sleep(0.5)
-        for replica in replicas:
-            assert (await replica.view("wallet", "app", None)).client_grants == {}
+        await until([set(), set()], within=5)
     finally:
         for replica in replicas:
             await replica.aclose()
@@ -470,11 +471,9 @@ async def test_a_replica_hears_of_a_change_at_once_and_again_after_redis_restart
 
 def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: RedisServer, tmp_path: Path) -> None:
     from tests.support import GatewayProcess, RecordingUpstream, mint
-    from tests.test_cli import run
-    from tests.test_grants import write
 
     upstream = RecordingUpstream()
-    config = write(tmp_path, store=own_server.url)
+    config = write_config(tmp_path, store=own_server.url)
     config.write_text(config.read_text().replace("client: httpx", "client: pool"))
     table = tmp_path / "routes" / "wallet.yaml"
     table.write_text(table.read_text().replace("http://wallet.test", upstream.url))
@@ -486,18 +485,14 @@ def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: Redi
 
     try:
         assert statuses() == [403, 403]
-        assert run("grants", "add", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
-        time.sleep(0.5)  # refresh is 0.1 s
-        assert statuses() == [200, 200]
-        assert run("grants", "revoke", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
-        time.sleep(0.5)
-        assert statuses() == [403, 403]
+        assert cli("grants", "add", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
+        eventually(lambda: statuses() == [200, 200], what="both allowed")  # refresh is 0.1 s
+        assert cli("grants", "revoke", "--config", str(config), "--api", "wallet", "--client", "app", "accounts_details:read").returncode == 0
+        eventually(lambda: statuses() == [403, 403], what="both refused")
         own_server.stop()
-        time.sleep(2.5)  # a poll times out after 1 s; slack for a busy machine
-        assert statuses() == [503, 503]  # never decided on a guess
+        eventually(lambda: statuses() == [503, 503], what="both unavailable")  # a poll times out after 1 s: never decided on a guess
         own_server.start()
-        time.sleep(2.5)  # a poll times out after 1 s; slack for a busy machine
-        assert statuses() == [403, 403]  # an empty Redis: no grant
+        eventually(lambda: statuses() == [403, 403], what="both reading the empty redis")  # no grant
     finally:
         for gateway in gateways:
             gateway.close()

@@ -17,7 +17,7 @@ import pytest
 from gateway import health
 from gateway.admin import AdminApp
 from gateway.loading import load_config
-from tests.support import Received, RecordingUpstream, answer, free_port, write_config
+from tests.support import Received, RecordingUpstream, answer, cli, free_port, write_config
 from tests.test_admin import TOKEN, with_admin
 from tests.test_cli import run, serving
 
@@ -35,17 +35,17 @@ def test_health_answers_0_while_the_admin_listener_serves_and_1_once_it_stopped(
         assert healthy.stdout.strip() == f'http://127.0.0.1:{admin_port}/healthz: 200 {{"status": "serving"}}'
         # a table being edited does not make a serving gateway unhealthy: only admin.listen is read
         (folder / "routes" / "payments.yaml").write_text("routes: [\n")
-        assert run("health", "--config", str(config)).returncode == 0
+        assert cli("health", "--config", str(config)).returncode == 0
     stopped = run("health", "--config", str(config))
     assert stopped.returncode == 1 and f"http://127.0.0.1:{admin_port}/healthz: " in stopped.stdout
 
 
 def test_health_without_an_admin_listener_says_why_it_fails(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    done = run("health", "--config", str(config))
+    done = cli("health", "--config", str(config))
     assert done.returncode == 1 and "sets no admin.listen: the health check asks the admin listener's /healthz" in done.stdout
     config.write_text(config.read_text() + "admin:\n  listen: nowhere\n")
-    done = run("health", "--config", str(config))
+    done = cli("health", "--config", str(config))
     assert done.returncode == 1 and "gateway.yaml:8: admin.listen must be host:port, e.g. 127.0.0.1:9901, not 'nowhere'" in done.stdout
 
 

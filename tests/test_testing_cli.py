@@ -11,8 +11,7 @@ import yaml
 from gateway.harness import matched_api
 from gateway.loading import load_config
 from gateway.loading.cases import load_cases
-from tests.support import write_config
-from tests.test_cli import run
+from tests.support import cli, write_config
 
 ROOT = Path(__file__).parent.parent
 SHIPPED_CONFIG = ROOT / "routes" / "tests" / "gateway.yaml"
@@ -65,7 +64,7 @@ def write_cases(folder: Path, text: str) -> Path:
 
 def problems(cases: Path, config: Path) -> list[str]:
     """What `gateway test` says of a cases file it refuses (exit 2), line by line."""
-    result = run("test", str(cases), "--config", str(config))
+    result = cli("test", str(cases), "--config", str(config))
     assert result.returncode == 2, result.stdout + result.stderr
     return result.stdout.splitlines()
 
@@ -73,14 +72,14 @@ def problems(cases: Path, config: Path) -> list[str]:
 def test_every_case_passing_exits_0_with_a_summary(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     cases = write_cases(tmp_path, GOOD_CASES)
-    result = run("test", str(cases), "--config", str(config))
+    result = cli("test", str(cases), "--config", str(config))
     assert (result.returncode, result.stdout, result.stderr) == (0, f"OK: 9 cases passed in {cases}\n", "")
 
 
 def test_the_config_defaults_to_gateway_yaml_in_the_current_folder(tmp_path: Path) -> None:
     write_config(tmp_path)
     write_cases(tmp_path, GOOD_CASES)
-    assert run("test", "cases.yaml", cwd=tmp_path).returncode == 0
+    assert cli("test", "cases.yaml", cwd=tmp_path).returncode == 0
 
 
 def test_wrong_expectations_exit_1_with_one_line_per_mismatch(tmp_path: Path) -> None:
@@ -106,7 +105,7 @@ def test_wrong_expectations_exit_1_with_one_line_per_mismatch(tmp_path: Path) ->
   scopes: psp.webhook:read
   expect: 403
 """)
-    result = run("test", str(cases), "--config", str(config))
+    result = cli("test", str(cases), "--config", str(config))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
         f"{cases}:1: a reader writes: expected forward, got 403 forbidden (POST /merchants/{{merchantId}}/webhooks requires "
@@ -196,13 +195,13 @@ def test_a_config_that_does_not_load_exits_2_with_its_problems(tmp_path: Path) -
     config = write_config(tmp_path)
     config.write_text(config.read_text() + "listen: 8080\n")
     cases = write_cases(tmp_path, GOOD_CASES)
-    result = run("test", str(cases), "--config", str(config))
+    result = cli("test", str(cases), "--config", str(config))
     assert result.returncode == 2
     assert result.stdout.startswith(f"{config}:7: gateway config: unknown key 'listen'")
 
 
 def test_a_missing_cases_file_exits_2(tmp_path: Path) -> None:
-    result = run("test", str(tmp_path / "absent.yaml"), "--config", str(write_config(tmp_path)))
+    result = cli("test", str(tmp_path / "absent.yaml"), "--config", str(write_config(tmp_path)))
     assert result.returncode == 2
     assert result.stdout.startswith(f"{tmp_path / 'absent.yaml'}:1: cannot read file:")
 
@@ -214,7 +213,7 @@ def test_a_cases_file_is_a_non_empty_list(tmp_path: Path, text: str) -> None:
 
 
 def test_the_shipped_cases_pass_under_the_shipped_config() -> None:
-    result = run("test", str(SHIPPED_CASES), "--config", str(SHIPPED_CONFIG))
+    result = cli("test", str(SHIPPED_CASES), "--config", str(SHIPPED_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("OK: ")
 

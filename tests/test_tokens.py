@@ -1,4 +1,3 @@
-import asyncio
 import base64
 import gc
 import json
@@ -9,12 +8,12 @@ import httpx
 import pytest
 import respx
 
-from gateway.loading import load_config
-from gateway.settings import TokenSettings
 from gateway.errors import InvalidToken
 from gateway.keys import KeyStore, key_from_pem, key_from_secret
+from gateway.loading import load_config
+from gateway.settings import TokenSettings
 from gateway.tokens import TokenVerifier
-from tests.support import AUDIENCE, ISSUER, KEYS, mint, raw_claims, sign_raw, write_config
+from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, raw_claims, sign_raw, write_config
 
 pytestmark = pytest.mark.anyio
 JWKS = json.loads((KEYS / "jwks.json").read_text())
@@ -224,7 +223,8 @@ async def test_client_falls_back_to_azp(verifier: TokenVerifier) -> None:
     assert (await verifier.verify(mint(drop=("client_id",), azp="web-app"))).client == "web-app"
 
 
-async def test_verified_tokens_are_cached_but_never_past_exp(tmp_path: Path) -> None:
+async def test_verified_tokens_are_cached_but_never_past_exp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock().install(monkeypatch, "gateway.tokens")
     verifier = verifier_for(tmp_path, f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n  leeway: 0\n")
     verifications = []
     real_verify = verifier._verify
@@ -237,13 +237,14 @@ async def test_verified_tokens_are_cached_but_never_past_exp(tmp_path: Path) -> 
     token = mint(lifetime=2.5)
     first = await verifier.verify(token)
     assert await verifier.verify(token) == first and len(verifications) == 1
-    time.sleep(max(0.0, first.expires_at - time.time()) + 0.1)
+    clock.advance(max(0.0, first.expires_at - time.time()) + 0.1)
     with pytest.raises(InvalidToken, match="expired"):
         await verifier.verify(token)
     assert len(verifications) == 2
 
 
-async def test_a_token_is_remembered_under_the_key_it_was_verified_with(tmp_path: Path) -> None:
+async def test_a_token_is_remembered_under_the_key_it_was_verified_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock().install(monkeypatch, "gateway.tokens")
     verifier = verifier_for(tmp_path, f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n  leeway: 0\n")
     token = mint(lifetime=2.5)
     presented = b"Bearer " + token.encode()
@@ -251,7 +252,7 @@ async def test_a_token_is_remembered_under_the_key_it_was_verified_with(tmp_path
     assert verifier.recall(presented) == first
     assert verifier.recall(token) is None, "remembered under its key only"
     assert verifier.recall(b"Bearer  " + token.encode()) is None
-    await asyncio.sleep(max(0.0, first.expires_at - time.time()) + 0.1)
+    clock.advance(max(0.0, first.expires_at - time.time()) + 0.1)
     assert verifier.recall(presented) is None
     assert presented not in verifier._cache
 
