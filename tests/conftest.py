@@ -1,9 +1,8 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import shutil
 
 import pytest
 

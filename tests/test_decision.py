@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.loading import load_config
-from gateway.routing import Tables
 from gateway.decision import authorize, is_public, route
 from gateway.errors import Forbidden
+from gateway.loading import load_config
+from gateway.routing import Tables
 from gateway.tokens import VerifiedToken
 from tests.support import write_config
 

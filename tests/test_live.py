@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
-    EndlessUpstream, GatewayProcess, LiveServer, Received, RecordingUpstream, answer, mint, raw_exchange, request_bytes, start_gateway, write_config,
+    EndlessUpstream,
+    GatewayProcess,
+    LiveServer,
+    Received,
+    RecordingUpstream,
+    answer,
+    mint,
+    raw_exchange,
+    request_bytes,
+    start_gateway,
+    write_config,
 )
 
 # (server, upstream client): the forwarding table runs on both clients, the path-safety and

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.harness import Harness
 from tests.scenarios import Case
+
 UUID = "3f95524e-70aa-4663-8548-763583e08909"
 ENTITY = "/banqup/entitystore/v1/entities/6b0c4e2e-6f55-4d5f-9a57-2f1b3c1d0e01"
 

@@ -4,9 +4,9 @@ import ipaddress
 
 import pytest
 
-from gateway.settings import ProxySettings
 from gateway.errors import InvalidRequest
 from gateway.proxy import downstream_response_headers, upstream_request_headers
+from gateway.settings import ProxySettings
 
 IDENTITY = [(b"x-auth-scopes", b"s")]
 TRUSTING = ProxySettings(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))

@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway import metrics
 from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.loading import load_config
-from gateway import metrics
-from gateway.reload import FAILURE, SUCCESS, RunDir, ServingReloads
-from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, RecordingUpstream, Received, answer, free_port, mint, write_config
+from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, RunDir, ServingReloads
+from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, Received, RecordingUpstream, answer, free_port, mint, write_config
 from tests.test_admin import AUTH, TOKEN, with_admin
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
@@ -410,8 +410,8 @@ def test_a_rotated_jwks_file_is_reloaded_and_tokens_of_the_removed_key_are_refus
         assert get_with(base, old_token).status_code == 200  # and now cached
         assert get_with(base, new_token).status_code == 401
         # the rotation: the new key in, the old one out
-        from cryptography.hazmat.primitives import serialization
         import jwt
+        from cryptography.hazmat.primitives import serialization
 
         other = serialization.load_pem_public_key((KEYS / "rsa-other.pub.pem").read_bytes())
         rotated = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(other)), "kid": "rsa-2", "use": "sig", "alg": "RS256"}]}

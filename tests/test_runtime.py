@@ -22,7 +22,7 @@ from gateway.routing import RouteTrie, Tables, parse_template
 from gateway.runtime import Runtime
 from gateway.settings import Config
 from gateway.types import Headers, Scope
-from tests.support import RecordingUpstream, Received, answer, mint, write_config
+from tests.support import Received, RecordingUpstream, answer, mint, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import ProxySettings
-from gateway.proxy import Forwarder
-from gateway.tables import Api, Upstream
 from gateway.catalog import Catalog
+from gateway.proxy import Forwarder
+from gateway.settings import ProxySettings
+from gateway.tables import Api, Upstream
 from gateway.types import Headers, Message
 from gateway.upstream import UpstreamRequest
 
