@@ -4,9 +4,21 @@ by the app, by `gateway explain` and by whatever else decides on requests (a dec
 from __future__ import annotations
 
 from gateway.credentials import bearer_token, presented
-from gateway.keys import KeyStore
-from gateway.settings import TokenSettings
+from gateway.keys import IssuerKeys, KeyStore
+from gateway.settings import Issuers, TokenSettings
 from gateway.tokens import TokenVerifier, VerifiedToken
+
+
+def key_stores(issuers: Issuers, first: KeyStore | None = None) -> IssuerKeys:
+    """A key store per issuer entry; `first`, when given, stands for the first entry's (a test's
+    or the harness's throwaway keys)."""
+    return IssuerKeys(
+        first if first is not None and index == 0 else KeyStore(
+            entry.static_keys, entry.jwks_url, algorithms=entry.algorithms,
+            refetch_interval=entry.jwks_refetch_interval, max_age=entry.jwks_max_age,
+        )
+        for index, entry in enumerate(issuers.entries)
+    )
 
 
 class Authenticator:
@@ -15,7 +27,7 @@ class Authenticator:
 
     __slots__ = ("verifier",)
 
-    def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
+    def __init__(self, settings: TokenSettings | Issuers, keys: KeyStore | IssuerKeys) -> None:
         self.verifier = TokenVerifier(settings, keys)
 
     def recall(self, authorization: list[bytes], query: bytes) -> VerifiedToken | None:

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.routing import Tables
 from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
 from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
-from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
+from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, InvalidToken, NotFound, Refusal
 from gateway.paths import CanonicalPath, canonicalise
 from gateway.tables import Route
 from gateway.scopes import Access, Requirement
@@ -170,6 +170,10 @@ def evaluate(
     assessment = catalog.assess(token.scopes)
     requirement = route.requirement.bind(match.params) if route.requirement.bound else route.requirement
     evaluation = Evaluation(catalog, assessment, requirement)
+    issuers = route.api.issuers
+    if issuers is not None and token.issuer not in issuers:
+        evaluation.refusal = InvalidToken(f"{route.api.name} accepts tokens of {', '.join(sorted(issuers))} only; this token's issuer is {token.issuer}")
+        return evaluation
     if assessment.refusal is not None:
         evaluation.refusal = InvalidScope(assessment.refusal)
         return evaluation

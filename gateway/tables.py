@@ -52,6 +52,7 @@ class Api:
     catalog: Catalog
     source: str  # the table's file
     resource: ProtectedResource | None = None  # None: the table publishes no RFC 9728 metadata
+    issuers: frozenset[str] | None = None  # the issuers whose tokens its routes accept; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ class Route:
     hide: bool = False  # refused callers get 404, as if the route did not exist
     # what the route does between the decision and the forwarder (GraphQL, response fields); None: nothing
     exchange: Exchange | None = None
-    # neither a user binding nor a path parameter in the requirement: the decision's shortcut applies
+    # no user binding, no path parameter in the requirement, no issuer allow-list: the decision's shortcut applies
     plain: bool = True
     # a decision here may need the grant store (its catalog has live scopes, or it acts on a user)
     live: bool = False

@@ -22,7 +22,7 @@ from gateway.loading.graphql import GraphQLReader
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
 
-_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource"}
+_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
@@ -30,10 +30,14 @@ _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any
 Shape = tuple[str | None, ...]
 
 
-def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: bool = False) -> Tables | None:
+def load_tables(
+    reader: Reader, routes_path: Path, node: yaml.Node, *, live: bool = False, issuers: frozenset[str] | None = None,
+) -> Tables | None:
     """Every table of `routes_path` (a file, or a folder of *.yaml), compiled; None if any has a problem.
 
     :param live: a grant store is configured, so tables may use keys that need live grants.
+    :param issuers: the issuers gateway.yaml names, which a table's `issuers:` may list; None:
+        not known here, so not checked.
 
     :raises Invalid: `routes_path` names nothing to load.
     """
@@ -50,7 +54,7 @@ def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: boo
     entries: list[tuple[Shape, Route]] = []
     names: dict[str, str] = {}
     for file in files:
-        table = _TableReader(reader, file, live).read()
+        table = _TableReader(reader, file, live, issuers).read()
         if table is None:
             continue
         api, routes, name_line = table
@@ -103,10 +107,11 @@ def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, 
 class _TableReader:
     """One route table file."""
 
-    def __init__(self, reader: Reader, file: Path, live: bool) -> None:
+    def __init__(self, reader: Reader, file: Path, live: bool, issuers: frozenset[str] | None = None) -> None:
         self.reader = reader
         self.file = file
         self.live = live
+        self.issuers = issuers
         self.catalog: Catalog = Catalog()
         self.has_catalog = False
 
@@ -137,6 +142,10 @@ class _TableReader:
         if "prefix" in entries:
             with reader.reporting():
                 prefix = self._prefix(entries["prefix"][1])
+        issuers: frozenset[str] | None = None
+        if "issuers" in entries:
+            with reader.reporting():
+                issuers = self._issuers(entries["issuers"][1])
         block: ResourceBlock | None = None
         if "resource" in entries:
             with reader.reporting():
@@ -160,12 +169,12 @@ class _TableReader:
         if block is not None:
             scopes = supported_scopes(self.catalog if self.has_catalog else None, (requirement for _, _, _, requirement, *_ in parsed))
             resource = block.publish(name, str(self.file), scopes)
-        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource)
+        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource, issuers=issuers)
         routes = [
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
                 params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
-                exchange=exchange, plain=user is None and not requirement.bound, live=self.catalog.live or user is not None,
+                exchange=exchange, plain=user is None and not requirement.bound and issuers is None, live=self.catalog.live or user is not None,
             ))
             for method, template, shape, requirement, user, hide, exchange, line in parsed
         ]
@@ -176,6 +185,18 @@ class _TableReader:
         if not _NAME.fullmatch(name):
             raise Invalid(node, f"name {name!r} may hold only letters, digits, '.', '_' and '-'")
         return name
+
+    def _issuers(self, node: yaml.Node) -> frozenset[str]:
+        """The issuers whose tokens the table accepts: each one gateway.yaml's tokens name."""
+        names = []
+        for item in self.reader.string_nodes(node, "issuers"):
+            with self.reader.reporting():
+                name = self.reader.string(item, "issuers item")
+                if self.issuers is not None and name not in self.issuers:
+                    known = ", ".join(sorted(self.issuers)) or "none: tokens names no issuer"
+                    raise Invalid(item, f"issuers: {name!r} is not an issuer of gateway.yaml's tokens (known: {known})")
+                names.append(name)
+        return frozenset(names)
 
     def _prefix(self, node: yaml.Node) -> tuple[str, ...]:
         text = self.reader.string(node, "prefix")
