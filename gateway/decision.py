@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.routing import Tables
 from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
+from gateway.claims import unmet
 from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
 from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, InvalidToken, NotFound, Refusal
 from gateway.paths import CanonicalPath, canonicalise
@@ -173,6 +174,10 @@ def evaluate(
     issuers = route.api.issuers
     if issuers is not None and token.issuer not in issuers:
         evaluation.refusal = InvalidToken(f"{route.api.name} accepts tokens of {', '.join(sorted(issuers))} only; this token's issuer is {token.issuer}")
+        return evaluation
+    # before any scope: a caller of another tenant learns nothing (404), whatever its scopes
+    if route.claims and unmet(route.claims, token.claims, match.params) is not None:
+        evaluation.refusal = NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
         return evaluation
     if assessment.refusal is not None:
         evaluation.refusal = InvalidScope(assessment.refusal)

@@ -15,6 +15,7 @@ from gateway.loading.resource import ResourceBlock, read_resource, supported_sco
 from gateway.paths import canonicalise
 from gateway.routing import METHODS, RouteTrie, Tables, parse_template, template_params
 from gateway.catalog import Catalog, is_parameterised, split_parameterised
+from gateway.claims import ClaimCondition
 from gateway.exchange import Exchange
 from gateway.fields import ResponseFields
 from gateway.loading.catalog import CatalogReader
@@ -23,8 +24,9 @@ from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
 
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
-_ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
+_ROUTE_OPTION_KEYS = {"scopes", "user", "claims", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CLAIM_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
 Shape = tuple[str | None, ...]
@@ -153,7 +155,7 @@ class _TableReader:
         if "scopes" in entries or "rules" in entries:
             self.has_catalog = "scopes" in entries
             self.catalog = CatalogReader(reader, self.live).read(entries.get("scopes"), entries.get("rules"))
-        parsed: list[tuple[str, str, Shape, Requirement, str | None, bool, Exchange | None, int]] = []
+        parsed: list[tuple[str, str, Shape, Requirement, str | None, tuple[ClaimCondition, ...], bool, Exchange | None, int]] = []
         if "routes" in entries:
             table_routes: dict[str, tuple[yaml.Node, yaml.Node]] = {}
             with reader.reporting():
@@ -161,8 +163,8 @@ class _TableReader:
             for key, (key_node, value_node) in table_routes.items():
                 with reader.reporting():
                     method, template, shape = self._route_key(key, key_node)
-                    requirement, user, hide, exchange = self._route_value(key, method, template, value_node)
-                    parsed.append((method, template, shape, requirement, user, hide, exchange, line_of(key_node)))
+                    requirement, user, claims, hide, exchange = self._route_value(key, method, template, value_node)
+                    parsed.append((method, template, shape, requirement, user, claims, hide, exchange, line_of(key_node)))
         if len(reader.problems) > before or upstream is None:
             return None
         resource = None
@@ -173,10 +175,11 @@ class _TableReader:
         routes = [
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
-                params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
-                exchange=exchange, plain=user is None and not requirement.bound and issuers is None, live=self.catalog.live or user is not None,
+                params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, claims=claims, hide=hide,
+                exchange=exchange, plain=user is None and not claims and not requirement.bound and issuers is None,
+                live=self.catalog.live or user is not None,
             ))
-            for method, template, shape, requirement, user, hide, exchange, line in parsed
+            for method, template, shape, requirement, user, claims, hide, exchange, line in parsed
         ]
         return api, routes, line_of(entries["name"][1])
 
@@ -221,9 +224,12 @@ class _TableReader:
             raise Invalid(key_node, f"{key}: {exc}") from None
         return method, template, shape
 
-    def _route_value(self, key: str, method: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool, Exchange | None]:
-        """The requirement, the `user:` parameter, `hide:` and the exchange of one route."""
+    def _route_value(
+        self, key: str, method: str, template: str, value_node: yaml.Node,
+    ) -> tuple[Requirement, str | None, tuple[ClaimCondition, ...], bool, Exchange | None]:
+        """The requirement, the `user:` parameter, the `claims:` conditions, `hide:` and the exchange of one route."""
         user: str | None = None
+        claims: tuple[ClaimCondition, ...] = ()
         hide = False
         exchange: Exchange | None = None
         params = {name for name, _ in template_params(template, 0)}
@@ -236,6 +242,8 @@ class _TableReader:
                 user = self.reader.string(node, f"{key}: user")
                 if user not in params:
                     raise Invalid(node, f"{key}: user: {user!r} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
+            if "claims" in options:
+                claims = self._claims(key, options["claims"][1], params)
             if "hide" in options:
                 hide = self.reader.typed(options["hide"][1], f"{key}: hide", lambda v: isinstance(v, bool), "true or false")
             if "response_fields" in options:
@@ -246,7 +254,32 @@ class _TableReader:
                 requirement_of = functools.partial(self._requirement, params=set())
                 exchange = GraphQLReader(self.reader, self.file, requirement_of, self._scope_problem).read(key, method, options["graphql"][1])
             value_node = options["scopes"][1]
-        return self._requirement(key, value_node, params), user, hide, exchange
+        requirement = self._requirement(key, value_node, params)
+        if claims and requirement.access is Access.PUBLIC:
+            raise Invalid(value_node, f"{key}: a public route reads no token, so its claims could never be checked")
+        return requirement, user, claims, hide, exchange
+
+    def _claims(self, key: str, node: yaml.Node, params: set[str]) -> tuple[ClaimCondition, ...]:
+        """`claims: {org_id: "{orgId}", tier: gold}`: each value a literal, or one whole `{param}`
+        of the template."""
+        members = self.reader.mapping(node, f"{key}: claims")
+        if not members:
+            raise Invalid(node, f"{key}: claims maps token claims to the values they must hold")
+        conditions = []
+        for claim, (_, value_node) in members.items():
+            what = f"{key}: claims.{claim}"
+            value = self.reader.typed(value_node, what, lambda v: (isinstance(v, str) and v != "") or (isinstance(v, int) and not isinstance(v, bool)), "a string, an integer or a '{param}' of the template")
+            text = str(value)
+            param = _CLAIM_PARAM.fullmatch(text)
+            if param is not None:
+                if param[1] not in params:
+                    raise Invalid(value_node, f"{what}: {text} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
+                conditions.append(ClaimCondition(claim, param[1], param=True))
+            elif "{" in text or "}" in text:
+                raise Invalid(value_node, f"{what}: a value is a literal or one whole '{{param}}', not {text!r}")
+            else:
+                conditions.append(ClaimCondition(claim, text))
+        return tuple(conditions)
 
     def _response_fields(self, key: str, node: yaml.Node) -> ResponseFields:
         members = self.reader.mapping(node, f"{key}: response_fields")
