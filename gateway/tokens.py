@@ -102,6 +102,18 @@ class _Parsed:
     signature: bytes
 
 
+def is_jwt(token: str) -> bool:
+    """Whether a bearer token is a JWT: three base64url segments, the first a JSON object. Any
+    other token is opaque, for introspection to judge."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        return False
+    try:
+        return isinstance(json.loads(_b64decode(parts[0])), dict)
+    except (ValueError, binascii.Error, RecursionError):
+        return False
+
+
 def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
@@ -135,7 +147,7 @@ def _parse(token: str, known_headers: dict[str, dict[str, Any]]) -> _Parsed:
     return _Parsed(header, claims, payload, token.rpartition(".")[0].encode("ascii"), signature)
 
 
-def _number(claims: dict[str, Any], name: str) -> float | None:
+def number(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
@@ -152,7 +164,7 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
     return number
 
 
-def _header_safe(value: Any, claim: str) -> str | None:
+def header_safe(value: Any, claim: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -302,8 +314,8 @@ class TokenVerifier:
         check_claims(claims, settings)
         return VerifiedToken(
             scopes=scopes_from_claims(claims, settings.scope_claims),
-            subject=_header_safe(claims.get("sub"), "sub"),
-            client=_header_safe(claims.get("client_id", claims.get("azp")), "client_id" if "client_id" in claims else "azp"),
+            subject=header_safe(claims.get("sub"), "sub"),
+            client=header_safe(claims.get("client_id", claims.get("azp")), "client_id" if "client_id" in claims else "azp"),
             expires_at=float(claims["exp"]),
             payload=parsed.payload,
             issuer=settings.issuer,
@@ -311,21 +323,21 @@ class TokenVerifier:
         )
 
 
-def check_claims(claims: dict[str, Any], settings: TokenSettings, *, exp_required: bool = True) -> None:
+def check_claims(claims: dict[str, Any], settings: TokenSettings, *, exp_required: bool = True, now: float | None = None) -> None:
     """exp (required unless `exp_required` is false), nbf, iat, iss and aud, with the entry's
-    leeway (RFC 7519 4.1)."""
-    now = time.time()
+    leeway (RFC 7519 4.1), at `now` (default: now)."""
+    now = time.time() if now is None else now
     leeway = settings.leeway
-    expires = _number(claims, "exp")
+    expires = number(claims, "exp")
     if expires is None:
         if exp_required:
             raise InvalidToken("token lacks the required claim 'exp'")
     elif expires <= now - leeway:
         raise InvalidToken(f"token expired at {_when(expires)}")
-    not_before = _number(claims, "nbf")
+    not_before = number(claims, "nbf")
     if not_before is not None and not_before > now + leeway:
         raise InvalidToken(f"token is not valid yet: not before {_when(not_before)}")
-    issued = _number(claims, "iat")
+    issued = number(claims, "iat")
     if issued is not None and issued > now + leeway:
         raise InvalidToken(f"token is not valid yet: issued in the future, at {_when(issued)}")
     if settings.issuer is not None:

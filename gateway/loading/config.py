@@ -130,6 +130,7 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]
         raise Invalid(items_node, "tokens.issuers must be a non-empty list of issuer entries")
     issuers: list[TokenSettings] = []
     lines: dict[str, int] = {}
+    introspecting: list[str] = []
     for index, item in enumerate(items_node.value):
         where = f"tokens.issuers[{index}]"
         with reader.reporting():
@@ -144,13 +145,14 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]
             lines[entry.issuer] = line_of(item)
             if not _keyed(item_entries):
                 unkeyed.append(line_of(item))
+            if "introspection" in item_entries:
+                introspecting.append(entry.issuer)  # named, though perhaps unreadable (then reported there)
             issuers.append(entry)
     settings: dict[str, Any] = {}
     if "cache_size" in entries:
         with reader.reporting():
             settings["cache_size"] = reader.integer(entries["cache_size"][1], "tokens.cache_size")
             issuers = [replace(entry, cache_size=settings["cache_size"]) for entry in issuers]
-    introspecting = [entry.issuer for entry in issuers if entry.introspection is not None and entry.issuer is not None]
     if "opaque" in entries:
         with reader.reporting():
             opaque_node = entries["opaque"][1]
