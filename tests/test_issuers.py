@@ -15,6 +15,7 @@ import pytest
 import respx
 
 from gateway.app import Gateway
+from gateway.cli import main
 from gateway.loading import ConfigError, load_config
 from tests.support import AUDIENCE, KEYS, mint, private_key, write_config
 
@@ -203,3 +204,14 @@ tokens:
             assert (await http.get("/things", headers=token(A, "rsa"))).status_code == 200
         await app.runtime.aclose()
     assert (a_endpoint.call_count, b_endpoint.call_count) == (1, 2)
+
+
+def test_explain_verifies_with_the_token_s_own_issuer_and_judges_the_allow_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(two_issuers(tmp_path, head=f"issuers: [{B}]\n"))
+    assert main(["explain", "--config", config, "GET", "/things", "--token", token(B, "rsa-other")["Authorization"][7:]]) == 0
+    shown = capsys.readouterr().out
+    assert f"iss={B}" in shown and "from claim 'scp' (tokens.scope_claims)" in shown
+    assert main(["explain", "--config", config, "GET", "/things", "--token", token(A, "rsa")["Authorization"][7:]]) == 1
+    assert f"401 invalid_token: payments accepts tokens of {B} only" in capsys.readouterr().out
+    assert main(["explain", "--config", config, "GET", "/things", "--token", token(A, "rsa-other")["Authorization"][7:]]) == 1
+    assert "401 invalid_token: signature verification failed" in capsys.readouterr().out
