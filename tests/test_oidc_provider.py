@@ -168,7 +168,7 @@ async def get(client: httpx.AsyncClient, token: str, org: str = "acme") -> httpx
 
 
 async def test_both_issuers_jwt_and_opaque_tokens_are_accepted(serve: Any, providers: Providers, upstream: RecordingUpstream) -> None:
-    app, client = await serve()
+    _, client = await serve()
     tokens = {
         "a-jwt": providers.token("a", JWT_RESOURCE), "b-jwt": providers.token("b", JWT_RESOURCE),
         "a-opaque": providers.token("a", OPAQUE_RESOURCE),
@@ -184,7 +184,7 @@ async def test_both_issuers_jwt_and_opaque_tokens_are_accepted(serve: Any, provi
 
 
 async def test_the_custom_claim_binds_the_tenant(serve: Any, providers: Providers, upstream: RecordingUpstream) -> None:
-    app, client = await serve()
+    _, client = await serve()
     for token in (providers.token("a", JWT_RESOURCE, "evil-app"), providers.token("b", JWT_RESOURCE, "evil-app"),
                   providers.token("a", OPAQUE_RESOURCE, "evil-app")):
         assert (await get(client, token, "acme")).status_code == 404  # another tenant: as if nothing were there
@@ -198,7 +198,7 @@ async def test_the_custom_claim_binds_the_tenant(serve: Any, providers: Provider
 
 
 async def test_a_table_accepts_only_the_issuers_it_lists(serve: Any, providers: Providers, upstream: RecordingUpstream) -> None:
-    app, client = await serve(table_issuers=providers.url["b"])
+    _, client = await serve(table_issuers=providers.url["b"])
     for token in (providers.token("a", JWT_RESOURCE), providers.token("a", OPAQUE_RESOURCE)):
         refused = await get(client, token)
         assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"
@@ -209,7 +209,7 @@ async def test_a_table_accepts_only_the_issuers_it_lists(serve: Any, providers: 
 async def test_a_token_naming_one_issuer_signed_with_another_s_key_of_the_same_kid_is_refused(
     serve: Any, providers: Providers, upstream: RecordingUpstream,
 ) -> None:
-    app, client = await serve()
+    _, client = await serve()
     real = jwt.decode(providers.token("a", JWT_RESOURCE), options={"verify_signature": False})
     b_key, b_kid = providers.private_key("b")
     a_key, a_kid = providers.private_key("a")
@@ -224,7 +224,7 @@ async def test_a_token_naming_one_issuer_signed_with_another_s_key_of_the_same_k
 
 
 async def test_a_key_rotated_at_the_server_is_followed(serve: Any, providers: Providers) -> None:
-    app, client = await serve()
+    _, client = await serve()
     before = providers.token("a", JWT_RESOURCE)
     assert (await get(client, before)).status_code == 200
     assert providers.rotate("a") == "k2"
@@ -252,7 +252,7 @@ async def test_revocation_is_seen_through_introspection_once_the_cache_time_is_o
 
 
 async def test_a_stopped_server_gives_503_for_opaque_tokens_never_a_guess(serve: Any, providers: Providers, upstream: RecordingUpstream) -> None:
-    app, client = await serve()
+    _, client = await serve()
     jwt_token, opaque = providers.token("a", JWT_RESOURCE), providers.token("a", OPAQUE_RESOURCE)
     providers.stop()
     failed = await get(client, opaque)
