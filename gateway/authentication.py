@@ -4,19 +4,36 @@ by the app, by `gateway explain` and by whatever else decides on requests (a dec
 from __future__ import annotations
 
 from gateway.credentials import bearer_token, presented
-from gateway.keys import KeyStore
-from gateway.settings import TokenSettings
-from gateway.tokens import TokenVerifier, VerifiedToken
+from gateway.introspection import Introspector
+from gateway.keys import IssuerKeys, KeyStore
+from gateway.settings import Issuers, TokenSettings
+from gateway.tokens import TokenVerifier, VerifiedToken, is_jwt
+
+
+def key_stores(issuers: Issuers, first: KeyStore | None = None) -> IssuerKeys:
+    """A key store per issuer entry; `first`, when given, stands for the first entry's (a test's
+    or the harness's throwaway keys)."""
+    return IssuerKeys(
+        first if first is not None and index == 0 else KeyStore(
+            entry.static_keys, entry.jwks_url, algorithms=entry.algorithms,
+            refetch_interval=entry.jwks_refetch_interval, max_age=entry.jwks_max_age,
+        )
+        for index, entry in enumerate(issuers.entries)
+    )
 
 
 class Authenticator:
     """Finds a request's one bearer token and verifies it (RFC 6750 2.1: the Authorization
-    header only), remembering verified tokens until their `exp`."""
+    header only), remembering verified tokens until their `exp`: a JWT with its issuer's keys, any
+    other token at the `opaque` issuer's introspection endpoint, when one is configured."""
 
-    __slots__ = ("verifier",)
+    __slots__ = ("introspector", "verifier")
 
-    def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
+    def __init__(self, settings: TokenSettings | Issuers, keys: KeyStore | IssuerKeys) -> None:
         self.verifier = TokenVerifier(settings, keys)
+        issuers = self.verifier.issuers
+        opaque = issuers.opaque_entry()
+        self.introspector = None if opaque is None else Introspector(opaque, cache_size=issuers.cache_size)
 
     def recall(self, authorization: list[bytes], query: bytes) -> VerifiedToken | None:
         """The token of a request that presents exactly what an earlier one did, if still valid:
@@ -32,5 +49,10 @@ class Authenticator:
         :raises Unauthorized: no bearer credentials.
         :raises CredentialsInvalidRequest: several credentials, or a token outside the header.
         :raises InvalidToken: the token is malformed or fails verification.
+        :raises TemporarilyUnavailable: an opaque token's introspection endpoint cannot answer.
         """
-        return await self.verifier.verify(bearer_token(authorization, query), key=presented(authorization, query))
+        token = bearer_token(authorization, query)
+        if self.introspector is not None and not is_jwt(token):
+            # remembered by the introspector under a hash of the token, never under the token
+            return await self.introspector.introspect(token)
+        return await self.verifier.verify(token, key=presented(authorization, query))

@@ -345,7 +345,8 @@ def _token_mint(args: argparse.Namespace) -> int:
         except ConfigError as error:
             print(error, file=sys.stderr)  # stdout carries the token alone
             return _USAGE
-        tokens = config.tokens
+        # the entry --issuer names, else the first
+        tokens = next((entry for entry in config.identity.entries if issuer is not None and entry.issuer == issuer), config.tokens)
         if key.algorithm not in tokens.algorithms:
             print(f"{args.key} signs {key.algorithm}, which tokens.algorithms of {config_path} does not accept "
                   f"({', '.join(tokens.algorithms)})", file=sys.stderr)

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
-from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
+from gateway.claims import unmet
+from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, InvalidToken, NotFound, Refusal
 from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
 from gateway.paths import CanonicalPath, canonicalise
 from gateway.routing import Tables
@@ -170,6 +171,14 @@ def evaluate(
     assessment = catalog.assess(token.scopes)
     requirement = route.requirement.bind(match.params) if route.requirement.bound else route.requirement
     evaluation = Evaluation(catalog, assessment, requirement)
+    issuers = route.api.issuers
+    if issuers is not None and token.issuer not in issuers:
+        evaluation.refusal = InvalidToken(f"{route.api.name} accepts tokens of {', '.join(sorted(issuers))} only; this token's issuer is {token.issuer}")
+        return evaluation
+    # before any scope: a caller of another tenant learns nothing (404), whatever its scopes
+    if route.claims and unmet(route.claims, token.claims, match.params) is not None:
+        evaluation.refusal = NotFound(f"no route for {route.method} {match.path.raw.decode('ascii', 'backslashreplace')}")
+        return evaluation
     if assessment.refusal is not None:
         evaluation.refusal = InvalidScope(assessment.refusal)
         return evaluation

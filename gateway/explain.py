@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.authentication import Authenticator
+from gateway.authentication import Authenticator, key_stores
 from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_state, is_public, route, step_up_shortfall, view_needed
 from gateway.errors import InvalidScope, NotFound, Refusal, TemporarilyUnavailable, render
@@ -27,7 +27,6 @@ from gateway.grants.live import read_view
 from gateway.grants.store import GrantView, StoreUnavailable
 from gateway.grants.urls import redacted
 from gateway.graphql import GraphQLRoute
-from gateway.keys import KeyStore
 from gateway.paths import canonicalise
 from gateway.scopes import SCOPE_TOKEN
 from gateway.settings import Config
@@ -174,11 +173,10 @@ async def caller_token(config: Config, caller: Caller, query: bytes, lines: list
         subject, client = claims.get("sub"), claims.get("client_id", claims.get("azp"))
         return VerifiedToken(scopes, subject, client, float("inf"), json.dumps(claims).encode())
     header = [f"Bearer {caller.token}".encode("latin-1")] if caller.token is not None else []
-    tokens = config.tokens
-    keys = KeyStore(tokens.static_keys, tokens.jwks_url, algorithms=tokens.algorithms, refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age)
-    verified = await Authenticator(tokens, keys).authenticate(header, query)
+    verified = await Authenticator(config.identity, key_stores(config.identity)).authenticate(header, query)
+    tokens = next((entry for entry in config.identity.entries if entry.issuer == verified.issuer), config.tokens)
     claims = verified.claims
-    lines.append(f"token:     valid; sub={verified.subject} client={verified.client}")
+    lines.append(f"token:     valid; sub={verified.subject} client={verified.client}" + (f" iss={verified.issuer}" if len(config.identity.entries) > 1 else ""))
     found = [name for name in tokens.scope_claims if claims.get(name) is not None]
     if not found:
         lines.append(f"scopes:    (none): the token has no {' or '.join(repr(name) for name in tokens.scope_claims)} claim (tokens.scope_claims)")

@@ -247,6 +247,7 @@ class KeyStore:
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
         self._remote_fingerprint: frozenset[tuple[object, ...]] = frozenset()
+        self.owner: IssuerKeys | None = None  # told of every change, so one check covers every issuer
 
     async def start(self) -> None:
         if self.jwks_url:
@@ -293,6 +294,8 @@ class KeyStore:
                 self._remote_fingerprint = fingerprint
                 self.keys = KeySet((*self._static, *remote))
                 self.generation += 1
+                if self.owner is not None:
+                    self.owner.generation += 1
                 logger.info("JWKS from %s: %d keys", self.jwks_url, len(remote))
 
     async def _fetch(self) -> list[VerificationKey]:
@@ -334,3 +337,31 @@ class KeyStore:
                     if len(body) > _MAX_JWKS_BYTES:
                         raise ValueError("document larger than 1 MiB")
         return body
+
+
+class IssuerKeys:
+    """One `KeyStore` per issuer entry, in the entries' order, started and closed together: a key
+    of one issuer never verifies a token naming another (RFC 8725 3.8). `generation` changes
+    whenever any store's keys do."""
+
+    def __init__(self, stores: Iterable[KeyStore]) -> None:
+        self.stores = tuple(stores)
+        self.generation = 0
+        for store in self.stores:
+            store.owner = self
+
+    @property
+    def keys(self) -> KeySet:
+        """Every issuer's keys together, for counting them (never for verifying)."""
+        return KeySet(key for store in self.stores for key in store.keys.keys)
+
+    @property
+    def last_error(self) -> str | None:
+        return next((store.last_error for store in self.stores if store.last_error), None)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(store.start() for store in self.stores))
+
+    async def aclose(self) -> None:
+        for store in self.stores:
+            await store.aclose()

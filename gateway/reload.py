@@ -384,7 +384,7 @@ class ServingReloads:
         except Exception as exc:
             await runtime.aclose(keep=current.parts)
             raise ReloadFailed(f"{config.source}: the gateway cannot start with it: {exc}") from None
-        if runtime.keys is not current.keys and config.tables.needs_tokens() and not runtime.keys.keys.keys:
+        if runtime.keys is not current.keys and _needs_keys(runtime) and not runtime.keys.keys.keys:
             await runtime.aclose(keep=current.parts)
             raise ReloadFailed(f"{config.source}: tokens: no usable key ({runtime.keys.last_error or 'none configured'})")
         self._retire(self.app.swap(runtime))
@@ -421,7 +421,7 @@ class ServingReloads:
             "reload": None if reloader.last is None else reloader.last.document(),
             "reloads": dict(reloader.counts),
             "tables": sorted(api.name for api in runtime.tables.apis),
-            "needs_keys": runtime.tables.needs_tokens(),
+            "needs_keys": _needs_keys(runtime),
             "keys": len(runtime.keys.keys.keys),
             "keys_error": runtime.keys.last_error,
             "grant_store": "none configured" if grants is None else ("reachable" if grants.error is None else f"unreadable: {grants.error}"),
@@ -441,3 +441,8 @@ class ServingReloads:
         while True:
             await asyncio.sleep(_STATUS_INTERVAL)
             self.report()
+
+
+def _needs_keys(runtime: Runtime) -> bool:
+    """Whether its routes need tokens that only signing keys can verify (none is introspected)."""
+    return runtime.tables.needs_tokens() and runtime.authenticator.introspector is None

@@ -13,13 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.authentication import Authenticator
+from gateway.authentication import Authenticator, key_stores
 from gateway.grants.live import LiveGrants, open_store
-from gateway.keys import KeyStore
+from gateway.keys import IssuerKeys, KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
 from gateway.routing import Tables
-from gateway.settings import Config, LimitSettings, ProxySettings, TokenSettings
+from gateway.settings import Config, Issuers, LimitSettings, ProxySettings
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 
@@ -33,9 +33,10 @@ def upstream_client(settings: ProxySettings) -> UpstreamClient:
     )
 
 
-def _same_keys(old: TokenSettings, new: TokenSettings) -> bool:
-    return (old.static_keys, old.jwks_url, old.algorithms, old.jwks_refetch_interval, old.jwks_max_age) == (
-        new.static_keys, new.jwks_url, new.algorithms, new.jwks_refetch_interval, new.jwks_max_age)
+def _same_keys(old: Issuers, new: Issuers) -> bool:
+    def sources(issuers: Issuers) -> list[tuple[object, ...]]:
+        return [(entry.static_keys, entry.jwks_url, entry.algorithms, entry.jwks_refetch_interval, entry.jwks_max_age) for entry in issuers.entries]
+    return sources(old) == sources(new)
 
 
 def _same_client(old: ProxySettings, new: ProxySettings) -> bool:
@@ -48,7 +49,7 @@ def _same_client(old: ProxySettings, new: ProxySettings) -> bool:
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Runtime:
     config: Config
-    keys: KeyStore
+    keys: IssuerKeys  # one key store per issuer entry
     authenticator: Authenticator
     upstream: UpstreamClient
     forwarder: Forwarder
@@ -60,21 +61,19 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
+        cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | IssuerKeys | None = None,
         authenticator: Authenticator | None = None, grants: LiveGrants | None = None,
     ) -> Runtime:
         """The runtime of `config`; each part given replaces the one it would make (a reload's
-        kept parts, or a test's)."""
+        kept parts, or a test's: a `KeyStore` stands for the first issuer's keys)."""
         tokens = config.tokens
-        keys = keys or KeyStore(
-            tokens.static_keys, tokens.jwks_url, algorithms=tokens.algorithms,
-            refetch_interval=tokens.jwks_refetch_interval, max_age=tokens.jwks_max_age,
-        )
+        if not isinstance(keys, IssuerKeys):
+            keys = key_stores(config.identity, keys)
         upstream = upstream or upstream_client(config.proxy)
         if grants is None and config.grants.store is not None:
             grants = LiveGrants(open_store(config.grants.store, config.grants.base), config.grants.refresh)
         return cls(
-            config, keys, authenticator or Authenticator(tokens, keys), upstream, Forwarder(upstream, config.proxy),
+            config, keys, authenticator or Authenticator(config.identity, keys), upstream, Forwarder(upstream, config.proxy),
             config.tables, config.limits, tokens.grant_type_claim, grants,
         )
 
@@ -82,9 +81,9 @@ class Runtime:
         """The runtime of a reloaded `config`, sharing each part of this one whose settings are
         the same (see the module's docstring)."""
         old = self.config
-        keys = self.keys if _same_keys(old.tokens, config.tokens) else None
+        keys = self.keys if _same_keys(old.identity, config.identity) else None
         # the cache holds what the old keys and claim rules accepted: kept only if both are the same
-        authenticator = self.authenticator if keys is not None and old.tokens == config.tokens else None
+        authenticator = self.authenticator if keys is not None and old.identity == config.identity else None
         upstream = self.upstream if _same_client(old.proxy, config.proxy) else None
         grants = self.grants if old.grants == config.grants else None
         return Runtime.build(config, upstream=upstream, keys=keys, authenticator=authenticator, grants=grants)

@@ -29,6 +29,33 @@ class TokenSettings:
     jwks_max_age: float = 600.0
     cache_size: int = 10_000
     grant_type_claim: str = "gty"  # the claim naming the token's grant type (Auth0's; see docs/route-tables.md)
+    introspection: IntrospectionSettings | None = None  # RFC 7662, for opaque tokens (see Issuers.opaque)
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionSettings:
+    url: str
+    client_id: str
+    client_secret: str = field(repr=False)  # read from client_secret_file; never shown
+    cache: float = 60.0  # seconds an answer may be reused (never past the token's exp)
+
+
+@dataclass(frozen=True, slots=True)
+class Issuers:
+    """Every authorization server whose tokens count: one `TokenSettings` each (the single form of
+    `tokens:` is a one-entry list). A token's unverified `iss` picks its entry."""
+
+    entries: tuple[TokenSettings, ...] = (TokenSettings(),)
+    opaque: str | None = None  # the issuer that introspects tokens that are not JWTs; None: none are
+    cache_size: int = 10_000  # verified tokens remembered, all issuers together
+
+    def opaque_entry(self) -> TokenSettings | None:
+        """The entry that introspects opaque tokens (in the single form, its one entry, when it
+        has `introspection`)."""
+        for entry in self.entries:
+            if entry.introspection is not None and (self.opaque is None or entry.issuer == self.opaque):
+                return entry
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +97,20 @@ class AdminSettings:
 class Config:
     source: Path
     tables: Tables
-    tokens: TokenSettings = field(default_factory=TokenSettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)  # the first issuer's (`token mint`'s default)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     grants: GrantSettings = field(default_factory=GrantSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     files: tuple[Path, ...] = ()  # every file and folder it was read from (a reload watches them)
     warnings: tuple[str, ...] = ()  # `file:line: warning: ...` of gateway.yaml (a key left out); the tables' are linted
+    issuers: Issuers | None = None  # every issuer; None: `tokens` alone
+
+    def __post_init__(self) -> None:
+        if self.issuers is None:
+            object.__setattr__(self, "issuers", Issuers((self.tokens,), cache_size=self.tokens.cache_size))
+
+    @property
+    def identity(self) -> Issuers:
+        assert self.issuers is not None  # set by __post_init__
+        return self.issuers

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.catalog import Catalog
+from gateway.claims import ClaimCondition
 from gateway.scopes import Requirement
 from gateway.types import Origin
 
@@ -52,6 +53,7 @@ class Api:
     catalog: Catalog
     source: str  # the table's file
     resource: ProtectedResource | None = None  # None: the table publishes no RFC 9728 metadata
+    issuers: frozenset[str] | None = None  # the issuers whose tokens its routes accept; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,10 @@ class Route:
     # the path parameter naming the user the route acts on (`user:`); None: no user
     user: str | None = None
     hide: bool = False  # refused callers get 404, as if the route did not exist
+    claims: tuple[ClaimCondition, ...] = ()  # `claims:`: unmet, the caller gets 404
     # what the route does between the decision and the forwarder (GraphQL, response fields); None: nothing
     exchange: Exchange | None = None
-    # neither a user binding nor a path parameter in the requirement: the decision's shortcut applies
+    # no user binding, claim condition, path parameter in the requirement or issuer allow-list: the decision's shortcut applies
     plain: bool = True
     # a decision here may need the grant store (its catalog has live scopes, or it acts on a user)
     live: bool = False

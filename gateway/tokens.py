@@ -27,9 +27,9 @@ import jwt
 
 from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.errors import InvalidToken
-from gateway.keys import KeyStore
+from gateway.keys import IssuerKeys, KeyStore
 from gateway.scopes import SCOPE_TOKEN
-from gateway.settings import TokenSettings
+from gateway.settings import Issuers, TokenSettings
 
 # pyjwt's signature algorithms, by JOSE name; the config's allow-list says which may be used
 _ALGORITHMS = jwt.algorithms.get_default_algorithms()
@@ -42,6 +42,9 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _CLIENT_CREDENTIALS_NAMES = frozenset({CLIENT_CREDENTIALS, "client-credentials"})
 # distinct JWT header segments kept decoded (an issuer's tokens share one)
 _KNOWN_HEADERS_MAX = 256
+# a verified token as the cache keeps it: scopes (space-separated), subject, client, exp, the
+# claims' JSON, its issuer entry's `issuer` and `grant_type_claim`
+_Cached = tuple[str, str | None, str | None, float, bytes, str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -56,6 +59,9 @@ class VerifiedToken:
     payload: bytes = b"{}"  # the claims, as the JSON that was signed
     # from the cache of tokens verified before (the metrics count it); the same token either way
     recalled: bool = field(default=False, compare=False)
+    issuer: str | None = None  # the issuer entry that vouched for it (None: the single form without `issuer`)
+    grant_type_claim: str | None = None  # that entry's tokens.grant_type_claim; None: the caller's
+
 
     @property
     def claims(self) -> dict[str, Any]:
@@ -65,6 +71,7 @@ class VerifiedToken:
         """The grant the token was issued by (docs/route-tables.md, "Scope catalogs and rules"): the `claim`'s value,
         with `client-credentials` read as `client_credentials`; without it, client credentials
         when the token has no subject or its subject is its client, else authorization code."""
+        claim = self.grant_type_claim or claim
         # the claims are parsed only when the payload may hold the claim: most tokens lack it
         value = self.claims.get(claim) if self.payload.find(b'"%s"' % claim.encode()) >= 0 else None
         if isinstance(value, str) and value:
@@ -93,6 +100,18 @@ class _Parsed:
     payload: bytes  # the claims' JSON
     signing_input: bytes
     signature: bytes
+
+
+def is_jwt(token: str) -> bool:
+    """Whether a bearer token is a JWT: three base64url segments, the first a JSON object. Any
+    other token is opaque, for introspection to judge."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        return False
+    try:
+        return isinstance(json.loads(_b64decode(parts[0])), dict)
+    except (ValueError, binascii.Error, RecursionError):
+        return False
 
 
 def _b64decode(segment: str) -> bytes:
@@ -128,7 +147,7 @@ def _parse(token: str, known_headers: dict[str, dict[str, Any]]) -> _Parsed:
     return _Parsed(header, claims, payload, token.rpartition(".")[0].encode("ascii"), signature)
 
 
-def _number(claims: dict[str, Any], name: str) -> float | None:
+def number(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
@@ -145,7 +164,7 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
     return number
 
 
-def _header_safe(value: Any, claim: str) -> str | None:
+def header_safe(value: Any, claim: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -186,16 +205,29 @@ def scopes_from_claims(claims: Mapping[str, Any], claim_names: tuple[str, ...]) 
 
 
 class TokenVerifier:
-    """Verifies bearer JWTs; remembers verified ones until their `exp` (bounded, LRU)."""
+    """Verifies bearer JWTs of one or several issuers; remembers verified ones until their `exp`
+    (bounded, LRU).
 
-    def __init__(self, settings: TokenSettings, keys: KeyStore) -> None:
-        self.settings = settings
-        self.keys = keys
-        # tokens verified with the key set of `_generation` (a new key set empties it), each as a
-        # tuple of strings, bytes and a float (scopes space-separated), which the garbage collector
-        # stops tracking: 10,000 cached token objects made its collections take 10-40 ms
-        self._cache: OrderedDict[str | bytes, tuple[str, str | None, str | None, float, bytes]] = OrderedDict()
-        self._generation = keys.generation
+    The token's unverified `iss` picks its issuer's entry (the single form's one entry takes
+    every token, and checks `iss` only when it names an issuer); the token is then checked with
+    that entry's keys, algorithms and claim rules alone, whatever its `kid` says.
+    """
+
+    def __init__(self, settings: TokenSettings | Issuers, keys: KeyStore | IssuerKeys) -> None:
+        self.issuers = settings if isinstance(settings, Issuers) else Issuers((settings,), cache_size=settings.cache_size)
+        self.keys = keys if isinstance(keys, IssuerKeys) else IssuerKeys((keys,))
+        if len(self.keys.stores) != len(self.issuers.entries):
+            raise ValueError("one key store per issuer entry")
+        self._entries = tuple(zip(self.issuers.entries, self.keys.stores))
+        # with several entries, each names its issuer (the loader sees to it)
+        self._by_issuer = {entry.issuer: (entry, store) for entry, store in self._entries if entry.issuer is not None}
+        self._cache_size = self.issuers.cache_size
+        # tokens verified with the key sets of `_generation` (a new key set of any issuer empties
+        # it), each as a tuple of strings, bytes and a float (scopes space-separated), which the
+        # garbage collector stops tracking: 10,000 cached token objects made its collections
+        # take 10-40 ms. The issuer is part of the value: a table's allow-list reads it.
+        self._cache: OrderedDict[str | bytes, _Cached] = OrderedDict()
+        self._generation = self.keys.generation
         self._known_headers: dict[str, dict[str, Any]] = {}
 
     def recall(self, key: str | bytes) -> VerifiedToken | None:
@@ -205,12 +237,12 @@ class TokenVerifier:
         cached = self._cache.get(key)
         if cached is None:
             return None
-        scopes, subject, client, expires_at, payload = cached
+        scopes, subject, client, expires_at, payload, issuer, grant_type_claim = cached
         if expires_at <= time.time():
             del self._cache[key]
             return None
         self._cache.move_to_end(key)
-        return VerifiedToken(_scope_set(scopes), subject, client, expires_at, payload, True)
+        return VerifiedToken(_scope_set(scopes), subject, client, expires_at, payload, True, issuer, grant_type_claim)
 
     async def verify(self, token: str, *, key: str | bytes | None = None) -> VerifiedToken:
         """Verify `token` unless it was verified before under `key` (by default, the token).
@@ -224,36 +256,53 @@ class TokenVerifier:
         if verified is not None:
             return verified
         verified = await self._verify(token)
-        if self.settings.cache_size:
+        if self._cache_size:
             self._key_set_changed()  # perhaps while this one was verified: it was, with the new set
-            self._cache[key] = (" ".join(sorted(verified.scopes)), verified.subject, verified.client, verified.expires_at, verified.payload)
-            if len(self._cache) > self.settings.cache_size:
+            self._cache[key] = (
+                " ".join(sorted(verified.scopes)), verified.subject, verified.client, verified.expires_at, verified.payload,
+                verified.issuer, verified.grant_type_claim,
+            )
+            if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return verified
 
     def _key_set_changed(self) -> bool:
-        """Empty the cache if the key set is not the one its tokens were verified with."""
+        """Empty the cache if the key sets are not the ones its tokens were verified with."""
         if self._generation == self.keys.generation:
             return False
         self._cache.clear()
         self._generation = self.keys.generation
         return True
 
+    def _entry(self, claims: dict[str, Any]) -> tuple[TokenSettings, KeyStore]:
+        """The issuer entry the token's (still unverified) `iss` names: only its keys may verify it."""
+        if len(self._entries) == 1:
+            return self._entries[0]  # the single form: its own claim check judges `iss`
+        issuer = claims.get("iss")
+        if issuer is None:
+            raise InvalidToken("token lacks the required claim 'iss'")
+        found = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if found is None:
+            shown = issuer[:100] if isinstance(issuer, str) else repr(issuer)[:100]
+            raise InvalidToken(f"token issuer {shown!r} is not one this gateway trusts")
+        return found
+
     async def _verify(self, token: str) -> VerifiedToken:
         parsed = _parse(token, self._known_headers)
+        settings, keys = self._entry(parsed.claims)
         header = parsed.header
         algorithm = header.get("alg")
-        if algorithm not in self.settings.algorithms:
-            raise InvalidToken(f"algorithm {algorithm!r} is not accepted (accepted: {', '.join(self.settings.algorithms)})")
+        if algorithm not in settings.algorithms:
+            raise InvalidToken(f"algorithm {algorithm!r} is not accepted (accepted: {', '.join(settings.algorithms)})")
         if "crit" in header or header.get("b64") is False:
             # RFC 7515 4.1.11: extensions a recipient does not understand make the token invalid
             raise InvalidToken("token uses JWS extensions ('crit' or 'b64') the gateway does not accept")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidToken("header 'kid' must be a string")
-        candidates = await self.keys.candidates(kid, algorithm)
+        candidates = await keys.candidates(kid, algorithm)
         if not candidates:
-            if self.keys.last_error and not self.keys.keys.keys:
+            if keys.last_error and not keys.keys.keys:
                 raise InvalidToken("no signing keys are available to verify tokens right now")
             if kid is not None:
                 raise InvalidToken(f'no {algorithm} signing key matches kid "{kid}"')
@@ -262,43 +311,48 @@ class TokenVerifier:
         if not any(verifier.verify(parsed.signing_input, key.key, parsed.signature) for key in candidates):
             raise InvalidToken("signature verification failed")
         claims = parsed.claims
-        self._check_claims(claims)
+        check_claims(claims, settings)
         return VerifiedToken(
-            scopes=scopes_from_claims(claims, self.settings.scope_claims),
-            subject=_header_safe(claims.get("sub"), "sub"),
-            client=_header_safe(claims.get("client_id", claims.get("azp")), "client_id" if "client_id" in claims else "azp"),
+            scopes=scopes_from_claims(claims, settings.scope_claims),
+            subject=header_safe(claims.get("sub"), "sub"),
+            client=header_safe(claims.get("client_id", claims.get("azp")), "client_id" if "client_id" in claims else "azp"),
             expires_at=float(claims["exp"]),
             payload=parsed.payload,
+            issuer=settings.issuer,
+            grant_type_claim=settings.grant_type_claim,
         )
 
-    def _check_claims(self, claims: dict[str, Any]) -> None:
-        """exp (required), nbf, iat, iss and aud, with the configured leeway (RFC 7519 4.1)."""
-        now = time.time()
-        leeway = self.settings.leeway
-        expires = _number(claims, "exp")
-        if expires is None:
+
+def check_claims(claims: dict[str, Any], settings: TokenSettings, *, exp_required: bool = True, now: float | None = None) -> None:
+    """exp (required unless `exp_required` is false), nbf, iat, iss and aud, with the entry's
+    leeway (RFC 7519 4.1), at `now` (default: now)."""
+    now = time.time() if now is None else now
+    leeway = settings.leeway
+    expires = number(claims, "exp")
+    if expires is None:
+        if exp_required:
             raise InvalidToken("token lacks the required claim 'exp'")
-        if expires <= now - leeway:
-            raise InvalidToken(f"token expired at {_when(expires)}")
-        not_before = _number(claims, "nbf")
-        if not_before is not None and not_before > now + leeway:
-            raise InvalidToken(f"token is not valid yet: not before {_when(not_before)}")
-        issued = _number(claims, "iat")
-        if issued is not None and issued > now + leeway:
-            raise InvalidToken(f"token is not valid yet: issued in the future, at {_when(issued)}")
-        if self.settings.issuer is not None:
-            if "iss" not in claims:
-                raise InvalidToken("token lacks the required claim 'iss'")
-            if claims["iss"] != self.settings.issuer:
-                raise InvalidToken(f"token issuer is not {self.settings.issuer}")
-        if self.settings.audience:
-            if "aud" not in claims:
-                raise InvalidToken("token lacks the required claim 'aud'")
-            audience = claims["aud"]
-            audiences = [audience] if isinstance(audience, str) else audience
-            if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
-                raise InvalidToken("claim 'aud' must be a string or a list of strings")
-            if not set(audiences) & set(self.settings.audience):
-                raise InvalidToken(f"token audience is not {' or '.join(self.settings.audience)}")
-        if "jti" in claims and not isinstance(claims["jti"], str):
-            raise InvalidToken("claim 'jti' must be a string")
+    elif expires <= now - leeway:
+        raise InvalidToken(f"token expired at {_when(expires)}")
+    not_before = number(claims, "nbf")
+    if not_before is not None and not_before > now + leeway:
+        raise InvalidToken(f"token is not valid yet: not before {_when(not_before)}")
+    issued = number(claims, "iat")
+    if issued is not None and issued > now + leeway:
+        raise InvalidToken(f"token is not valid yet: issued in the future, at {_when(issued)}")
+    if settings.issuer is not None:
+        if "iss" not in claims:
+            raise InvalidToken("token lacks the required claim 'iss'")
+        if claims["iss"] != settings.issuer:
+            raise InvalidToken(f"token issuer is not {settings.issuer}")
+    if settings.audience:
+        if "aud" not in claims:
+            raise InvalidToken("token lacks the required claim 'aud'")
+        audience = claims["aud"]
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
+            raise InvalidToken("claim 'aud' must be a string or a list of strings")
+        if not set(audiences) & set(settings.audience):
+            raise InvalidToken(f"token audience is not {' or '.join(settings.audience)}")
+    if "jti" in claims and not isinstance(claims["jti"], str):
+        raise InvalidToken("claim 'jti' must be a string")

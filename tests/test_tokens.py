@@ -335,7 +335,7 @@ async def test_an_unknown_kid_refetches_at_most_once_per_interval() -> None:
 
     endpoint.side_effect = None
     endpoint.return_value = httpx.Response(200, json=rotated)
-    verifier.keys.refetch_interval = 3600
+    verifier.keys.stores[0].refetch_interval = 3600
     for _ in range(5):
         with pytest.raises(InvalidToken, match='kid "rsa-9"'):
             await verifier.verify(mint("a", kid="rsa-9"))
@@ -347,9 +347,9 @@ async def test_a_failing_jwks_endpoint_keeps_the_last_good_keys() -> None:
     endpoint = respx.get(JWKS_URL).mock(side_effect=[httpx.Response(200, json=JWKS), httpx.Response(500), httpx.ConnectError("down")])
     verifier = remote_verifier(refetch_interval=0)
     await verifier.keys.start()
-    await verifier.keys.refresh()
-    await verifier.keys.refresh()
-    assert endpoint.call_count == 3 and "failed" in (verifier.keys.last_error or "")
+    await verifier.keys.stores[0].refresh()
+    await verifier.keys.stores[0].refresh()
+    assert endpoint.call_count == 3 and "failed" in (verifier.keys.stores[0].last_error or "")
     assert (await verifier.verify(mint("a"))).scopes == {"a"}
 
 
@@ -371,7 +371,7 @@ async def test_a_rotated_out_key_stops_verifying_even_cached_tokens() -> None:
     token = mint("a")
     await verifier.verify(token)
     await verifier.verify(token, key=b"Bearer " + token.encode())
-    await verifier.keys.refresh()
+    await verifier.keys.stores[0].refresh()
     assert verifier.recall(b"Bearer " + token.encode()) is None
     with pytest.raises(InvalidToken, match='kid "rsa-1"'):
         await verifier.verify(token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ from gateway.settings import (
     AdminSettings,
     Config,
     GrantSettings,
+    IntrospectionSettings,
+    Issuers,
     LimitSettings,
     ProxySettings,
     TokenSettings,
@@ -46,6 +49,7 @@ _TOKEN_KEYS = {
     "leeway", "scope_claims", "jwks_refetch_interval", "jwks_max_age", "cache_size", "grant_type_claim",
 }
 _KEY_SOURCES = ("jwks_url", "jwks_file", "public_keys", "hmac_secret_file")
+_INTROSPECTION_KEYS = {"url", "client_id", "client_secret_file", "cache"}
 _PROXY_KEYS = {
     "connect_timeout", "read_timeout", "total_timeout", "trusted_proxies", "client", "max_connections", "idle_timeout", "ca_file",
     "underscore_headers", "max_rewritten_response",
@@ -76,6 +80,11 @@ def load_config(path: str | Path) -> Config:
         reader.report(invalid.node, invalid.message)
         raise ConfigError(reader.problems) from None
     grants = _section(reader, entries, "grants", lambda node: _grants(reader, node, path.parent), GrantSettings(base=path.parent))
+    unkeyed: list[int] = []
+    before = len(reader.problems)
+    # read before the tables, which may name its issuers
+    issuers = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent, warnings, unkeyed, line_of(entries["tokens"][0])), Issuers())
+    names = frozenset(entry.issuer for entry in issuers.entries if entry.issuer is not None)
     tables: Tables | None = None
     if "routes" not in entries:
         reader.report(root, "missing key 'routes' (a route table file, or a folder of *.yaml tables)")
@@ -84,24 +93,21 @@ def load_config(path: str | Path) -> Config:
             node = entries["routes"][1]
             routes_path = path.parent / reader.string(node, "routes")
             reader.read.append(routes_path)  # a folder: a table added to it is a change too
-            tables = load_tables(reader, routes_path, node, live=grants.store is not None)
+            # a tokens section that does not read names no issuers: tables naming some are not judged
+            tables = load_tables(reader, routes_path, node, live=grants.store is not None, issuers=names if len(reader.problems) == before else None)
         reader.file = gateway_file
-    tokens = _section(reader, entries, "tokens", lambda node: _tokens(reader, node, path.parent, warnings), TokenSettings())
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
     limits = _section(reader, entries, "limits", lambda node: _limits(reader, node), LimitSettings())
     admin = _section(reader, entries, "admin", lambda node: _admin(reader, node, path.parent), AdminSettings())
-    token_entries = entries.get("tokens")
-    named_keys = token_entries is not None and isinstance(token_entries[1], yaml.MappingNode) and any(
-        reader.value(key) in _KEY_SOURCES for key, _ in token_entries[1].value
-    )
-    # a key source that was named but broken is reported where it is, not as missing here
-    if tables is not None and tables.needs_tokens() and not named_keys:
-        line = line_of(token_entries[0]) if token_entries else 1
-        reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys or hmac_secret_file)")
+    if tables is not None and tables.needs_tokens():
+        if "tokens" not in entries:
+            unkeyed.append(1)
+        for line in unkeyed:
+            reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys, hmac_secret_file or introspection)")
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
     files = tuple(dict.fromkeys(reader.read))
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files,
+    return Config(source=path, tables=tables, tokens=issuers.entries[0], issuers=issuers, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files,
                   warnings=tuple(str(warning) for warning in warnings))
 
 
@@ -115,11 +121,114 @@ def _section(reader: Reader, entries: Entries, name: str, read: Any, default: An
         return default
 
 
-def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]) -> TokenSettings:
-    """The token settings; a key no allowed algorithm can use is an error (every token it
-    could check would be refused), or a warning when it comes in a JWKS beside usable ones, as
-    an identity provider's JWKS may list keys for other clients or an encryption key."""
-    entries = reader.mapping(node, "tokens", _TOKEN_KEYS)
+def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem], unkeyed: list[int], key_line: int) -> Issuers:
+    """The `tokens` section: one issuer (the single form) or `issuers: [...]`.
+
+    :param unkeyed: filled with the line of each entry that names no key source and no
+        introspection (an error when routes need tokens).
+    """
+    entries = reader.mapping(node, "tokens", _TOKEN_KEYS | {"issuers", "opaque", "introspection"})
+    if "issuers" not in entries:
+        entry = _issuer(reader, entries, base, warnings, "tokens")
+        opaque = None
+        if "opaque" in entries:
+            with reader.reporting():
+                opaque = reader.string(entries["opaque"][1], "tokens.opaque")
+                if entry.introspection is None or opaque != entry.issuer:
+                    raise Invalid(entries["opaque"][1], f"tokens.opaque: {opaque!r} is not this issuer with an introspection endpoint")
+        if not _keyed(entries):
+            unkeyed.append(key_line)
+        return Issuers((entry,), opaque, entry.cache_size)
+    for name, (key_node, _) in entries.items():
+        if name not in ("issuers", "opaque", "cache_size"):
+            reader.report(key_node, f"tokens.{name}: with tokens.issuers, set {name} in each issuer's entry")
+    items_node = entries["issuers"][1]
+    if not isinstance(items_node, yaml.SequenceNode) or not items_node.value:
+        raise Invalid(items_node, "tokens.issuers must be a non-empty list of issuer entries")
+    issuers: list[TokenSettings] = []
+    lines: dict[str, int] = {}
+    introspecting: list[str] = []
+    for index, item in enumerate(items_node.value):
+        where = f"tokens.issuers[{index}]"
+        with reader.reporting():
+            item_entries = reader.mapping(item, where, (_TOKEN_KEYS - {"cache_size"}) | {"introspection"})
+            if "issuer" not in item_entries:
+                raise Invalid(item, f"{where}: each entry names its issuer (the `iss` its tokens carry)")
+            entry = _issuer(reader, item_entries, base, warnings, where)
+            if entry.issuer is None:
+                continue  # unreadable: reported
+            if entry.issuer in lines:
+                raise Invalid(item_entries["issuer"][1], f"{where}: issuer {entry.issuer!r} is already the entry at line {lines[entry.issuer]}")
+            lines[entry.issuer] = line_of(item)
+            if not _keyed(item_entries):
+                unkeyed.append(line_of(item))
+            if "introspection" in item_entries:
+                introspecting.append(entry.issuer)  # named, though perhaps unreadable (then reported there)
+            issuers.append(entry)
+    settings: dict[str, Any] = {}
+    if "cache_size" in entries:
+        with reader.reporting():
+            settings["cache_size"] = reader.integer(entries["cache_size"][1], "tokens.cache_size")
+            issuers = [replace(entry, cache_size=settings["cache_size"]) for entry in issuers]
+    if "opaque" in entries:
+        with reader.reporting():
+            opaque_node = entries["opaque"][1]
+            settings["opaque"] = opaque = reader.string(opaque_node, "tokens.opaque")
+            if opaque not in lines:
+                raise Invalid(opaque_node, f"tokens.opaque: no entry of tokens.issuers is {opaque!r}")
+            if opaque not in introspecting:
+                raise Invalid(opaque_node, f"tokens.opaque: the entry of {opaque!r} has no introspection endpoint")
+    for issuer in introspecting:
+        if issuer != settings.get("opaque"):
+            reader.report(lines[issuer], f"tokens.issuers: the entry of {issuer!r} has introspection, which only the entry tokens.opaque names uses; set tokens.opaque: {issuer}")
+    return Issuers(tuple(issuers), **settings)
+
+
+def _keyed(entries: Entries) -> bool:
+    # a key source that was named but broken is reported where it is, not as missing
+    return any(name in entries for name in (*_KEY_SOURCES, "introspection"))
+
+
+def _introspection(reader: Reader, node: yaml.Node, base: Path, where: str) -> IntrospectionSettings:
+    """The RFC 7662 endpoint: https (or http on a loopback address), with a readable secret."""
+    entries = reader.mapping(node, where, _INTROSPECTION_KEYS)
+    for name in ("url", "client_id", "client_secret_file"):
+        if name not in entries:
+            raise Invalid(node, f"{where}: missing key {name!r}")
+    url_node = entries["url"][1]
+    url = reader.string(url_node, f"{where}.url")
+    parts = urlsplit(url)
+    loopback = parts.hostname == "localhost" or _is_loopback(parts.hostname or "")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise Invalid(url_node, f"{where}.url must be an https URL (http only on a loopback address), not {url!r}: the token and the client secret travel in it")
+    if parts.username or parts.password or parts.fragment:
+        raise Invalid(url_node, f"{where}.url must not carry credentials or a fragment; the client secret goes in client_secret_file")
+    client_id = reader.string(entries["client_id"][1], f"{where}.client_id")
+    file, data = _read_file(reader, base, entries["client_secret_file"][1], f"{where}.client_secret_file")
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise Invalid(entries["client_secret_file"][1], f"{where}.client_secret_file {file}: not UTF-8 text") from None
+    if not secret:
+        raise Invalid(entries["client_secret_file"][1], f"{where}.client_secret_file {file} is empty")
+    cache = 60.0
+    if "cache" in entries:
+        cache = reader.number(entries["cache"][1], f"{where}.cache")
+    return IntrospectionSettings(url, client_id, secret, cache)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _issuer(reader: Reader, entries: Entries, base: Path, warnings: list[Problem], where: str) -> TokenSettings:
+    """One issuer's settings (`where` is `tokens`, or `tokens.issuers[N]`); a key no allowed
+    algorithm can use is an error (every token it could check would be refused), or a warning
+    when it comes in a JWKS beside usable ones, as an identity provider's JWKS may list keys for
+    other clients or an encryption key."""
     settings: dict[str, Any] = {}
     keys: list[VerificationKey] = []
 
@@ -128,91 +237,94 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]
 
     if (node := value("issuer")) is not None:
         with reader.reporting():
-            settings["issuer"] = reader.string(node, "tokens.issuer")
+            settings["issuer"] = reader.string(node, f"{where}.issuer")
     if (node := value("audience")) is not None:
         with reader.reporting():
-            settings["audience"] = tuple(reader.strings(node, "tokens.audience"))
+            settings["audience"] = tuple(reader.strings(node, f"{where}.audience"))
     algorithms: tuple[str, ...] | None = DEFAULT_ALGORITHMS  # None: unreadable, so nothing depending on it is checked
     if (node := value("algorithms")) is not None:
-        algorithms = _algorithms(reader, node)
+        algorithms = _algorithms(reader, node, where)
     if algorithms is not None:
         settings["algorithms"] = algorithms
         hmac = [name for name in algorithms if name in HMAC_ALGORITHMS]
         if hmac and "hmac_secret_file" not in entries:
-            reader.report(value("algorithms"), f"tokens.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
+            reader.report(value("algorithms"), f"{where}.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
     if (node := value("jwks_url")) is not None:
         with reader.reporting():
-            url = reader.string(node, "tokens.jwks_url")
+            url = reader.string(node, f"{where}.jwks_url")
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise Invalid(node, f"tokens.jwks_url must be an http(s) URL, not {url!r}")
+                raise Invalid(node, f"{where}.jwks_url must be an http(s) URL, not {url!r}")
             settings["jwks_url"] = url
     if (node := value("jwks_file")) is not None:
         with reader.reporting():
-            file, data = _read_file(reader, base, node, "tokens.jwks_file")
+            file, data = _read_file(reader, base, node, f"{where}.jwks_file")
             try:
                 found, skipped = keys_from_jwks(jwks_document(data), f"jwks_file {file}")
                 if algorithms is not None:
                     found, left_out = usable_keys(found, algorithms)
                     skipped += [f"jwks_file {file}: {warning}, left out" for warning in left_out]
             except ValueError as exc:
-                raise Invalid(node, f"tokens.jwks_file {file}: {exc}") from None
-            warnings.extend(Problem(reader.file, line_of(node), f"warning: tokens.{warning}") for warning in skipped)
+                raise Invalid(node, f"{where}.jwks_file {file}: {exc}") from None
+            warnings.extend(Problem(reader.file, line_of(node), f"warning: {where}.{warning}") for warning in skipped)
             keys.extend(found)
     if (node := value("public_keys")) is not None:
         with reader.reporting():
-            for item in reader.string_nodes(node, "tokens.public_keys"):
+            for item in reader.string_nodes(node, f"{where}.public_keys"):
                 with reader.reporting():
-                    file, data = _read_file(reader, base, item, "tokens.public_keys")
+                    file, data = _read_file(reader, base, item, f"{where}.public_keys")
                     try:
                         key = key_from_pem(data, f"public_keys {file}")
                     except ValueError as exc:
-                        raise Invalid(item, f"tokens.public_keys {file}: {exc}") from None
+                        raise Invalid(item, f"{where}.public_keys {file}: {exc}") from None
                     why = None if algorithms is None else unusable(key, algorithms)
                     if why is not None:
-                        raise Invalid(item, f"tokens.public_keys {file}: {why}, so every token would be refused")
+                        raise Invalid(item, f"{where}.public_keys {file}: {why}, so every token would be refused")
                     keys.append(key)
     if (node := value("hmac_secret_file")) is not None:
         with reader.reporting():
             hmac = [name for name in algorithms or () if name in HMAC_ALGORITHMS]
             if algorithms is not None and not hmac:
-                raise Invalid(node, "tokens.hmac_secret_file is set but tokens.algorithms lists no HS256/HS384/HS512")
-            file, data = _read_file(reader, base, node, "tokens.hmac_secret_file")
+                raise Invalid(node, f"{where}.hmac_secret_file is set but {where}.algorithms lists no HS256/HS384/HS512")
+            file, data = _read_file(reader, base, node, f"{where}.hmac_secret_file")
             try:
                 keys.append(key_from_secret(data.strip(), hmac, f"hmac_secret_file {file}"))
             except ValueError as exc:
-                raise Invalid(node, f"tokens.hmac_secret_file {file}: {exc}") from None
+                raise Invalid(node, f"{where}.hmac_secret_file {file}: {exc}") from None
     for name in ("leeway", "jwks_refetch_interval", "jwks_max_age"):
         if (node := value(name)) is not None:
             with reader.reporting():
-                settings[name] = reader.number(node, f"tokens.{name}")
+                settings[name] = reader.number(node, f"{where}.{name}")
     if (node := value("cache_size")) is not None:
         with reader.reporting():
-            settings["cache_size"] = reader.integer(node, "tokens.cache_size")
+            settings["cache_size"] = reader.integer(node, f"{where}.cache_size")
     if (node := value("grant_type_claim")) is not None:
         with reader.reporting():
-            settings["grant_type_claim"] = reader.string(node, "tokens.grant_type_claim")
+            settings["grant_type_claim"] = reader.string(node, f"{where}.grant_type_claim")
     if (node := value("scope_claims")) is not None:
         with reader.reporting():
-            settings["scope_claims"] = tuple(reader.strings(node, "tokens.scope_claims"))
+            settings["scope_claims"] = tuple(reader.strings(node, f"{where}.scope_claims"))
+    if (node := value("introspection")) is not None:
+        with reader.reporting():
+            settings["introspection"] = _introspection(reader, node, base, f"{where}.introspection")
     return TokenSettings(static_keys=tuple(keys), **settings)
 
 
-def _algorithms(reader: Reader, node: yaml.Node) -> tuple[str, ...] | None:
+def _algorithms(reader: Reader, node: yaml.Node, where: str = "tokens") -> tuple[str, ...] | None:
     """The allow-list, or None when any item is wrong (each reported)."""
     try:
-        items = reader.string_nodes(node, "tokens.algorithms")
+        items = reader.string_nodes(node, f"{where}.algorithms")
     except Invalid as invalid:
         reader.report(invalid.node, invalid.message)
         return None
     names: list[str] = []
     for item in items:
         with reader.reporting():
-            name = reader.string(item, "tokens.algorithms item")
+            name = reader.string(item, f"{where}.algorithms item")
             if name.lower() == "none":
-                raise Invalid(item, "tokens.algorithms: 'none' is never accepted: unsigned tokens prove nothing")
+                raise Invalid(item, f"{where}.algorithms: 'none' is never accepted: unsigned tokens prove nothing")
             if name not in _KNOWN_ALGORITHMS:
-                raise Invalid(item, f"tokens.algorithms: unknown algorithm {name!r} (known: {', '.join(sorted(_KNOWN_ALGORITHMS))})")
+                raise Invalid(item, f"{where}.algorithms: unknown algorithm {name!r} (known: {', '.join(sorted(_KNOWN_ALGORITHMS))})")
             names.append(name)
     return tuple(names) if len(names) == len(items) else None
 

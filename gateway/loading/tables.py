@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.catalog import Catalog, is_parameterised, split_parameterised
+from gateway.claims import ClaimCondition
 from gateway.exchange import Exchange
 from gateway.fields import ResponseFields
 from gateway.loading.catalog import CatalogReader
@@ -22,18 +23,23 @@ from gateway.routing import METHODS, RouteTrie, Tables, parse_template, template
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Route, Upstream
 
-_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource"}
-_ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
+_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
+_ROUTE_OPTION_KEYS = {"scopes", "user", "claims", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CLAIM_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
 Shape = tuple[str | None, ...]
 
 
-def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: bool = False) -> Tables | None:
+def load_tables(
+    reader: Reader, routes_path: Path, node: yaml.Node, *, live: bool = False, issuers: frozenset[str] | None = None,
+) -> Tables | None:
     """Every table of `routes_path` (a file, or a folder of *.yaml), compiled; None if any has a problem.
 
     :param live: a grant store is configured, so tables may use keys that need live grants.
+    :param issuers: the issuers gateway.yaml names, which a table's `issuers:` may list; None:
+        not known here, so not checked.
 
     :raises Invalid: `routes_path` names nothing to load.
     """
@@ -50,7 +56,7 @@ def load_tables(reader: Reader, routes_path: Path, node: yaml.Node, *, live: boo
     entries: list[tuple[Shape, Route]] = []
     names: dict[str, str] = {}
     for file in files:
-        table = _TableReader(reader, file, live).read()
+        table = _TableReader(reader, file, live, issuers).read()
         if table is None:
             continue
         api, routes, name_line = table
@@ -103,10 +109,11 @@ def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, 
 class _TableReader:
     """One route table file."""
 
-    def __init__(self, reader: Reader, file: Path, live: bool) -> None:
+    def __init__(self, reader: Reader, file: Path, live: bool, issuers: frozenset[str] | None = None) -> None:
         self.reader = reader
         self.file = file
         self.live = live
+        self.issuers = issuers
         self.catalog: Catalog = Catalog()
         self.has_catalog = False
 
@@ -137,6 +144,10 @@ class _TableReader:
         if "prefix" in entries:
             with reader.reporting():
                 prefix = self._prefix(entries["prefix"][1])
+        issuers: frozenset[str] | None = None
+        if "issuers" in entries:
+            with reader.reporting():
+                issuers = self._issuers(entries["issuers"][1])
         block: ResourceBlock | None = None
         if "resource" in entries:
             with reader.reporting():
@@ -144,7 +155,7 @@ class _TableReader:
         if "scopes" in entries or "rules" in entries:
             self.has_catalog = "scopes" in entries
             self.catalog = CatalogReader(reader, self.live).read(entries.get("scopes"), entries.get("rules"))
-        parsed: list[tuple[str, str, Shape, Requirement, str | None, bool, Exchange | None, int]] = []
+        parsed: list[tuple[str, str, Shape, Requirement, str | None, tuple[ClaimCondition, ...], bool, Exchange | None, int]] = []
         if "routes" in entries:
             table_routes: dict[str, tuple[yaml.Node, yaml.Node]] = {}
             with reader.reporting():
@@ -152,22 +163,23 @@ class _TableReader:
             for key, (key_node, value_node) in table_routes.items():
                 with reader.reporting():
                     method, template, shape = self._route_key(key, key_node)
-                    requirement, user, hide, exchange = self._route_value(key, method, template, value_node)
-                    parsed.append((method, template, shape, requirement, user, hide, exchange, line_of(key_node)))
+                    requirement, user, claims, hide, exchange = self._route_value(key, method, template, value_node)
+                    parsed.append((method, template, shape, requirement, user, claims, hide, exchange, line_of(key_node)))
         if len(reader.problems) > before or upstream is None:
             return None
         resource = None
         if block is not None:
             scopes = supported_scopes(self.catalog if self.has_catalog else None, (requirement for _, _, _, requirement, *_ in parsed))
             resource = block.publish(name, str(self.file), scopes)
-        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource)
+        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource, issuers=issuers)
         routes = [
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement,
-                params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, hide=hide,
-                exchange=exchange, plain=user is None and not requirement.bound, live=self.catalog.live or user is not None,
+                params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, claims=claims, hide=hide,
+                exchange=exchange, plain=user is None and not claims and not requirement.bound and issuers is None,
+                live=self.catalog.live or user is not None,
             ))
-            for method, template, shape, requirement, user, hide, exchange, line in parsed
+            for method, template, shape, requirement, user, claims, hide, exchange, line in parsed
         ]
         return api, routes, line_of(entries["name"][1])
 
@@ -176,6 +188,18 @@ class _TableReader:
         if not _NAME.fullmatch(name):
             raise Invalid(node, f"name {name!r} may hold only letters, digits, '.', '_' and '-'")
         return name
+
+    def _issuers(self, node: yaml.Node) -> frozenset[str]:
+        """The issuers whose tokens the table accepts: each one gateway.yaml's tokens name."""
+        names = []
+        for item in self.reader.string_nodes(node, "issuers"):
+            with self.reader.reporting():
+                name = self.reader.string(item, "issuers item")
+                if self.issuers is not None and name not in self.issuers:
+                    known = ", ".join(sorted(self.issuers)) or "none: tokens names no issuer"
+                    raise Invalid(item, f"issuers: {name!r} is not an issuer of gateway.yaml's tokens (known: {known})")
+                names.append(name)
+        return frozenset(names)
 
     def _prefix(self, node: yaml.Node) -> tuple[str, ...]:
         text = self.reader.string(node, "prefix")
@@ -200,9 +224,12 @@ class _TableReader:
             raise Invalid(key_node, f"{key}: {exc}") from None
         return method, template, shape
 
-    def _route_value(self, key: str, method: str, template: str, value_node: yaml.Node) -> tuple[Requirement, str | None, bool, Exchange | None]:
-        """The requirement, the `user:` parameter, `hide:` and the exchange of one route."""
+    def _route_value(
+        self, key: str, method: str, template: str, value_node: yaml.Node,
+    ) -> tuple[Requirement, str | None, tuple[ClaimCondition, ...], bool, Exchange | None]:
+        """The requirement, the `user:` parameter, the `claims:` conditions, `hide:` and the exchange of one route."""
         user: str | None = None
+        claims: tuple[ClaimCondition, ...] = ()
         hide = False
         exchange: Exchange | None = None
         params = {name for name, _ in template_params(template, 0)}
@@ -215,6 +242,8 @@ class _TableReader:
                 user = self.reader.string(node, f"{key}: user")
                 if user not in params:
                     raise Invalid(node, f"{key}: user: {user!r} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
+            if "claims" in options:
+                claims = self._claims(key, options["claims"][1], params)
             if "hide" in options:
                 hide = self.reader.typed(options["hide"][1], f"{key}: hide", lambda v: isinstance(v, bool), "true or false")
             if "response_fields" in options:
@@ -225,7 +254,32 @@ class _TableReader:
                 requirement_of = functools.partial(self._requirement, params=set())
                 exchange = GraphQLReader(self.reader, self.file, requirement_of, self._scope_problem).read(key, method, options["graphql"][1])
             value_node = options["scopes"][1]
-        return self._requirement(key, value_node, params), user, hide, exchange
+        requirement = self._requirement(key, value_node, params)
+        if claims and requirement.access is Access.PUBLIC:
+            raise Invalid(value_node, f"{key}: a public route reads no token, so its claims could never be checked")
+        return requirement, user, claims, hide, exchange
+
+    def _claims(self, key: str, node: yaml.Node, params: set[str]) -> tuple[ClaimCondition, ...]:
+        """`claims: {org_id: "{orgId}", tier: gold}`: each value a literal, or one whole `{param}`
+        of the template."""
+        members = self.reader.mapping(node, f"{key}: claims")
+        if not members:
+            raise Invalid(node, f"{key}: claims maps token claims to the values they must hold")
+        conditions = []
+        for claim, (_, value_node) in members.items():
+            what = f"{key}: claims.{claim}"
+            value = self.reader.typed(value_node, what, lambda v: (isinstance(v, str) and v != "") or (isinstance(v, int) and not isinstance(v, bool)), "a string, an integer or a '{param}' of the template")
+            text = str(value)
+            param = _CLAIM_PARAM.fullmatch(text)
+            if param is not None:
+                if param[1] not in params:
+                    raise Invalid(value_node, f"{what}: {text} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
+                conditions.append(ClaimCondition(claim, param[1], param=True))
+            elif "{" in text or "}" in text:
+                raise Invalid(value_node, f"{what}: a value is a literal or one whole '{{param}}', not {text!r}")
+            else:
+                conditions.append(ClaimCondition(claim, text))
+        return tuple(conditions)
 
     def _response_fields(self, key: str, node: yaml.Node) -> ResponseFields:
         members = self.reader.mapping(node, f"{key}: response_fields")
