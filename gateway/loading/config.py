@@ -115,11 +115,11 @@ def _section(reader: Reader, entries: Entries, name: str, read: Any, default: An
         return default
 
 
-def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]) -> TokenSettings:
+def _tokens(reader: Reader, section: yaml.Node, base: Path, warnings: list[Problem]) -> TokenSettings:
     """The token settings; a key no allowed algorithm can use is an error (every token it
     could check would be refused), or a warning when it comes in a JWKS beside usable ones, as
     an identity provider's JWKS may list keys for other clients or an encryption key."""
-    entries = reader.mapping(node, "tokens", _TOKEN_KEYS)
+    entries = reader.mapping(section, "tokens", _TOKEN_KEYS)
     settings: dict[str, Any] = {}
     keys: list[VerificationKey] = []
 
@@ -139,7 +139,7 @@ def _tokens(reader: Reader, node: yaml.Node, base: Path, warnings: list[Problem]
         settings["algorithms"] = algorithms
         hmac = [name for name in algorithms if name in HMAC_ALGORITHMS]
         if hmac and "hmac_secret_file" not in entries:
-            reader.report(value("algorithms"), f"tokens.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
+            reader.report(entries["algorithms"][1], f"tokens.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
     if (node := value("jwks_url")) is not None:
         with reader.reporting():
             url = reader.string(node, "tokens.jwks_url")
