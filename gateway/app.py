@@ -31,7 +31,7 @@ _READS = ("GET", "HEAD")
 
 
 def raw_path(scope: Scope) -> bytes:
-    raw = scope.get("raw_path")
+    raw: bytes | None = scope.get("raw_path")
     if raw is None:
         # a server without raw_path: re-encode the decoded path, so what is matched is what is sent
         return quote(scope["path"], safe="/!$&'()*+,;=:@").encode("ascii")
@@ -133,9 +133,9 @@ class Gateway:
             # granian reports a malformed chunked body as a disconnect too: if the client is still
             # there, it gets a 400; if it is gone, the answer goes nowhere
             logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
-            refusal = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
-            reason = refusal.error
-            await _answer(send, refusal, api, record, _graphql(match))
+            framing = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
+            reason = framing.error
+            await _answer(send, framing, api, record, _graphql(match))
         finally:
             if record is not None:
                 record.observer.finish(record, method, path, match, verified, forwarded, reason)

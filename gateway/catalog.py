@@ -218,17 +218,17 @@ class Catalog:
         grant_typed: list[tuple[str, frozenset[str]]] = []
         live: list[tuple[Reading, frozenset[str]]] = []
         for reading in known:
-            entry = self.entries[reading.entry]  # type: ignore[index]
+            entry = self.entries[reading.entry]  # type: ignore[index]  # a known reading has its entry
             if entry.grant_types is not None:
-                grant_typed.append((reading.scope, entry.grant_types))  # type: ignore[arg-type]
+                grant_typed.append((reading.scope, entry.grant_types))  # type: ignore[arg-type]  # known: scope not None
             grants = self.grants if entry.grants is None else entry.grants
             if grants or "offline" in reading.form or (entry.condition is not None and "optional" in reading.form):
                 live.append((reading, grants))  # counts only through the grant store (step 3)
                 continue
             if entry.step_up is not None:
-                step_up.append((reading.scope, entry.step_up))  # type: ignore[arg-type]
+                step_up.append((reading.scope, entry.step_up))  # type: ignore[arg-type]  # known: scope not None
                 continue
-            counted.add(reading.scope)  # type: ignore[arg-type]
+            counted.add(reading.scope)  # type: ignore[arg-type]  # known: scope not None
         counted_set = frozenset(counted)
         simple = refusal is None and not step_up and not grant_typed and not live
         live_needs: tuple[tuple[bool, str], ...] = ()
@@ -236,7 +236,7 @@ class Catalog:
         effective_with_live = None
         if live and refusal is None and not step_up and not grant_typed:
             live_needs, live_conditions = self._live_needs(live)
-            effective_with_live = self.with_implications(counted_set | {reading.scope for reading, _ in live})  # type: ignore[misc]
+            effective_with_live = self.with_implications(counted_set | {reading.scope for reading, _ in live})  # type: ignore[misc]  # known readings: no None scope
         return Assessment(
             readings, refusal, counted_set, tuple(step_up), tuple(grant_typed), tuple(live), self.with_implications(counted_set), simple,
             live_needs, live_conditions, effective_with_live,
@@ -273,10 +273,10 @@ class Catalog:
         for group in self.exclusive:
             members = [reading.scope for reading in known if reading.entry in group]
             if len(members) > 1:
-                yield f"at most one of {', '.join(group)} may be held at once; the token holds {' and '.join(members)}"  # type: ignore[arg-type]
+                yield f"at most one of {', '.join(group)} may be held at once; the token holds {' and '.join(members)}"  # type: ignore[arg-type]  # known: scope not None
         held = {reading.scope for reading in known}
         for reading in known:
-            requires = self.entries[reading.entry].requires  # type: ignore[index]
+            requires = self.entries[reading.entry].requires  # type: ignore[index]  # a known reading has its entry
             if requires and not held.intersection(requires):
                 yield f"{reading.scope} is held only with one of {', '.join(requires)}, and the token holds none"
 

@@ -228,7 +228,7 @@ def _expiry(args: argparse.Namespace) -> float | None:
     if args.ttl is not None:
         if not math.isfinite(args.ttl):
             raise ValueError(f"--ttl must be a finite number of seconds, not {args.ttl}")
-        expires_at = time.time() + args.ttl
+        expires_at: float = time.time() + args.ttl
         if not times.valid(expires_at):
             raise ValueError(f"--ttl {args.ttl:g} puts the expiry outside years 1 to 9999 UTC")
         return expires_at
@@ -682,7 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run is not _token_mint and (missing := _missing_config(args.config) if hasattr(args, "config") else None) is not None:
         print(missing, file=sys.stderr)
         return _USAGE
-    return args.run(args)
+    status: int = args.run(args)  # every command's function returns its exit status
+    return status
 
 
 if __name__ == "__main__":

@@ -249,8 +249,7 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
         if "offline" in reading.form:
             needed.append((view.user_grants.get(f"{scope}_offline"), f"the offline grant {scope}_offline by {subject} to client {client}"))
         read.extend((what, state) for state, what in needed)
-        problems = [_grant_problem(state, what, now) for state, what in needed]
-        problems = [problem for problem in problems if problem is not None]
+        problems = [problem for state, what in needed if (problem := _grant_problem(state, what, now)) is not None]
         missing.extend(problems)
         if problems:
             continue
@@ -328,7 +327,7 @@ def _waiting(
         stepped = catalog.with_implications(effective | frozenset(scope for scope, _ in pending_step_up))
         chosen = [next((alternative for alternative in requirement.alternatives if alternative <= stepped), None) for requirement in requirements]
         if all(alternative is not None for alternative in chosen):
-            wanted = frozenset().union(*chosen)  # type: ignore[arg-type]
+            wanted = frozenset().union(*chosen)  # type: ignore[arg-type]  # no None: checked by all() above
             needed = [step_up for scope, step_up in pending_step_up if catalog.with_implications(frozenset({scope})) & wanted]
             acr_values = _acr_values(needed)
             ages = [step_up.max_age for step_up in needed if step_up.max_age is not None]

@@ -47,11 +47,17 @@ class Forwarding:
 class Exchange(Protocol):
     """A route's work between the decision and the forwarder."""
 
-    # request bytes read whole before `prepare`, at most; None: `prepare` gets no body and the
-    # client's streams to the upstream
-    body_limit: int | None
-    # what it checks below the route (a response member, a GraphQL field) -> its requirement
-    requirements: Mapping[str, Requirement]
+    # read-only members: a frozen dataclass's fields satisfy them
+    @property
+    def body_limit(self) -> int | None:
+        """Request bytes read whole before `prepare`, at most; None: `prepare` gets no body and
+        the client's streams to the upstream."""
+        ...
+
+    @property
+    def requirements(self) -> Mapping[str, Requirement]:
+        """What it checks below the route (a response member, a GraphQL field) -> its requirement."""
+        ...
 
     async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
         """How to forward this request.

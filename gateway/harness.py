@@ -34,7 +34,7 @@ from gateway.loading import load_config
 from gateway.routing import Tables
 from gateway.settings import Config
 from gateway.signing import throwaway_key
-from gateway.types import Headers
+from gateway.types import Headers, Message
 from gateway.upstream import HttpxUpstream
 
 DEFAULT_SUBJECT = "test-user"
@@ -411,7 +411,7 @@ async def _exchange(app: Gateway, probe: Probe, authorization: str | None) -> tu
         await answered.wait()  # the client stays until the whole answer is in
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             start.update(message)
         elif message["type"] == "http.response.body":

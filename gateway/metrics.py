@@ -205,7 +205,9 @@ class Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         requests: dict[tuple[str, ...], int] = {}
-        durations = {"request_duration": [[0] * (len(BUCKETS) + 1), 0.0], "upstream_duration": [[0] * (len(BUCKETS) + 1), 0.0]}
+        # per histogram: the count of each bucket, and the sum of seconds
+        bucket_counts: dict[str, list[int]] = {"request_duration": [0] * (len(BUCKETS) + 1), "upstream_duration": [0] * (len(BUCKETS) + 1)}
+        sums: dict[str, float] = {"request_duration": 0.0, "upstream_duration": 0.0}
         counters: dict[str, dict[str, int]] = {"token_cache": {}, "jwks_fetch": {}, "reloads": {}}
         grant_store_errors = 0
         last_reload: list[int] = []
@@ -213,10 +215,10 @@ class Collector:
             for *labels, count in snapshot["requests"]:
                 key = tuple(str(label) for label in labels)
                 requests[key] = requests.get(key, 0) + count
-            for name, total in durations.items():
+            for name in sums:
                 counts, seconds = snapshot[name]
-                total[0] = [a + b for a, b in zip(total[0], counts)]
-                total[1] += seconds
+                bucket_counts[name] = [a + b for a, b in zip(bucket_counts[name], counts)]
+                sums[name] += seconds
             for name, by_result in counters.items():
                 for result, count in snapshot[name].items():
                     by_result[result] = by_result.get(result, 0) + count
@@ -230,12 +232,11 @@ class Collector:
         yield family
         for name, help_text in (("request_duration", "Seconds from a request's arrival to the last byte of its answer."),
                                 ("upstream_duration", "Seconds from a request sent upstream to the head of the upstream's answer.")):
-            counts, seconds = durations[name]
             cumulative, buckets = 0, []
-            for bound, count in zip((*(f"{bound:g}" for bound in BUCKETS), "+Inf"), counts):
+            for bound, count in zip((*(f"{bound:g}" for bound in BUCKETS), "+Inf"), bucket_counts[name]):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            yield HistogramMetricFamily(f"gateway_{name}_seconds", help_text, buckets=buckets, sum_value=seconds)
+            yield HistogramMetricFamily(f"gateway_{name}_seconds", help_text, buckets=buckets, sum_value=sums[name])
         for name, metric, help_text in (
             ("token_cache", "gateway_token_cache", "Bearer tokens looked up in the verified-token cache, by result (hit, miss)."),
             ("jwks_fetch", "gateway_jwks_fetch", "JWKS fetches, by result (success, failure)."),
@@ -255,5 +256,5 @@ def exposition(directory: Path) -> tuple[bytes, bytes]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(directory))  # type: ignore[arg-type]
+    registry.register(Collector(directory))
     return generate_latest(registry), CONTENT_TYPE_LATEST.encode("ascii")

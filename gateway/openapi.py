@@ -141,7 +141,7 @@ def _parse(path: Path) -> dict[str, Any]:
     return document
 
 
-class _SpecLoader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
+class _SpecLoader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]  # a base chosen at import (libyaml's when built)
     """YAML as JSON sees it: an unquoted date stays a string (OpenAPI's own schema types it so)."""
 
 
@@ -458,7 +458,7 @@ def write_table(spec: Spec, *, name: str, upstream: str, prefix: str | None, opt
 
 def _requirement(requirement: Requirement) -> str:
     if requirement.access is not Access.SCOPES:
-        return requirement.access.value
+        return str(requirement.access.value)  # str already; mypy reads a narrowed enum's value as Any
     items = [sorted(alternative) for alternative in requirement.alternatives]
     if len(items) == 1 and len(items[0]) == 1:
         return _scalar(items[0][0])

@@ -116,7 +116,7 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()  # type: ignore[union-attr]
+        status = self.parser.get_status_code()  # type: ignore[union-attr]  # a callback of the parser: it exists
         if status == 101:
             raise UpstreamUnavailable("upstream switched protocols, which the gateway does not forward")
         if status < 200:
@@ -127,7 +127,7 @@ class _Connection(asyncio.Protocol):
         if self.head_bytes > _MAX_HEAD_BYTES and sum(len(name) + len(value) for name, value in self.headers) > _MAX_HEAD_BYTES:
             raise _head_too_large()  # the read that ended the head went past the bound: was it the head?
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]  # as above
         if self.no_body or status in (204, 304):
             self.complete = True
         head = self.head
@@ -153,7 +153,7 @@ class _Connection(asyncio.Protocol):
 
     # transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream connection's: a Transport
 
     def data_received(self, data: bytes) -> None:
         if not self.active:
@@ -163,17 +163,17 @@ class _Connection(asyncio.Protocol):
         head = self.head
         # llhttp bounds nothing: the bytes read while the head is pending are counted, per read
         # rather than per header, which cost more than the rest of the parsing
-        pending = not head.done()  # type: ignore[union-attr]
+        pending = not head.done()  # type: ignore[union-attr]  # active: an exchange's head is awaited
         if pending:
             self.head_bytes += len(data)
         try:
-            self.parser.feed_data(data)  # type: ignore[union-attr]
+            self.parser.feed_data(data)  # type: ignore[union-attr]  # active: the parser is only dropped at the end
         except httptools.HttpParserCallbackError as exc:
             self.fail(exc.__context__ if isinstance(exc.__context__, Exception) else UpstreamUnavailable(str(exc)))
         except httptools.HttpParserError as exc:
             self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
         else:
-            if pending and self.head_bytes > _MAX_HEAD_BYTES and not head.done():  # type: ignore[union-attr]
+            if pending and self.head_bytes > _MAX_HEAD_BYTES and not head.done():  # type: ignore[union-attr]  # as above
                 self.fail(_head_too_large())
 
     def eof_received(self) -> bool:
@@ -610,7 +610,7 @@ class PooledUpstream:
             raise UpstreamTimeout("the exchange exceeded total_timeout")
         answered = head.done() and head.exception() is None
         if not answered and sender.done() and sender.exception() is not None:
-            raise sender.exception()  # type: ignore[misc]
+            raise sender.exception()  # type: ignore[misc]  # not None: checked above
         await self.wait(head, deadline, "the upstream did not answer")
 
     async def _send_body(self, connection: _Connection, request: UpstreamRequest, deadline: float | None, sent: int) -> None:

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import overload
 
 from gateway.access import Record
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
@@ -91,6 +92,19 @@ def upstream_request_headers(
         values = [value for name, value in scope["headers"] if name.lower() == b"connection"]
         found = _upstream_request_headers(scope, settings, authority, identity, _named_by_connection(values))
     return found
+
+
+# typed: None only while the names Connection headers list are not known
+@overload
+def _upstream_request_headers(
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Sequence[tuple[bytes, bytes]], listed: None
+) -> tuple[Headers, bool, int | None] | None: ...
+
+
+@overload
+def _upstream_request_headers(
+    scope: Scope, settings: ProxySettings, authority: bytes, identity: Sequence[tuple[bytes, bytes]], listed: frozenset[bytes]
+) -> tuple[Headers, bool, int | None]: ...
 
 
 def _upstream_request_headers(
@@ -199,7 +213,7 @@ class _RequestBody:
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected("client disconnected before its request body was complete")
             self._more = message.get("more_body", False)
-            body = message.get("body", b"")
+            body: bytes = message.get("body", b"")
             if body:
                 return body
         raise StopAsyncIteration

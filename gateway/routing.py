@@ -94,10 +94,10 @@ class RouteTrie:
         """The most specific route for `method` and decoded `segments`, or None."""
         # the walk's first descent (a literal child where there is one), without recursion: it
         # is the answer whenever it ends on a route, which is nearly always
-        node: _Node | None = self._root
+        node = self._root
         for segment in segments:
             child = node.literals.get(segment)
-            node = child if child is not None else node.param
+            node = child if child is not None else node.param  # type: ignore[assignment]  # None only until the check below breaks out
             if node is None:
                 break
         else:

@@ -52,7 +52,7 @@ class Requirement:
 
     def describe(self) -> str:
         if self.access is not Access.SCOPES:
-            return self.access.value
+            return str(self.access.value)  # str already; mypy reads a narrowed enum's value as Any
         options = [" and ".join(sorted(alternative)) for alternative in self.alternatives]
         if len(options) == 1:
             return options[0]

@@ -19,7 +19,7 @@ import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -72,7 +72,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading = 0  # the size of the read being parsed
         self._head_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own: a stream protocol is given a Transport
         super().connection_made(transport)
         self._start_head_timer()
 
@@ -167,7 +167,18 @@ def _parser_refusal(message: str) -> Refusal:
     return FramingInvalidRequest(f"malformed request: {message}")
 
 
-def uvicorn_options() -> dict[str, object]:
+class UvicornOptions(TypedDict):
+    """The gateway's options of `uvicorn.Config`, typed so that `**` checks them against its parameters."""
+
+    lifespan: Literal["on"]
+    proxy_headers: bool
+    server_header: bool
+    date_header: bool
+    http: type[asyncio.Protocol]
+    timeout_graceful_shutdown: int
+
+
+def uvicorn_options() -> UvicornOptions:
     return {
         "lifespan": "on",
         # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
@@ -432,7 +443,7 @@ def _granian() -> type:
     """granian's server, with SIGHUP asking every worker to reload instead of restarting them."""
     from granian import Granian
 
-    class Server(Granian):  # type: ignore[misc, valid-type]
+    class Server(Granian):  # type: ignore[misc, valid-type]  # granian picks its server class at import: a variable to mypy
         def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
             _request_reload()
 

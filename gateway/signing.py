@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.keys import HMAC_ALGORITHMS, MIN_RSA_BITS, RSA_ALGORITHMS, VerificationKey, key_from_secret
 
-_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+_CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _SIGNERS = jwt.algorithms.get_default_algorithms()
 SIGNING_ALGORITHMS = RSA_ALGORITHMS | HMAC_ALGORITHMS | frozenset(_CURVES) | {"EdDSA"}
 KEY_FILE_ALGORITHMS = ("RS256", "ES256", "EdDSA")  # what `gateway keys init` makes
@@ -140,7 +140,7 @@ def read_key_file(path: Path) -> SigningKey:
             raise ValueError(f"{path}: an RSA key of {private.key_size} bits is too short: the gateway verifies with {MIN_RSA_BITS} bits or more")
         algorithm = "RS256"
     elif isinstance(private, ec.EllipticCurvePrivateKey):
-        algorithm = next((name for name, curve in _CURVES.items() if curve.name == private.curve.name), "")
+        algorithm = next((name for name, curve in _CURVES.items() if curve().name == private.curve.name), "")
         if not algorithm:
             raise ValueError(f"{path}: an EC key on curve {private.curve.name} cannot sign tokens here (P-256, P-384 or P-521 can)")
     elif isinstance(private, ed25519.Ed25519PrivateKey):

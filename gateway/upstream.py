@@ -44,11 +44,18 @@ class UpstreamRequest:
 class UpstreamResponse(Protocol):
     status: int
     headers: Headers  # names lowercased
-    # True once the body is known to be over, so the last chunk can be sent as the last
-    finished: bool
-    # True once no more of the request body will be read from the client (all of it sent, or
-    # the sending given up): from then on nothing but the proxy reads its `receive`
-    request_sent: bool
+
+    # read-only (properties of the pooled client's response)
+    @property
+    def finished(self) -> bool:
+        """True once the body is known to be over, so the last chunk can be sent as the last."""
+        ...
+
+    @property
+    def request_sent(self) -> bool:
+        """True once no more of the request body will be read from the client (all of it sent,
+        or the sending given up): from then on nothing but the proxy reads its `receive`."""
+        ...
 
     def body(self) -> AsyncIterator[bytes]: ...
 

@@ -63,7 +63,7 @@ def validate_scopes(
     for reading in readings:
         if reading.scope is None:
             continue
-        entry = catalog.entries[reading.entry]  # type: ignore[index]
+        entry = catalog.entries[reading.entry]  # type: ignore[index]  # scope not None: its entry is known
         grants = catalog.grants if entry.grants is None else entry.grants
         if client_grants is not None and "client" in grants:
             state = client_grants.get(reading.scope)

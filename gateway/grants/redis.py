@@ -29,7 +29,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import redis.asyncio
@@ -152,7 +152,8 @@ class RedisStore:
     async def version(self) -> tuple[str | None, int]:
         """(epoch, number of writes since the epoch began): changes with every write from any replica."""
         with self._errors():
-            counter, epoch = await self._client.mget(VERSION_KEY, EPOCH_KEY)
+            # str, not bytes: decode_responses, which redis-py's types do not follow
+            counter, epoch = cast("list[str | None]", await self._client.mget(VERSION_KEY, EPOCH_KEY))
         return epoch, int(counter or 0)
 
     async def watch(self, changed: Callable[[], None], stop: asyncio.Event) -> None:
@@ -194,7 +195,7 @@ class RedisStore:
                 while True:
                     try:
                         await pipe.watch(key)
-                        raw = await pipe.hget(key, scope)
+                        raw = cast("str | None", await pipe.hget(key, scope))  # decode_responses, as above
                         if raw is None:
                             return False
                         state = _decode(key, scope, raw)

@@ -248,7 +248,7 @@ def _issuer(reader: Reader, entries: Entries, base: Path, warnings: list[Problem
         settings["algorithms"] = algorithms
         hmac = [name for name in algorithms if name in HMAC_ALGORITHMS]
         if hmac and "hmac_secret_file" not in entries:
-            reader.report(value("algorithms"), f"{where}.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
+            reader.report(entries["algorithms"][1], f"{where}.algorithms: {', '.join(hmac)} needs a shared secret; set hmac_secret_file on purpose or remove it")
     if (node := value("jwks_url")) is not None:
         with reader.reporting():
             url = reader.string(node, f"{where}.jwks_url")

@@ -101,9 +101,9 @@ class GraphQLReader:
             schema=schema, requirements=requirements, root_types=roots, persisted={id_: body for id_, (body, _) in manifest.items()}, **settings,
         )
         if len(reader.problems) == before:
-            for id_, (body, name) in manifest.items():
+            for id_, (body, operation_name) in manifest.items():
                 try:
-                    route.analyse(body, name)
+                    route.analyse(body, operation_name)
                 except Refusal as refusal:  # the route's own 400, worded for a request
                     reader.report(options["persisted_queries"][1], f"{key}: graphql.persisted_queries: operation {id_[:12]}...: {refusal}")
         return route
@@ -190,7 +190,7 @@ class GraphQLReader:
                         raise Invalid(name_node, f"{key}: graphql.fields: {name}: the schema has no type {type_name!r}")
                     if not (is_object_type(owner) or is_interface_type(owner)):
                         raise Invalid(name_node, f"{key}: graphql.fields: {name}: {type_name} is not an object or interface type")
-                    if field_name not in owner.fields:  # type: ignore[union-attr]
+                    if field_name not in owner.fields:
                         raise Invalid(name_node, f"{key}: graphql.fields: {name}: type {type_name} has no field {field_name!r}")
                 fields[name] = self.requirement(f"{key}: graphql.fields.{name}", value_node)
         return fields
@@ -245,7 +245,7 @@ def _merged(schema: GraphQLSchema | None, sdl: dict[str, Requirement], configure
     own: dict[str, Requirement] = {}
     composite = [named for name, named in schema.type_map.items() if not name.startswith("__") and (is_object_type(named) or is_interface_type(named))]
     for named in composite:
-        for field_name, field in named.fields.items():  # type: ignore[union-attr]
+        for field_name, field in named.fields.items():
             key = f"{named.name}.{field_name}"
             returned = field.type
             while hasattr(returned, "of_type"):
@@ -257,17 +257,17 @@ def _merged(schema: GraphQLSchema | None, sdl: dict[str, Requirement], configure
     # spec asks it, and the schema is validated): one step down is all of them
     inherited: dict[str, Requirement] = {}
     for named in composite:
-        for field_name in named.fields:  # type: ignore[union-attr]
+        for field_name in named.fields:
             key = f"{named.name}.{field_name}"
-            stated = [own[found] for found in (key, *(f"{each.name}.{field_name}" for each in named.interfaces)) if found in own]  # type: ignore[union-attr]
+            stated = [own[found] for found in (key, *(f"{each.name}.{field_name}" for each in named.interfaces)) if found in own]
             if stated:
                 inherited[key] = all_of(stated)
     merged = dict(inherited)
     for named in composite:
         if not is_interface_type(named):
             continue
-        implementations = schema.get_possible_types(named)  # type: ignore[arg-type]
-        for field_name in named.fields:  # type: ignore[union-attr]
+        implementations = schema.get_possible_types(named)
+        for field_name in named.fields:
             key = f"{named.name}.{field_name}"
             stated = [inherited[found] for found in (key, *(f"{each.name}.{field_name}" for each in implementations)) if found in inherited]
             if stated:

@@ -43,7 +43,7 @@ class Invalid(Exception):
 
 
 def line_of(node: yaml.Node) -> int:
-    return node.start_mark.line + 1  # type: ignore[no-any-return]
+    return node.start_mark.line + 1
 
 
 def _is_integer(value: Any, minimum: int) -> bool:
@@ -120,7 +120,8 @@ class Reader:
         return value
 
     def string(self, node: yaml.Node, what: str) -> str:
-        return self.typed(node, what, lambda v: isinstance(v, str) and v != "", "a non-empty string")  # type: ignore[no-any-return]
+        value: str = self.typed(node, what, lambda v: isinstance(v, str) and v != "", "a non-empty string")
+        return value
 
     def number(self, node: yaml.Node, what: str, minimum: float = 0) -> float:
         return float(self.typed(
@@ -132,7 +133,8 @@ class Reader:
         return int(self.typed(node, what, lambda v: _is_integer(v, minimum), f"an integer >= {minimum}"))
 
     def choice(self, node: yaml.Node, what: str, choices: tuple[str, ...]) -> str:
-        return self.typed(node, what, lambda v: v in choices, " or ".join(choices))  # type: ignore[no-any-return]
+        value: str = self.typed(node, what, lambda v: v in choices, " or ".join(choices))
+        return value
 
     def string_nodes(self, node: yaml.Node, what: str) -> list[yaml.Node]:
         """The items of a string-or-list value, as nodes, each still to be read.

@@ -69,8 +69,8 @@ def load_tables(
     for shape, route in entries:
         clash = seen.setdefault((route.method, shape), route)
         if clash is not route:
-            file, _, line = route.source.rpartition(":")
-            reader.problems.append(Problem(file, int(line), f"{route.method} {route.template}: same method and path as {clash.method} {clash.template} at {clash.source}"))
+            where, _, line = route.source.rpartition(":")
+            reader.problems.append(Problem(where, int(line), f"{route.method} {route.template}: same method and path as {clash.method} {clash.template} at {clash.source}"))
     if len(reader.problems) > before:
         return None
     trie = RouteTrie(entries)
@@ -84,7 +84,7 @@ def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, 
     """The RFC 9728 documents by path; a path two tables publish at, or that a route of any
     method matches, is a problem (the route would take the document's requests, or hide it)."""
     documents: dict[bytes, bytes] = {}
-    publishers: dict[bytes, Api] = {}
+    publishers: dict[bytes, tuple[str, str]] = {}  # path -> the table's name and its resource's source
     for api in apis:
         resource = api.resource
         if resource is None:
@@ -93,15 +93,15 @@ def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, 
         path = resource.metadata_path
         shown = path.decode("ascii")
         if path in publishers:
-            other = publishers[path]
-            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is table {other.name}'s too ({other.resource.source})"))  # type: ignore[union-attr]
+            other, source = publishers[path]
+            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is table {other}'s too ({source})"))
             continue
         routes = trie.candidates(canonicalise(path).segments)
         if routes:
             clash = routes[0]
             reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is matched by route {clash.method} {clash.template} of table {clash.api.name} ({clash.source})"))
             continue
-        publishers[path] = api
+        publishers[path] = (api.name, resource.source)
         documents[path] = resource.document
     return documents
 
