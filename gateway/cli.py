@@ -369,6 +369,8 @@ def _token_mint(args: argparse.Namespace) -> int:
     claims = {name: value for name, value in claims.items() if value is not None}
     claims.update(extra)
     print(key.sign(claims))
+    return 0
+
 
 def _import_openapi(args: argparse.Namespace) -> int:
     from gateway.openapi import (
