@@ -7,13 +7,23 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gateway.keys import VerificationKey
-from gateway.routing import Tables
+from gateway.tables import Tables
 
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 UPSTREAM_CLIENTS = ("pool", "httpx")
 UNDERSCORE_HEADERS = ("drop", "refuse", "pass")
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A key tokens are verified with, as configured or as a JWKS served it (`gateway.keys` reads them)."""
+
+    kid: str | None
+    algorithms: frozenset[str]  # the token `alg` values this key may verify
+    key: Any  # a cryptography public key, or the HMAC secret as bytes
+    origin: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from gateway.loading import load_config
-from gateway.routing import Tables
-from gateway.decision import authorize, route
+from gateway.tables import Tables
+from gateway.decision import authorize
+from gateway.routing import route
 from gateway.errors import Forbidden, NotFound
 from gateway.tokens import VerifiedToken
 from tests.test_cli import run

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from gateway.loading import load_config
-from gateway.routing import Tables
-from gateway.decision import route
+from gateway.tables import Tables
+from gateway.routing import route
 from gateway.errors import NotFound
 
 

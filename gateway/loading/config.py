@@ -15,7 +15,7 @@ from gateway.keys import (
 )
 from gateway.loading.nodes import ConfigError, Invalid, Problem, Reader, line_of
 from gateway.loading.tables import load_tables
-from gateway.routing import Tables
+from gateway.tables import Tables
 from gateway.grants.live import open_store
 from gateway.settings import (
     DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, AdminSettings, Config, GrantSettings, LimitSettings, ProxySettings, TokenSettings,
