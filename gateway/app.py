@@ -51,6 +51,8 @@ class Gateway:
     :param access_log: log a line per request (`gateway.access`), with its request id.
     """
 
+    mode = "proxy"  # how its config is loaded (`load_config`), at start and on each reload
+
     def __init__(
         self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
         metrics: Recorder | None = None, access_log: bool = False,
@@ -151,7 +153,7 @@ class Gateway:
 
 async def _answer(send: Send, refusal: Refusal, match: RouteMatch | None, record: Record | None = None) -> None:
     status, headers, body = answer(refusal, match)
-    await _send(send, status, headers, body, record)
+    await respond(send, status, headers, body, record)
 
 
 async def _document(send: Send, document: bytes, method: str, record: Record | None) -> None:
@@ -161,10 +163,10 @@ async def _document(send: Send, document: bytes, method: str, record: Record | N
         (b"content-length", str(len(document)).encode("ascii")),
         (b"access-control-allow-origin", b"*"),
     ]
-    await _send(send, 200, headers, b"" if method == "HEAD" else document, record)
+    await respond(send, 200, headers, b"" if method == "HEAD" else document, record)
 
 
-async def _send(send: Send, status: int, headers: Headers, body: bytes, record: Record | None) -> None:
+async def respond(send: Send, status: int, headers: Headers, body: bytes, record: Record | None) -> None:
     if record is not None:
         record.status = status
         if record.request_id is not None:
