@@ -53,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import health, metrics
+from gateway.asgi import ClientDisconnected, read_body
 from gateway.errors import (
     InvalidRequest,
     NotFound,
@@ -61,7 +62,6 @@ from gateway.errors import (
     Unauthorized,
     render,
 )
-from gateway.exchange import ClientDisconnected, read_body
 from gateway.grants.live import open_store
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.reload import FAILURE, Reloader, RunDir

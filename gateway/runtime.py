@@ -18,8 +18,8 @@ from gateway.grants.live import LiveGrants, open_store
 from gateway.keys import IssuerKeys, KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
-from gateway.routing import Tables
 from gateway.settings import Config, Issuers, LimitSettings, ProxySettings
+from gateway.tables import Tables
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 

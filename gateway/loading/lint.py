@@ -30,9 +30,9 @@ import yaml
 
 from gateway.catalog import Catalog
 from gateway.loading.nodes import Problem, line_of
-from gateway.routing import Tables, parse_template
+from gateway.routing import parse_template
 from gateway.settings import Config
-from gateway.tables import Api, Route
+from gateway.tables import Api, Route, Tables
 
 Shape = tuple[str | None, ...]
 # the keys of gateway.yaml naming a file whose reader can act as the gateway or its operator
