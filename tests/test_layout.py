@@ -11,15 +11,16 @@ import gateway
 
 PACKAGE = Path(gateway.__file__).parent
 
-VALUES = {"types", "scopes", "catalog", "tables", "settings", "errors", "times", "grants.store"}
+VALUES = {"types", "scopes", "catalog", "claims", "tables", "settings", "errors", "times", "grants.store"}
 LOADERS = {"loading", "loading.cases", "loading.catalog", "loading.config", "loading.graphql", "loading.lint", "loading.nodes",
            "loading.resource", "loading.tables"}
-STEPS = {"asgi", "head", "paths", "routing", "credentials", "keys", "tokens", "authentication", "decision", "identity", "fields", "graphql"}
+STEPS = {"asgi", "head", "paths", "routing", "credentials", "keys", "tokens", "introspection", "authentication", "decision", "identity", "fields",
+         "graphql"}
 # beside the steps, as the upstream client is: the steps never read them, the edges hand them over
 LIVE = {"grants", "grants.live", "grants.sqlite", "grants.redis", "grants.urls", "runtime"}
 UPSTREAM = {"upstream", "pool", "proxy"}
 EDGES = {"", "pipeline", "app", "decisions", "reload", "server", "admin", "cli", "explain", "demo", "harness", "testing", "validation", "access",
-         "metrics", "logs", "reach", "matrix", "coverage", "openapi", "signing"}
+         "metrics", "logs", "reach", "matrix", "coverage", "openapi", "signing", "health"}
 
 # what each layer may import, besides itself
 ALLOWED = {
