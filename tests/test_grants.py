@@ -214,6 +214,15 @@ def test_store_urls(tmp_path: Path) -> None:
             open_store(bad, tmp_path)
 
 
+def test_the_store_url_is_parsed_once_when_the_config_loads(tmp_path: Path) -> None:
+    # what serves, `explain` and the admin listener open is the address gateway.yaml's loader read
+    store = load_config(write(tmp_path)).grants.store
+    assert store is not None and store.backend == "sqlite" and store.path == tmp_path / "grants.db"
+    store = load_config(write(tmp_path, store="redis://:s3cret@127.0.0.1:6390/2")).grants.store
+    assert store is not None and store.backend == "redis" and store.path is None
+    assert "s3cret" not in f"{store} {store!r}" and str(store) == "redis://:***@127.0.0.1:6390/2"
+
+
 def test_a_table_that_needs_live_state_needs_a_store(tmp_path: Path) -> None:
     config = write(tmp_path)
     config.write_text(config.read_text().split("grants:")[0])
