@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gateway.types import Position
 
 SUFFIXES = ("offline", "optional")
 # the ending of each suffix form, longest first: `_offline_optional` before `_optional`
@@ -51,6 +53,7 @@ class ScopeEntry:
     requires: tuple[str, ...] = ()  # held only with one of these
     grant_types: frozenset[str] | None = None  # None: any grant type
     grants: frozenset[str] | None = None  # None: the API's `rules.grants`
+    source: Position | None = field(default=None, compare=False)  # where its table declares it; None: built in code
 
 
 @dataclass(frozen=True, slots=True)

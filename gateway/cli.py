@@ -416,7 +416,7 @@ def _coverage(args: argparse.Namespace) -> int:
     if api is None:
         print(f"no route table is named {args.api!r} (tables: {', '.join(api.name for api in config.tables.apis)})")
         return 2
-    recorded = ReadOptions.from_table(Path(api.source).read_text(encoding="utf-8")) or ReadOptions()
+    recorded = ReadOptions.from_table(Path(api.source.file).read_text(encoding="utf-8")) or ReadOptions()
     options = ReadOptions(scheme=args.scheme or recorded.scheme, within=args.within or recorded.within)
     try:
         spec = read_spec(args.openapi, options)

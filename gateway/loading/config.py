@@ -131,8 +131,7 @@ def _decision_mode(tables: Tables) -> None:
     problems = []
     for route in tables.routes:
         if route.exchange is not None:
-            file, _, line = route.source.rpartition(":")
-            problems.append(Problem(file, int(line), f"{route.method} {route.template}: {route.exchange.option}: cannot be enforced in "
+            problems.append(Problem(*route.source, f"{route.method} {route.template}: {route.exchange.option}: cannot be enforced in "
                                     "decision mode, which sees neither the request body nor the upstream's answer; serve this table in proxy mode"))
     if problems:
         raise ConfigError(problems)
