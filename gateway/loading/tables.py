@@ -19,14 +19,13 @@ from gateway.loading.nodes import Invalid, Problem, Reader, line_of
 from gateway.loading.resource import ResourceBlock, read_resource, supported_scopes
 from gateway.paths import canonicalise
 from gateway.routing import METHODS, parse_template, template_params
-from gateway.scopes import SCOPE_TOKEN, Access, Requirement
+from gateway.scopes import PARAMETER, SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Exchange, Route, RouteTrie, Tables, Upstream
 from gateway.types import Position
 
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "claims", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_CLAIM_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
 Shape = tuple[str | None, ...]
@@ -269,7 +268,7 @@ class _TableReader:
             what = f"{key}: claims.{claim}"
             value = self.reader.typed(value_node, what, lambda v: (isinstance(v, str) and v != "") or (isinstance(v, int) and not isinstance(v, bool)), "a string, an integer or a '{param}' of the template")
             text = str(value)
-            param = _CLAIM_PARAM.fullmatch(text)
+            param = PARAMETER.fullmatch(text)
             if param is not None:
                 if param[1] not in params:
                     raise Invalid(value_node, f"{what}: {text} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
