@@ -25,50 +25,13 @@ from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
 from gateway.times import parse_rfc3339
-from tests.support import AUDIENCE, ISSUER, KEYS, Clock, cli, mint, seen
+from tests.support import Clock, cli, mint, seen
+from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
 
-TABLE = """\
-name: wallet
-upstream: http://wallet.test
-prefix: /w
-scopes:
-  balance:
-    description: Get balance of user's wallet
-    suffixes: [offline]
-  phone:
-    description: Get user's confirmed phone number
-    suffixes: [offline, optional]
-    condition: User must add and validate phone number
-  email:
-    suffixes: [optional]
-  accounts_details:read:
-    grants: [client]
-  make_deposit:
-    grants: [client, user]
-routes:
-  GET /balance: balance
-  GET /phone: phone
-  GET /email: email
-  GET /accounts/details: accounts_details:read
-  POST /deposits: make_deposit
-  GET /users/{userId}/balance: {scopes: balance, user: userId}
-  GET /status: public
-"""
 USER = {"sub": "ana", "client_id": "app"}
 CLIENT = {"sub": "app", "client_id": "app"}
-
-
-def write(folder: Path, store: str = "sqlite:///grants.db", refresh: float = 0.1) -> Path:
-    (folder / "routes").mkdir(exist_ok=True)
-    (folder / "routes" / "wallet.yaml").write_text(TABLE)
-    config = folder / "gateway.yaml"
-    config.write_text(
-        f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
-        f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {refresh}\n"
-    )
-    return config
 
 
 class Wallet:
