@@ -124,7 +124,7 @@ class AdminApp:
         if config.grants != self.config.grants:
             if self.store is not None:
                 await self.store.aclose()
-            self.store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
+            self.store = open_store(config.grants.store) if config.grants.store else None
         self.config = config
         self._apis = {api.name: api for api in config.tables.apis}
 

@@ -15,9 +15,12 @@ authentication) is left to the decision, for the few tokens that hold such scope
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from gateway.scopes import PARAMETER
+from gateway.types import Position
 
 SUFFIXES = ("offline", "optional")
 # the ending of each suffix form, longest first: `_offline_optional` before `_optional`
@@ -26,7 +29,6 @@ _WRONG_ORDER = "_optional_offline"
 CLIENT_CREDENTIALS = "client_credentials"
 # distinct scope sets a catalog remembers the assessment of
 _ASSESSED_MAX = 1024
-_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class ScopeEntry:
     requires: tuple[str, ...] = ()  # held only with one of these
     grant_types: frozenset[str] | None = None  # None: any grant type
     grants: frozenset[str] | None = None  # None: the API's `rules.grants`
+    source: Position | None = field(default=None, compare=False)  # where its table declares it; None: built in code
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,22 @@ class _Pattern:
         return len(scope) > len(self.prefix) + len(self.suffix) and scope.startswith(self.prefix) and scope.endswith(self.suffix)
 
 
+class GrantNeed(NamedTuple):
+    """A grant a live scope counts only with, while it is active."""
+
+    kind: str  # "client" (the client's grant), "user" (the user's to the client) or "offline" (the user's offline one)
+    scope: str  # the grant's scope: the live scope itself, or `<scope>_offline` for its offline form
+
+
+def grants_needed(scope: str, form: frozenset[str], grants: frozenset[str]) -> tuple[GrantNeed, ...]:
+    """The grants the live scope `scope`, read in `form` and whose entry needs `grants`, counts
+    only with: the one rule, for the decision's shortcut and for its step 3 alike."""
+    needs = [GrantNeed(kind, scope) for kind in ("client", "user") if kind in grants]
+    if "offline" in form:
+        needs.append(GrantNeed("offline", f"{scope}_offline"))
+    return tuple(needs)
+
+
 def is_parameterised(name: str) -> bool:
     return "{" in name
 
@@ -72,7 +91,7 @@ def is_parameterised(name: str) -> bool:
 def split_parameterised(name: str) -> tuple[str, str] | None:
     """`id:{bank_id}` -> ('id:', ''): the text around its one parameter, or None if it has not
     exactly one `{name}`."""
-    found = _PARAMETER.findall(name)
+    found = PARAMETER.findall(name)
     if len(found) != 1 or name.count("{") != 1 or name.count("}") != 1:
         return None
     prefix, _, rest = name.partition("{")
@@ -119,9 +138,9 @@ class Assessment:
     # nothing depends on the token's other claims: `effective` is the whole answer
     simple: bool
     # for the usual live request, where every live scope counts: each grant the live scopes need,
-    # as (a client grant?, the grant's scope), each condition they need met, and the effective
-    # scopes then; only when nothing but the grant store is in play
-    live_needs: tuple[tuple[bool, str], ...] = ()
+    # each condition they need met, and the effective scopes then; only when nothing but the
+    # grant store is in play
+    live_needs: tuple[GrantNeed, ...] = ()
     live_conditions: tuple[str, ...] = ()
     effective_with_live: frozenset[str] | None = None
 
@@ -231,7 +250,7 @@ class Catalog:
             counted.add(reading.scope)  # type: ignore[arg-type]  # known: scope not None
         counted_set = frozenset(counted)
         simple = refusal is None and not step_up and not grant_typed and not live
-        live_needs: tuple[tuple[bool, str], ...] = ()
+        live_needs: tuple[GrantNeed, ...] = ()
         live_conditions: tuple[str, ...] = ()
         effective_with_live = None
         if live and refusal is None and not step_up and not grant_typed:
@@ -242,19 +261,14 @@ class Catalog:
             live_needs, live_conditions, effective_with_live,
         )
 
-    def _live_needs(self, live: list[tuple[Reading, frozenset[str]]]) -> tuple[tuple[tuple[bool, str], ...], tuple[str, ...]]:
+    def _live_needs(self, live: list[tuple[Reading, frozenset[str]]]) -> tuple[tuple[GrantNeed, ...], tuple[str, ...]]:
         """The grants and conditions that make every live scope count (step 3 of the decision)."""
-        needs: list[tuple[bool, str]] = []
+        needs: list[GrantNeed] = []
         conditions: list[str] = []
         for reading, grants in live:
             scope = reading.scope
             assert scope is not None and reading.entry is not None
-            if "client" in grants:
-                needs.append((True, scope))
-            if "user" in grants:
-                needs.append((False, scope))
-            if "offline" in reading.form:
-                needs.append((False, f"{scope}_offline"))
+            needs.extend(grants_needed(scope, reading.form, grants))
             if "optional" in reading.form and self.entries[reading.entry].condition is not None:
                 conditions.append(scope)
         return tuple(needs), tuple(conditions)

@@ -121,7 +121,7 @@ def _scopes_validate(args: argparse.Namespace) -> int:
     if args.client is not None and config.grants.store is not None:
         # what the store holds for the client now: a scope that needs a client grant is checked against it
         try:
-            client_grants = asyncio.run(read_view(config.grants.store, config.grants.base, args.api, args.client, None)).client_grants
+            client_grants = asyncio.run(read_view(config.grants.store, args.api, args.client, None)).client_grants
         except StoreUnavailable as exc:
             print(f"the grant store cannot be read: {exc}")
             return 2
@@ -163,7 +163,7 @@ def _grants(args: argparse.Namespace) -> int:
         print(exc)
         return 2
     try:
-        return asyncio.run(_grants_command(args, open_store(config.grants.store, config.grants.base)))
+        return asyncio.run(_grants_command(args, open_store(config.grants.store)))
     except StoreUnavailable as exc:
         print(f"the grant store cannot be used: {exc}")
         return 3
@@ -416,7 +416,7 @@ def _coverage(args: argparse.Namespace) -> int:
     if api is None:
         print(f"no route table is named {args.api!r} (tables: {', '.join(api.name for api in config.tables.apis)})")
         return 2
-    recorded = ReadOptions.from_table(Path(api.source).read_text(encoding="utf-8")) or ReadOptions()
+    recorded = ReadOptions.from_table(Path(api.source.file).read_text(encoding="utf-8")) or ReadOptions()
     options = ReadOptions(scheme=args.scheme or recorded.scheme, within=args.within or recorded.within)
     try:
         spec = read_spec(args.openapi, options)

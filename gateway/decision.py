@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
+from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, GrantNeed, StepUp, grants_needed
 from gateway.claims import unmet
 from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, InvalidToken, NotFound, Refusal, Unauthorized
 from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
@@ -188,6 +188,14 @@ def evaluate(
     return evaluation
 
 
+# each kind of grant a live scope needs (`catalog.grants_needed`), in the words of a refusal and of `explain`
+_GRANT_WORDS = {
+    "client": "the client grant of {scope} to client {client}",
+    "user": "the user grant of {scope} by {subject} to client {client}",
+    "offline": "the offline grant {scope} by {subject} to client {client}",
+}
+
+
 def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subject: str | None, now: float) -> None:
     """Step 3: which of the token's live scopes count, which wait for a condition, and why the
     others do not (docs/route-tables.md: active means present, not revoked, and not past `expires_at`)."""
@@ -198,13 +206,8 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
     for reading, grants in evaluation.assessment.live:
         scope = reading.scope
         assert scope is not None
-        needed = []
-        if "client" in grants:
-            needed.append((view.client_grants.get(scope), f"the client grant of {scope} to client {client}"))
-        if "user" in grants:
-            needed.append((view.user_grants.get(scope), f"the user grant of {scope} by {subject} to client {client}"))
-        if "offline" in reading.form:
-            needed.append((view.user_grants.get(f"{scope}_offline"), f"the offline grant {scope}_offline by {subject} to client {client}"))
+        needed = [(_held(view, need), _GRANT_WORDS[need.kind].format(scope=need.scope, client=client, subject=subject))
+                  for need in grants_needed(scope, reading.form, grants)]
         read.extend((what, state) for state, what in needed)
         problems = [problem for state, what in needed if (problem := _grant_problem(state, what, now)) is not None]
         missing.extend(problems)
@@ -223,14 +226,18 @@ def _live_step(evaluation: Evaluation, view: GrantView, client: str | None, subj
 
 def _all_live_active(assessment: Assessment, view: GrantView, now: float) -> bool:
     """Every grant and condition that the token's live scopes need is in `view`, active."""
-    for client, scope in assessment.live_needs:
-        state = (view.client_grants if client else view.user_grants).get(scope)
+    for need in assessment.live_needs:
+        state = _held(view, need)
         if state is None or not state.active(now):
             return False
     for scope in assessment.live_conditions:
         if scope not in view.conditions:
             return False
     return True
+
+
+def _held(view: GrantView, need: GrantNeed) -> GrantState | None:
+    return (view.client_grants if need.kind == "client" else view.user_grants).get(need.scope)
 
 
 def _grant_problem(state: GrantState | None, what: str, now: float) -> str | None:

@@ -23,7 +23,6 @@ from gateway.decision import Evaluation, grant_state, step_up_shortfall, view_ne
 from gateway.errors import InvalidScope, Refusal, TemporarilyUnavailable
 from gateway.grants.live import read_view
 from gateway.grants.store import GrantView, StoreUnavailable
-from gateway.grants.urls import redacted
 from gateway.paths import canonicalise
 from gateway.pipeline import Outcome, Trace, answer, decide
 from gateway.routing import RouteMatch
@@ -143,8 +142,8 @@ class _Steps:
     async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
         grants = self.config.grants
         assert grants.store is not None
-        self.read_from = f"read from {redacted(grants.store)} for client {client}, user {subject}"
-        return await read_view(grants.store, grants.base, api, client, subject)
+        self.read_from = f"read from {grants.store} for client {client}, user {subject}"
+        return await read_view(grants.store, api, client, subject)
 
 
 def _trace(lines: list[str], outcome: Outcome, method: str, candidates: tuple[Route, ...], steps: _Steps) -> None:
@@ -234,10 +233,10 @@ async def grant_view(config: Config, match: RouteMatch, token: VerifiedToken) ->
     if caller is None or config.grants.store is None:
         return None, None
     try:
-        view = await read_view(config.grants.store, config.grants.base, match.route.api.name, *caller)
+        view = await read_view(config.grants.store, match.route.api.name, *caller)
     except StoreUnavailable as exc:
         raise TemporarilyUnavailable(f"the grant store cannot be read: {exc}", retry_after=1) from None
-    return view, f"read from {redacted(config.grants.store)} for client {caller[0]}, user {caller[1]}"
+    return view, f"read from {config.grants.store} for client {caller[0]}, user {caller[1]}"
 
 
 def _steps(lines: list[str], match: RouteMatch, token: VerifiedToken, evaluation: Evaluation, read_from: str | None, grant_type_claim: str) -> None:

@@ -28,6 +28,7 @@ import respx
 from gateway.app import Gateway
 from gateway.errors import Refusal
 from gateway.grants.sqlite import SQLiteStore
+from gateway.grants.urls import StoreAddress
 from gateway.keys import KeyStore
 from gateway.loading import load_config
 from gateway.routing import route
@@ -313,7 +314,7 @@ class Harness:
         if config.grants.store is not None:
             store = Path(self._folder.name) / f"grants-{next(self._stores)}.db"
             await self._fill(store, probe, claims or {})
-            config = replace(config, grants=replace(config.grants, store=f"sqlite:///{store}"))
+            config = replace(config, grants=replace(config.grants, store=StoreAddress.sqlite(store)))
         elif probe.grants or probe.conditions:
             raise ValueError(f"{probe.line}: grants and conditions need a grant store, and {config.source} names none (grants.store)")
         upstream = HttpxUpstream(

@@ -203,7 +203,7 @@ def render_html(matrix: Matrix) -> str:
 </head>
 <body>
 <h1>Access matrix: {e(api.name)}</h1>
-<p class="meta">{len(matrix.rows)} routes under {e(prefix)} against {len(matrix.scopes)} scopes, from {e(Path(api.source).name)}.
+<p class="meta">{len(matrix.rows)} routes under {e(prefix)} against {len(matrix.scopes)} scopes, from {e(Path(api.source.file).name)}.
 ✓: the scope alone, with what it implies, opens the route; +N: only together with N other scopes (an all-of group, named under requires).</p>
 <table class="matrix">
 <thead><tr><th scope="col">route</th><th scope="col">requires</th>{head}</tr></thead>

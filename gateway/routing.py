@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from gateway.errors import NotFound
 from gateway.paths import CanonicalPath, canonicalise
+from gateway.scopes import PARAMETER
 from gateway.tables import Route, Tables
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LITERAL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f/\\{}%?#]")
 
 
@@ -29,7 +29,7 @@ def parse_template(template: str) -> tuple[str | None, ...]:
     for segment in template[1:].split("/"):
         if not segment:
             raise ValueError("path template has an empty segment ('//' or a trailing '/')")
-        param = _PARAM.fullmatch(segment)
+        param = PARAMETER.fullmatch(segment)
         if param:
             if param.group(1) in names:
                 raise ValueError(f"parameter {{{param.group(1)}}} appears twice")
@@ -50,7 +50,7 @@ def template_params(template: str, offset: int) -> tuple[tuple[str, int], ...]:
     return tuple(
         (match.group(1), offset + index)
         for index, segment in enumerate(template[1:].split("/"))
-        if (match := _PARAM.fullmatch(segment))
+        if (match := PARAMETER.fullmatch(segment))
     )
 
 

@@ -71,7 +71,7 @@ class Runtime:
             keys = key_stores(config.identity, keys)
         upstream = upstream or upstream_client(config.proxy)
         if grants is None and config.grants.store is not None:
-            grants = LiveGrants(open_store(config.grants.store, config.grants.base), config.grants.refresh)
+            grants = LiveGrants(open_store(config.grants.store), config.grants.refresh)
         return cls(
             config, keys, authenticator or Authenticator(config.identity, keys), upstream, Forwarder(upstream, config.proxy),
             config.tables, config.limits, tokens.grant_type_claim, grants,

@@ -12,7 +12,8 @@ from typing import Any
 
 # RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# a `{name}` parameter, wherever one is written: a route template, a scope, a claim condition
+PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Access(Enum):
@@ -43,7 +44,7 @@ class Requirement:
         if not self.bound:
             return self
         alternatives = tuple(
-            frozenset(_PARAMETER.sub(lambda match: params[match.group(1)], scope) for scope in alternative)
+            frozenset(PARAMETER.sub(lambda match: params[match.group(1)], scope) for scope in alternative)
             for alternative in self.alternatives
         )
         return Requirement(self.access, alternatives)

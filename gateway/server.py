@@ -244,7 +244,7 @@ def _serve_admin(
 
     config = load_config(config_path)
     assert config.admin.token_file is not None
-    store = open_store(config.grants.store, config.grants.base) if config.grants.store else None
+    store = open_store(config.grants.store) if config.grants.store else None
     token = config.admin.token_file.read_text().strip()
     # SIGHUP is for the serving processes' main one; this process follows the run folder
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

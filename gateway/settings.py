@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.grants.urls import StoreAddress
 from gateway.tables import Tables
 
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -91,9 +92,8 @@ class LimitSettings:
 
 @dataclass(frozen=True, slots=True)
 class GrantSettings:
-    store: str | None = None  # sqlite:////abs/path, sqlite:///relative/to/gateway.yaml, redis://...; None: no store
+    store: StoreAddress | None = None  # parsed from sqlite:////abs/path, sqlite:///relative/to/gateway.yaml, redis://...; None: no store
     refresh: float = 1.0  # seconds a process may serve a stale view
-    base: Path = Path(".")  # the folder a relative sqlite path is taken from (gateway.yaml's)
 
 
 @dataclass(frozen=True, slots=True)

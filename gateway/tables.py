@@ -9,14 +9,14 @@ order the tables were written in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.catalog import Catalog
 from gateway.claims import ClaimCondition
 from gateway.scopes import Access, Allowed, Requirement
-from gateway.types import Headers, Origin, Scope
+from gateway.types import Headers, Origin, Position, Scope
 
 # the response, as (status, headers without hop-by-hop ones, whole body, the most bytes it may hold
 # once decoded), to what the client gets
@@ -108,7 +108,7 @@ class ProtectedResource:
     metadata_url: str  # on the identifier's origin: what every 401 of the table names
     metadata_path: bytes  # where the proxy port serves the document
     document: bytes  # the JSON document itself
-    source: str  # file:line of the identifier
+    source: Position  # of the identifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class Api:
     upstream: Upstream
     prefix: tuple[str, ...]
     catalog: Catalog
-    source: str  # the table's file
+    source: Position  # the table's file, at its `routes:` key
     resource: ProtectedResource | None = None  # None: the table publishes no RFC 9728 metadata
     issuers: frozenset[str] | None = None  # the issuers whose tokens its routes accept; None: all
 
@@ -132,7 +132,9 @@ class Route:
     requirement: Requirement
     # (name, index into the full path's segments) for each `{name}`
     params: tuple[tuple[str, int], ...]
-    source: str  # file:line
+    source: Position
+    # the full path's segments as the trie holds them (prefix included), None for each `{name}`
+    shape: tuple[str | None, ...] = ()
     # the path parameter naming the user the route acts on (`user:`); None: no user
     user: str | None = None
     hide: bool = False  # refused callers get 404, as if the route did not exist
@@ -228,6 +230,31 @@ class RouteTrie:
 
         walk(self._root, 0)
         return tuple(found)
+
+    def overtaking(self, route: Route) -> Iterator[Route]:
+        """The routes of `route`'s method that may take some of its paths: at the first segment
+        where the two templates differ, theirs is a literal and `route`'s a parameter. For
+        `gateway check`'s warnings: `match` does not use it."""
+        return self._overtaking(self._root, route, 0, False)
+
+    def _overtaking(self, node: _Node, route: Route, depth: int, won: bool) -> Iterator[Route]:
+        shape = route.shape
+        if depth == len(shape):
+            other = node.routes.get(route.method)
+            if won and other is not None:
+                yield other
+            return
+        segment = shape[depth]
+        if segment is None:
+            if node.param is not None:
+                yield from self._overtaking(node.param, route, depth + 1, won)
+            for child in node.literals.values():
+                yield from self._overtaking(child, route, depth + 1, True)
+        else:
+            if segment in node.literals:
+                yield from self._overtaking(node.literals[segment], route, depth + 1, won)
+            if won and node.param is not None:
+                yield from self._overtaking(node.param, route, depth + 1, True)
 
 
 @dataclass(frozen=True)

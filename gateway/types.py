@@ -1,4 +1,4 @@
-"""ASGI type aliases, in one place (as in starlette/types.py)."""
+"""ASGI type aliases, in one place (as in starlette/types.py), and the small values every layer shares."""
 
 from __future__ import annotations
 
@@ -19,3 +19,14 @@ class Origin(NamedTuple):
     scheme: str
     host: str
     port: int
+
+
+class Position(NamedTuple):
+    """Where a loaded value was written: the loader keeps it, so every later message (a load
+    problem, `gateway check`'s warnings, `explain`) names it without reading the file again."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"

@@ -571,3 +571,55 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+# --- the admin listener, and the wallet table with live grants (shared by the admin, grants, metrics and reload tests)
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ADMIN_AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def with_admin(config: Path, port: int = 9901) -> Path:
+    (config.parent / "admin.token").write_text(ADMIN_TOKEN + "\n")
+    config.write_text(config.read_text() + f"admin:\n  listen: 127.0.0.1:{port}\n  token_file: admin.token\n")
+    return config
+
+
+WALLET_TABLE = """\
+name: wallet
+upstream: http://wallet.test
+prefix: /w
+scopes:
+  balance:
+    description: Get balance of user's wallet
+    suffixes: [offline]
+  phone:
+    description: Get user's confirmed phone number
+    suffixes: [offline, optional]
+    condition: User must add and validate phone number
+  email:
+    suffixes: [optional]
+  accounts_details:read:
+    grants: [client]
+  make_deposit:
+    grants: [client, user]
+routes:
+  GET /balance: balance
+  GET /phone: phone
+  GET /email: email
+  GET /accounts/details: accounts_details:read
+  POST /deposits: make_deposit
+  GET /users/{userId}/balance: {scopes: balance, user: userId}
+  GET /status: public
+"""
+
+
+def write_wallet(folder: Path, store: str = "sqlite:///grants.db", refresh: float = 0.1) -> Path:
+    (folder / "routes").mkdir(exist_ok=True)
+    (folder / "routes" / "wallet.yaml").write_text(WALLET_TABLE)
+    config = folder / "gateway.yaml"
+    config.write_text(
+        f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
+        f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {refresh}\n"
+    )
+    return config

@@ -13,18 +13,12 @@ import pytest
 from gateway.admin import AdminApp
 from gateway.grants.sqlite import SQLiteStore
 from gateway.loading import ConfigError, load_config
-from tests.support import GatewayProcess, RecordingUpstream, eventually, mint
-from tests.test_grants import write
+from tests.support import ADMIN_AUTH as AUTH
+from tests.support import ADMIN_TOKEN as TOKEN
+from tests.support import GatewayProcess, RecordingUpstream, eventually, mint, with_admin
+from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
-TOKEN = "admin-token-0123456789abcdef"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-def with_admin(config: Path, port: int = 9901) -> Path:
-    (config.parent / "admin.token").write_text(TOKEN + "\n")
-    config.write_text(config.read_text() + f"admin:\n  listen: 127.0.0.1:{port}\n  token_file: admin.token\n")
-    return config
 
 
 @pytest.fixture

@@ -398,7 +398,7 @@ def serve_with_admin(
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
     """`gateway serve` with its admin listener, its temporary folders in a folder of the test's;
     yields the process, the proxy's and the admin listener's ports, and that folder."""
-    from tests.test_admin import with_admin
+    from tests.support import with_admin
 
     port, admin_port = _free_port(), _free_port()
     config = with_admin(write_config(tmp_path, upstream=upstream), admin_port)
@@ -488,7 +488,7 @@ def test_an_admin_listener_outlives_no_gateway_even_one_killed(tmp_path: Path) -
 
 
 def test_serve_refuses_an_admin_port_another_process_holds(tmp_path: Path) -> None:
-    from tests.test_admin import with_admin
+    from tests.support import with_admin
 
     with socket.socket() as stranger:
         stranger.bind(("127.0.0.1", 0))
@@ -524,7 +524,7 @@ def test_check_warns_of_an_admin_token_file_others_may_read_and_strict_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, owner: int, open_to: str | None,
 ) -> None:
     from gateway.cli import main
-    from tests.test_admin import with_admin
+    from tests.support import with_admin
 
     if os.geteuid() != 0:
         pytest.skip("giving a file to another owner needs root")

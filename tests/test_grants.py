@@ -25,50 +25,13 @@ from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
 from gateway.times import parse_rfc3339
-from tests.support import AUDIENCE, ISSUER, KEYS, Clock, cli, mint, seen
+from tests.support import Clock, cli, mint, seen
+from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
 
-TABLE = """\
-name: wallet
-upstream: http://wallet.test
-prefix: /w
-scopes:
-  balance:
-    description: Get balance of user's wallet
-    suffixes: [offline]
-  phone:
-    description: Get user's confirmed phone number
-    suffixes: [offline, optional]
-    condition: User must add and validate phone number
-  email:
-    suffixes: [optional]
-  accounts_details:read:
-    grants: [client]
-  make_deposit:
-    grants: [client, user]
-routes:
-  GET /balance: balance
-  GET /phone: phone
-  GET /email: email
-  GET /accounts/details: accounts_details:read
-  POST /deposits: make_deposit
-  GET /users/{userId}/balance: {scopes: balance, user: userId}
-  GET /status: public
-"""
 USER = {"sub": "ana", "client_id": "app"}
 CLIENT = {"sub": "app", "client_id": "app"}
-
-
-def write(folder: Path, store: str = "sqlite:///grants.db", refresh: float = 0.1) -> Path:
-    (folder / "routes").mkdir(exist_ok=True)
-    (folder / "routes" / "wallet.yaml").write_text(TABLE)
-    config = folder / "gateway.yaml"
-    config.write_text(
-        f"routes: routes/\ntokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_file: {KEYS / 'jwks.json'}\n"
-        f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {refresh}\n"
-    )
-    return config
 
 
 class Wallet:
@@ -212,6 +175,15 @@ def test_store_urls(tmp_path: Path) -> None:
     for bad in ("sqlite://grants.db", "postgres://db/grants", "grants.db"):
         with pytest.raises(ValueError):
             open_store(bad, tmp_path)
+
+
+def test_the_store_url_is_parsed_once_when_the_config_loads(tmp_path: Path) -> None:
+    # what serves, `explain` and the admin listener open is the address gateway.yaml's loader read
+    store = load_config(write(tmp_path)).grants.store
+    assert store is not None and store.backend == "sqlite" and store.path == tmp_path / "grants.db"
+    store = load_config(write(tmp_path, store="redis://:s3cret@127.0.0.1:6390/2")).grants.store
+    assert store is not None and store.backend == "redis" and store.path is None
+    assert "s3cret" not in f"{store} {store!r}" and str(store) == "redis://:***@127.0.0.1:6390/2"
 
 
 def test_a_table_that_needs_live_state_needs_a_store(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from gateway.grants.store import (
 )
 from gateway.loading import load_config
 from tests.support import RedisServer, mint
-from tests.test_grants import write
+from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
 LATER = 4_000_000_000.0

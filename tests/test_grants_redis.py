@@ -27,7 +27,7 @@ from gateway.grants.store import EMPTY_VIEW, ConditionRecord, GrantRecord, Grant
 from gateway.grants.urls import redacted, scrubbed
 from gateway.loading import load_config
 from tests.support import RedisServer, cli, eventually, free_port
-from tests.test_grants import write as write_config
+from tests.support import write_wallet as write_config
 
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)

@@ -17,8 +17,8 @@ import pytest
 from gateway import health
 from gateway.admin import AdminApp
 from gateway.loading import load_config
-from tests.support import Received, RecordingUpstream, answer, cli, free_port, write_config
-from tests.test_admin import TOKEN, with_admin
+from tests.support import ADMIN_TOKEN as TOKEN
+from tests.support import Received, RecordingUpstream, answer, cli, free_port, with_admin, write_config
 from tests.test_cli import run, serving
 
 DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"

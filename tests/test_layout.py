@@ -11,16 +11,15 @@ import gateway
 
 PACKAGE = Path(gateway.__file__).parent
 
-VALUES = {"types", "scopes", "catalog", "claims", "tables", "settings", "errors", "times", "grants.store"}
+VALUES = {"types", "scopes", "claims", "catalog", "tables", "settings", "errors", "times", "grants.store", "grants.urls"}
 LOADERS = {"loading", "loading.cases", "loading.catalog", "loading.config", "loading.graphql", "loading.lint", "loading.nodes",
            "loading.resource", "loading.tables"}
-STEPS = {"asgi", "head", "paths", "routing", "credentials", "keys", "tokens", "introspection", "authentication", "decision", "identity", "fields",
-         "graphql"}
+STEPS = {"asgi", "head", "paths", "routing", "credentials", "keys", "tokens", "introspection", "authentication", "decision", "identity", "fields", "graphql"}
 # beside the steps, as the upstream client is: the steps never read them, the edges hand them over
-LIVE = {"grants", "grants.live", "grants.sqlite", "grants.redis", "grants.urls", "runtime"}
+LIVE = {"grants", "grants.live", "grants.sqlite", "grants.redis", "runtime"}
 UPSTREAM = {"upstream", "pool", "proxy"}
 EDGES = {"", "pipeline", "app", "decisions", "reload", "server", "admin", "cli", "explain", "demo", "harness", "testing", "validation", "access",
-         "metrics", "logs", "reach", "matrix", "coverage", "openapi", "signing", "health"}
+         "metrics", "logs", "health", "reach", "matrix", "coverage", "openapi", "signing"}
 
 # what each layer may import, besides itself
 ALLOWED = {
@@ -36,7 +35,6 @@ BENDS = {
     # counted through the global recorder, not an injected one
     ("keys", "metrics"), ("grants.live", "metrics"),
     ("proxy", "access"),  # the forwarder notes the upstream's answer on the access record
-    ("loading.config", "grants.live"),  # a store URL is checked by opening it
     ("loading.cases", "harness"), ("loading.cases", "validation"),  # the cases of `gateway test` are the harness's values
 }
 

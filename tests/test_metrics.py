@@ -23,10 +23,11 @@ from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.keys import KeyStore
 from gateway.loading import ConfigError, load_config
-from tests.support import KEYS, RecordingUpstream, free_port, mint, write_config
-from tests.test_admin import TOKEN, with_admin
+from tests.support import ADMIN_TOKEN as TOKEN
+from tests.support import KEYS, RecordingUpstream, free_port, mint, with_admin, write_config
+from tests.support import write_wallet as write
 from tests.test_cli import GATEWAY, _wait_for, serving
-from tests.test_grants import Wallet, write
+from tests.test_grants import Wallet
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"

@@ -30,8 +30,9 @@ from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.loading import load_config
 from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, RunDir, ServingReloads
-from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, Received, RecordingUpstream, answer, free_port, mint, write_config
-from tests.test_admin import AUTH, TOKEN, with_admin
+from tests.support import ADMIN_AUTH as AUTH
+from tests.support import ADMIN_TOKEN as TOKEN
+from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, Received, RecordingUpstream, answer, free_port, mint, with_admin, write_config
 
 GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 

@@ -15,48 +15,42 @@ import contextlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from gateway import metrics
 from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
-from gateway.grants.urls import redacted
+from gateway.grants.urls import StoreAddress, parse_store
 
 logger = logging.getLogger("gateway.grants")
 Key = tuple[str, str | None, str | None]
 
 
-def open_store(url: str, base: Path) -> GrantStore:
-    """The backend a `grants.store` URL names: `sqlite:////abs/path`, `sqlite:///relative/to/base`
-    (as SQLAlchemy writes them) or `redis://...`.
+def open_store(store: StoreAddress | str, base: Path = Path(".")) -> GrantStore:
+    """The backend `store` names, not yet connected; a URL (for a tool or a test holding one) is
+    parsed first, a relative sqlite path taken from `base`.
 
-    :raises ValueError: a URL of another scheme or shape (the message shows it `redacted`).
+    :raises ValueError: a URL `parse_store` refuses.
     """
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-            raise ValueError(f"a sqlite store is sqlite:////absolute/path or sqlite:///relative/path, not {redacted(url)!r}")
+    address = store if isinstance(store, StoreAddress) else parse_store(store, base)
+    if address.path is not None:
         from gateway.grants.sqlite import SQLiteStore
 
-        path = Path(unquote(parts.path[1:]))
-        return SQLiteStore(path if path.is_absolute() else base / path)
-    if parts.scheme in ("redis", "rediss"):
-        from gateway.grants.redis import RedisStore
+        return SQLiteStore(address.path)
+    from gateway.grants.redis import RedisStore
 
-        return RedisStore(url)
-    raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {redacted(url)!r}")
+    return RedisStore(address.url)
 
 
-async def read_view(url: str, base: Path, api: str, client: str | None, subject: str | None) -> GrantView:
-    """One view, from the store `url` names, opened for this read and closed after it: for a
+async def read_view(store: StoreAddress, api: str, client: str | None, subject: str | None) -> GrantView:
+    """One view, from the store `store` names, opened for this read and closed after it: for a
     command (`explain`, `scopes validate`), never for serving, which keeps its views (`LiveGrants`).
 
     :raises StoreUnavailable: the store cannot be read.
     """
-    store = open_store(url, base)
+    opened = open_store(store)
     try:
-        return await store.view(api, client, subject)
+        return await opened.view(api, client, subject)
     finally:
-        await store.aclose()
+        await opened.aclose()
 
 
 class LiveGrants:

@@ -1,4 +1,8 @@
-"""Grant store URLs in messages: never with a secret.
+"""Grant store URLs: parsed once, when gateway.yaml loads, and never shown with a secret.
+
+`parse_store` reads a `grants.store` URL into a `StoreAddress` (the backend and where it is), with
+the message `gateway check` shows for a URL it cannot use; opening the store is the live state's
+business (`grants.live.open_store`), at start.
 
 A store URL may carry a password (`redis://:secret@host`, `redis://user:secret@host`,
 `unix:///run/redis.sock?password=secret`), and so may an error text a client library builds from
@@ -8,6 +12,9 @@ it. Every message that names a store (readiness, logs, `gateway check`, `gateway
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 HIDDEN = "***"
@@ -55,3 +62,42 @@ def scrubbed(text: str, url: str) -> str:
     for secret in sorted(_secrets(url), key=len, reverse=True):
         text = text.replace(secret, HIDDEN)
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """A `grants.store` URL, parsed: which backend, and where."""
+
+    backend: Literal["sqlite", "redis"]
+    url: str = field(repr=False)  # as written; a Redis URL is what its client is built from (it may hold a password)
+    path: Path | None = None  # sqlite: the database file, a relative one already taken from gateway.yaml's folder
+
+    @classmethod
+    def sqlite(cls, path: Path) -> StoreAddress:
+        return cls("sqlite", f"sqlite:///{path}", path)
+
+    def __str__(self) -> str:
+        return redacted(self.url)
+
+
+def parse_store(url: str, base: Path) -> StoreAddress:
+    """The store a `grants.store` URL names: `sqlite:////abs/path`, `sqlite:///relative/to/base`
+    (as SQLAlchemy writes them) or `redis://...` (as redis-py reads them).
+
+    :raises ValueError: a URL of another scheme or shape (the message shows it `redacted`).
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(f"a sqlite store is sqlite:////absolute/path or sqlite:///relative/path, not {redacted(url)!r}")
+        path = Path(unquote(parts.path[1:]))
+        return StoreAddress("sqlite", url, path if path.is_absolute() else base / path)
+    if parts.scheme in ("redis", "rediss"):
+        from redis.asyncio.connection import parse_url  # only a Redis store's gateway imports its client
+
+        try:
+            parse_url(url)
+        except ValueError as exc:  # redis-py's own words may quote the URL
+            raise ValueError(f"grants.store {redacted(url)}: {scrubbed(str(exc), url)}") from None
+        return StoreAddress("redis", url)
+    raise ValueError(f"grants.store must be a sqlite:/// or redis:// URL, not {redacted(url)!r}")

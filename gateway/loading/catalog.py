@@ -8,8 +8,9 @@ from typing import Any
 import yaml
 
 from gateway.catalog import CLIENT_CREDENTIALS, SUFFIXES, Catalog, ScopeEntry, StepUp, find_cycle, is_parameterised, split_parameterised
-from gateway.loading.nodes import Invalid, Reader
+from gateway.loading.nodes import Invalid, Reader, line_of
 from gateway.scopes import SCOPE_TOKEN
+from gateway.types import Position
 
 _ENTRY_KEYS = {"description", "implies", "aliases", "suffixes", "condition", "step_up", "requires", "grant_types", "grants"}
 _STEP_UP_KEYS = {"acr", "max_age"}
@@ -42,7 +43,7 @@ class CatalogReader:
                             options = reader.mapping(value_node, f"scopes.{name}", _ENTRY_KEYS)
                         raw[name] = (key_node, options)
         names = set(raw)
-        entries = [self._entry(name, options, names) for name, (_, options) in raw.items()]
+        entries = [self._entry(name, options, names, Position(reader.file, line_of(key_node))) for name, (key_node, options) in raw.items()]
         self._check_aliases(entries, raw)
         direct = {entry.name: entry.implies for entry in entries if entry.implies}
         cycle = find_cycle(direct)
@@ -73,7 +74,7 @@ class CatalogReader:
         if ("{" in name or "}" in name) and split_parameterised(name) is None:
             raise Invalid(node, f"scopes: {name!r}: a parameterised scope has one parameter, as prefix{{name}}suffix (e.g. id:{{bank_id}})")
 
-    def _entry(self, name: str, options: Entries, names: set[str]) -> ScopeEntry:
+    def _entry(self, name: str, options: Entries, names: set[str], source: Position) -> ScopeEntry:
         """One entry; a wrong key is reported and left at its default, so the rest is still checked."""
         reader = self.reader
         values: dict[str, Any] = {}
@@ -107,7 +108,7 @@ class CatalogReader:
                 reader.report(options["suffixes"][1], f"{what}.suffixes: the offline form {_LIVE} (an offline form counts while the user grant {name}_offline is active)")
             if "condition" in values and "optional" in values.get("suffixes", ()):
                 reader.report(options["condition"][0], f"{what}.condition {_LIVE} (an optional form counts once the store records the condition met)")
-        return ScopeEntry(name, **values)
+        return ScopeEntry(name, source=source, **values)
 
     def _references(self, node: yaml.Node, what: str, names: set[str]) -> tuple[str, ...]:
         found = []

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.grants.live import open_store
+from gateway.grants.urls import parse_store
 from gateway.keys import (
     ASYMMETRIC_ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -84,7 +84,7 @@ def load_config(path: str | Path, mode: str = "proxy") -> Config:
     except Invalid as invalid:
         reader.report(invalid.node, invalid.message)
         raise ConfigError(reader.problems) from None
-    grants = _section(reader, entries, "grants", lambda node: _grants(reader, node, path.parent), GrantSettings(base=path.parent))
+    grants = _section(reader, entries, "grants", lambda node: _grants(reader, node, path.parent), GrantSettings())
     unkeyed: list[int] = []
     before = len(reader.problems)
     # read before the tables, which may name its issuers
@@ -131,8 +131,7 @@ def _decision_mode(tables: Tables) -> None:
     problems = []
     for route in tables.routes:
         if route.exchange is not None:
-            file, _, line = route.source.rpartition(":")
-            problems.append(Problem(file, int(line), f"{route.method} {route.template}: {route.exchange.option}: cannot be enforced in "
+            problems.append(Problem(*route.source, f"{route.method} {route.template}: {route.exchange.option}: cannot be enforced in "
                                     "decision mode, which sees neither the request body nor the upstream's answer; serve this table in proxy mode"))
     if problems:
         raise ConfigError(problems)
@@ -416,16 +415,14 @@ def _networks(reader: Reader, node: yaml.Node, what: str) -> tuple[ipaddress.IPv
 
 def _grants(reader: Reader, node: yaml.Node, base: Path) -> GrantSettings:
     entries = reader.mapping(node, "grants", _GRANT_KEYS)
-    settings: dict[str, Any] = {"base": base}
+    settings: dict[str, Any] = {}
     if "store" in entries:
         with reader.reporting():
             store_node = entries["store"][1]
-            url = reader.string(store_node, "grants.store")
             try:
-                open_store(url, base)  # only parsed: nothing is opened until the gateway starts
+                settings["store"] = parse_store(reader.string(store_node, "grants.store"), base)  # nothing is opened until the gateway starts
             except ValueError as exc:
                 raise Invalid(store_node, str(exc)) from None
-            settings["store"] = url
     if "refresh" in entries:
         with reader.reporting():
             settings["refresh"] = reader.number(entries["refresh"][1], "grants.refresh", minimum=0.05)

@@ -23,18 +23,14 @@ refuses it (an error); without one, there is nothing to compare it with.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from gateway.catalog import Catalog
 from gateway.loading.nodes import Problem, line_of
-from gateway.routing import parse_template
 from gateway.settings import Config
-from gateway.tables import Api, Route, Tables
+from gateway.tables import Route, Tables
 
-Shape = tuple[str | None, ...]
 # the keys of gateway.yaml naming a file whose reader can act as the gateway or its operator
 _SECRET_FILES = (("admin", "token_file"), ("tokens", "hmac_secret_file"))
 
@@ -42,38 +38,17 @@ _SECRET_FILES = (("admin", "token_file"), ("tokens", "hmac_secret_file"))
 def warnings(tables: Tables) -> list[Problem]:
     """Every warning, file by file in the order the tables were read, in line order."""
     found = [*_shadowed(tables), *_unused_scopes(tables), *_empty(tables)]
-    files = {api.source: index for index, api in enumerate(tables.apis)}
+    files = {api.source.file: index for index, api in enumerate(tables.apis)}
     return sorted(found, key=lambda problem: (files.get(problem.file, len(files)), problem.line))
 
 
-@dataclass
-class _Node:
-    literals: dict[str, _Node] = field(default_factory=dict)
-    param: _Node | None = None
-    routes: list[Route] = field(default_factory=list)
-
-
-def _shape(route: Route) -> Shape:
-    return (*route.api.prefix, *parse_template(route.template))
-
-
 def _shadowed(tables: Tables) -> Iterator[Problem]:
-    root = _Node()
     for route in tables.routes:
-        node = root
-        for segment in _shape(route):
-            if segment is None:
-                node.param = node.param or _Node()
-                node = node.param
-            else:
-                node = node.literals.setdefault(segment, _Node())
-        node.routes.append(route)
-    for route in tables.routes:
-        shape = _shape(route)
+        shape = route.shape
         if None not in shape:
             continue
-        for winner in _winners(root, route, shape, 0, False):
-            theirs = _shape(winner)
+        for winner in tables.trie.overtaking(route):
+            theirs = winner.shape
             if all(mine is None or mine == their for mine, their in zip(shape, theirs)) or _alike(route, winner):
                 continue  # `winner` refines `route` (each of its paths is one of route's), or decides as it does
             # the paths both match, as one (a value no literal has where both take a parameter):
@@ -81,9 +56,8 @@ def _shadowed(tables: Tables) -> Iterator[Problem]:
             both = tuple(mine if mine is not None else their if their is not None else "\x00" for mine, their in zip(shape, theirs))
             if tables.trie.match(route.method, both) is winner:
                 where = "" if winner.api is route.api else f" of table {winner.api.name}"
-                file, _, line = route.source.rpartition(":")
                 example = "/" + "/".join(mine if mine is not None else their if their is not None else "x" for mine, their in zip(shape, theirs))
-                yield Problem(file, int(line), (
+                yield Problem(*route.source, (
                     f"warning: {route.method} {route.template} crosses {winner.method} {winner.template}{where} ({winner.source}): "
                     f"neither is more specific, and the requests both match (such as {example}) go there, its literal segment coming first"
                 ))
@@ -94,37 +68,15 @@ def _alike(route: Route, other: Route) -> bool:
             and route.hide == other.hide and route.exchange is None and other.exchange is None)
 
 
-def _winners(node: _Node, route: Route, shape: Shape, depth: int, won: bool) -> Iterator[Route]:
-    """The routes that may take some of `route`'s paths: at the first segment where the two
-    differ, theirs is a literal and `route`'s a parameter (`won`)."""
-    if depth == len(shape):
-        if won:
-            yield from (other for other in node.routes if other.method == route.method)
-        return
-    segment = shape[depth]
-    if segment is None:
-        if node.param is not None:
-            yield from _winners(node.param, route, shape, depth + 1, won)
-        for child in node.literals.values():
-            yield from _winners(child, route, shape, depth + 1, True)
-    else:
-        if segment in node.literals:
-            yield from _winners(node.literals[segment], route, shape, depth + 1, won)
-        if won and node.param is not None:
-            yield from _winners(node.param, route, shape, depth + 1, True)
-
-
 def _unused_scopes(tables: Tables) -> Iterator[Problem]:
     for api in tables.apis:
         catalog = api.catalog
         if not catalog.entries:
             continue
         used = _used(catalog, (route for route in tables.routes if route.api is api))
-        unused = [name for name, entry in catalog.entries.items() if name not in used and not entry.description]
-        if unused:
-            lines = _catalog_lines(api)
-            for name in unused:
-                yield Problem(api.source, lines.get(name, 1), f"warning: scope {name} of the catalog is used by no route (none requires it, nor a scope it implies or that requires it)")
+        for name, entry in catalog.entries.items():
+            if name not in used and not entry.description:
+                yield Problem(*(entry.source or api.source), f"warning: scope {name} of the catalog is used by no route (none requires it, nor a scope it implies or that requires it)")
 
 
 def _used(catalog: Catalog, routes: Iterator[Route]) -> set[str]:
@@ -149,23 +101,8 @@ def _empty(tables: Tables) -> Iterator[Problem]:
     counted = {id(route.api) for route in tables.routes}
     for api in tables.apis:
         if id(api) not in counted:
-            line = _top_level(api).get("routes", (1, None))[0]
             prefix = "/" + "/".join(api.prefix)
-            yield Problem(api.source, line, f"warning: table {api.name} has no routes: every request under {prefix} is refused (404)")
-
-
-def _catalog_lines(api: Api) -> dict[str, int]:
-    """The line of each scope of `api`'s catalog."""
-    node = _top_level(api).get("scopes", (1, None))[1]
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {key.value: line_of(key) for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
-
-
-def _top_level(api: Api) -> dict[str, tuple[int, yaml.Node]]:
-    """The line and value of each top-level key of `api`'s file."""
-    # the file loaded a moment ago; only lines are read from it again
-    return _mapping(yaml.compose(Path(api.source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
+            yield Problem(*api.source, f"warning: table {api.name} has no routes: every request under {prefix} is refused (404)")
 
 
 def secret_files(config: Config) -> list[Problem]:

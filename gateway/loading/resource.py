@@ -16,6 +16,7 @@ from gateway.loading.nodes import Invalid, Reader, line_of
 from gateway.paths import canonicalise
 from gateway.scopes import Requirement
 from gateway.tables import ProtectedResource
+from gateway.types import Position
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 _KEYS = {"identifier", "authorization_servers", "documentation"}
@@ -43,7 +44,7 @@ class ResourceBlock:
             document["resource_documentation"] = self.documentation
         return ProtectedResource(
             identifier=self.identifier, metadata_url=self.origin + self.metadata_path, metadata_path=self.metadata_path.encode("ascii"),
-            document=json.dumps(document, indent=2).encode("utf-8"), source=f"{source}:{self.line}",
+            document=json.dumps(document, indent=2).encode("utf-8"), source=Position(source, self.line),
         )
 
 

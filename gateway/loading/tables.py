@@ -19,13 +19,13 @@ from gateway.loading.nodes import Invalid, Problem, Reader, line_of
 from gateway.loading.resource import ResourceBlock, read_resource, supported_scopes
 from gateway.paths import canonicalise
 from gateway.routing import METHODS, parse_template, template_params
-from gateway.scopes import SCOPE_TOKEN, Access, Requirement
+from gateway.scopes import PARAMETER, SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Exchange, Route, RouteTrie, Tables, Upstream
+from gateway.types import Position
 
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "claims", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_CLAIM_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
 
 Shape = tuple[str | None, ...]
@@ -68,8 +68,7 @@ def load_tables(
     for shape, route in entries:
         clash = seen.setdefault((route.method, shape), route)
         if clash is not route:
-            where, _, line = route.source.rpartition(":")
-            reader.problems.append(Problem(where, int(line), f"{route.method} {route.template}: same method and path as {clash.method} {clash.template} at {clash.source}"))
+            reader.problems.append(Problem(*route.source, f"{route.method} {route.template}: same method and path as {clash.method} {clash.template} at {clash.source}"))
     if len(reader.problems) > before:
         return None
     trie = RouteTrie(entries)
@@ -83,22 +82,21 @@ def _documents(reader: Reader, apis: list[Api], trie: RouteTrie) -> dict[bytes, 
     """The RFC 9728 documents by path; a path two tables publish at, or that a route of any
     method matches, is a problem (the route would take the document's requests, or hide it)."""
     documents: dict[bytes, bytes] = {}
-    publishers: dict[bytes, tuple[str, str]] = {}  # path -> the table's name and its resource's source
+    publishers: dict[bytes, tuple[str, Position]] = {}  # path -> the table's name and its resource's source
     for api in apis:
         resource = api.resource
         if resource is None:
             continue
-        file, _, line = resource.source.rpartition(":")
         path = resource.metadata_path
         shown = path.decode("ascii")
         if path in publishers:
             other, source = publishers[path]
-            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is table {other}'s too ({source})"))
+            reader.problems.append(Problem(*resource.source, f"resource: metadata path {shown} is table {other}'s too ({source})"))
             continue
         routes = trie.candidates(canonicalise(path).segments)
         if routes:
             clash = routes[0]
-            reader.problems.append(Problem(file, int(line), f"resource: metadata path {shown} is matched by route {clash.method} {clash.template} of table {clash.api.name} ({clash.source})"))
+            reader.problems.append(Problem(*resource.source, f"resource: metadata path {shown} is matched by route {clash.method} {clash.template} of table {clash.api.name} ({clash.source})"))
             continue
         publishers[path] = (api.name, resource.source)
         documents[path] = resource.document
@@ -170,11 +168,12 @@ class _TableReader:
         if block is not None:
             scopes = supported_scopes(self.catalog if self.has_catalog else None, (requirement for _, _, _, requirement, *_ in parsed))
             resource = block.publish(name, str(self.file), scopes)
-        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=str(self.file), resource=resource, issuers=issuers)
+        api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=Position(str(self.file), line_of(entries["routes"][0])),
+                  resource=resource, issuers=issuers)
         routes = [
             ((*prefix, *shape), Route(
-                api=api, method=method, template=template, requirement=requirement,
-                params=template_params(template, len(prefix)), source=f"{self.file}:{line}", user=user, claims=claims, hide=hide,
+                api=api, method=method, template=template, requirement=requirement, params=template_params(template, len(prefix)),
+                source=Position(str(self.file), line), shape=(*prefix, *shape), user=user, claims=claims, hide=hide,
                 exchange=exchange, plain=user is None and not claims and not requirement.bound and issuers is None,
                 live=self.catalog.live or user is not None,
             ))
@@ -269,7 +268,7 @@ class _TableReader:
             what = f"{key}: claims.{claim}"
             value = self.reader.typed(value_node, what, lambda v: (isinstance(v, str) and v != "") or (isinstance(v, int) and not isinstance(v, bool)), "a string, an integer or a '{param}' of the template")
             text = str(value)
-            param = _CLAIM_PARAM.fullmatch(text)
+            param = PARAMETER.fullmatch(text)
             if param is not None:
                 if param[1] not in params:
                     raise Invalid(value_node, f"{what}: {text} names no parameter of the template (it has: {', '.join(sorted(params)) or 'none'})")
