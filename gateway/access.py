@@ -23,7 +23,7 @@ from gateway.metrics import Recorder
 from gateway.types import Scope
 
 if TYPE_CHECKING:
-    from gateway.decision import RouteMatch
+    from gateway.routing import RouteMatch
     from gateway.tokens import VerifiedToken
 
 access_logger = logging.getLogger("gateway.access")

@@ -61,7 +61,7 @@ from gateway.errors import (
     Unauthorized,
     render,
 )
-from gateway.exchange import ClientDisconnected, read_body
+from gateway.asgi import ClientDisconnected, read_body
 from gateway.grants.live import open_store
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.reload import FAILURE, Reloader, RunDir

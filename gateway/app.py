@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import quote
 
-from gateway import head, metrics
+from gateway import head
 from gateway.access import METADATA, REQUEST_ID, Observer, Record
-from gateway.decision import RouteMatch, authorize, is_public, route, view_needed
-from gateway.errors import FramingInvalidRequest, NotFound, Refusal, TemporarilyUnavailable, render
-from gateway.exchange import ClientDisconnected, read_body
-from gateway.grants.live import LiveGrants
-from gateway.grants.store import GrantView, StoreUnavailable
-from gateway.graphql import GraphQLRoute
-from gateway.identity import identity_headers
+from gateway.asgi import ClientDisconnected
+from gateway.errors import FramingInvalidRequest, NotFound, Refusal
 from gateway.keys import KeyStore
 from gateway.metrics import Recorder
+from gateway.pipeline import Outcome, answer, decide
+from gateway.routing import RouteMatch
 from gateway.runtime import Runtime
 from gateway.settings import Config
-from gateway.tables import Api
 from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import UpstreamClient
 
@@ -57,6 +51,8 @@ class Gateway:
     :param access_log: log a line per request (`gateway.access`), with its request id.
     """
 
+    mode = "proxy"  # how its config is loaded (`load_config`), at start and on each reload
+
     def __init__(
         self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
         metrics: Recorder | None = None, access_log: bool = False,
@@ -82,44 +78,27 @@ class Gateway:
         method = scope["method"]
         path = raw_path(scope)
         query = scope.get("query_string", b"")
-        api: Api | None = None
         observer = self.observer
         record = None
         if observer is not None:
             record = observer.begin(scope)
-        match = verified = None
+        outcome = Outcome()
         forwarded = False
         reason = "forwarded"
         try:
             authorization = head.check(scope, path, query, runtime.limits)
-            match = route(runtime.tables, method, path, query)
-            api = match.route.api
-            identity: Sequence[tuple[bytes, bytes]] = ()
-            grant = None
-            if not is_public(match):
-                authenticator = runtime.authenticator
-                verified = authenticator.recall(authorization, query)
-                if verified is None:
-                    verified = await authenticator.authenticate(authorization, query)
-                view = None
-                if match.route.live and runtime.grants is not None:
-                    caller = view_needed(match, verified, runtime.grant_type_claim)
-                    if caller is not None:
-                        view = runtime.grants.cached(api.name, *caller) or await _grant_view(runtime.grants, api.name, caller)
-                grant = authorize(match, verified, runtime.grant_type_claim, view)
-                identity = identity_headers(grant)
+            await decide(outcome, runtime, method, path, query, authorization, scope, receive)
+            match = outcome.match
+            assert match is not None
+            identity = outcome.identity
             if record is not None and record.id_header is not None:
                 identity = [*identity, record.id_header]
-            exchange = match.route.exchange
-            forwarding = None
-            if exchange is not None:
-                body = None if exchange.body_limit is None else await read_body(receive, exchange.body_limit)
-                forwarding = await exchange.prepare(scope, body, grant)
             forwarded = True
-            await runtime.forwarder.forward(scope, receive, send, api, match.upstream_target, identity, forwarding, record)
+            await runtime.forwarder.forward(scope, receive, send, match.route.api, match.upstream_target, identity, outcome.forwarding, record)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
+            match = outcome.match
             if match is None and isinstance(refusal, NotFound) and method in _READS:
                 # no route: an RFC 9728 document is looked up only now, costing routed requests nothing
                 document = runtime.tables.documents.get(path)
@@ -128,17 +107,17 @@ class Gateway:
                     await _document(send, document, method, record)
                     return
             reason = refusal.error
-            await _answer(send, refusal, api, record, _graphql(match))
+            await _answer(send, refusal, match, record)
         except ClientDisconnected:
             # granian reports a malformed chunked body as a disconnect too: if the client is still
             # there, it gets a 400; if it is gone, the answer goes nowhere
             logger.info("%s %s: the request body ended early or was malformed", method, scope.get("path"))
             refusal = FramingInvalidRequest("the request body ended before it was complete, or its chunked framing is malformed")
             reason = refusal.error
-            await _answer(send, refusal, api, record, _graphql(match))
+            await _answer(send, refusal, outcome.match, record)
         finally:
             if record is not None:
-                record.observer.finish(record, method, path, match, verified, forwarded, reason)
+                record.observer.finish(record, method, path, outcome.match, outcome.token, forwarded, reason)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -172,33 +151,9 @@ class Gateway:
                 return
 
 
-async def _grant_view(grants: LiveGrants, api: str, caller: tuple[str | None, str | None]) -> GrantView:
-    """The grant-store view of `caller`, read from the store (the view was not in memory).
-
-    :raises TemporarilyUnavailable: the store cannot be read (503, never a decision on a guess).
-    """
-    try:
-        return await grants.view(api, *caller)
-    except StoreUnavailable as exc:
-        metrics.grant_store_error()
-        logger.warning("grant store unavailable for %s: %s", api, exc)
-        retry = max(1, math.ceil(grants.refresh))
-        raise TemporarilyUnavailable(f"the grants this request needs cannot be read right now; retry in {retry} s", retry_after=retry) from None
-
-
-def _graphql(match: RouteMatch | None) -> bool:
-    """Whether the request's route is a GraphQL route: its every refusal is a GraphQL response too,
-    whichever step refused it (no token, a bad one, the route's own requirement, a field)."""
-    return match is not None and isinstance(match.route.exchange, GraphQLRoute)
-
-
-async def _answer(send: Send, refusal: Refusal, api: Api | None, record: Record | None = None, graphql: bool = False) -> None:
-    if api is None:
-        status, headers, body = render(refusal, graphql=graphql)
-    else:
-        metadata_url = api.resource.metadata_url if api.resource is not None else None
-        status, headers, body = render(refusal, api.name, metadata_url, graphql=graphql)
-    await _send(send, status, headers, body, record)
+async def _answer(send: Send, refusal: Refusal, match: RouteMatch | None, record: Record | None = None) -> None:
+    status, headers, body = answer(refusal, match)
+    await respond(send, status, headers, body, record)
 
 
 async def _document(send: Send, document: bytes, method: str, record: Record | None) -> None:
@@ -208,10 +163,10 @@ async def _document(send: Send, document: bytes, method: str, record: Record | N
         (b"content-length", str(len(document)).encode("ascii")),
         (b"access-control-allow-origin", b"*"),
     ]
-    await _send(send, 200, headers, b"" if method == "HEAD" else document, record)
+    await respond(send, 200, headers, b"" if method == "HEAD" else document, record)
 
 
-async def _send(send: Send, status: int, headers: Headers, body: bytes, record: Record | None) -> None:
+async def respond(send: Send, status: int, headers: Headers, body: bytes, record: Record | None) -> None:
     if record is not None:
         record.status = status
         if record.request_id is not None:

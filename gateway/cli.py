@@ -22,7 +22,7 @@ from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.loading import ConfigError, admin_settings, load_config
 from gateway.loading.lint import secret_files, warnings
 from gateway.server import SERVERS
-from gateway.settings import Config
+from gateway.settings import MODES, Config
 from gateway.signing import KEY_FILE_ALGORITHMS, init_key_files, read_key_file
 from gateway.times import parse_rfc3339, rfc3339
 from gateway.validation import STAGES, grant_scope_problem, validate_scopes
@@ -49,16 +49,16 @@ def _missing_config(path: str) -> str | None:
             "or run `gateway demo` to see a working one (it writes a config, keys and a route table to a folder it names)")
 
 
-def _load(config_path: str) -> Config | None:
+def _load(config_path: str, mode: str = "proxy") -> Config | None:
     try:
-        return load_config(config_path)
+        return load_config(config_path, mode)
     except ConfigError as error:
         print(error)  # a line per problem, `file:line: message`
         return None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if _load(args.config) is None:
+    if _load(args.config, args.mode) is None:
         return 1
     if args.server == "granian" and importlib.util.find_spec("granian") is None:
         print("--server granian needs granian: pip install 'scope-gateway[granian]'")
@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import run
 
     run(Path(args.config), host=args.host, port=args.port, server=args.server, workers=args.workers, log_level=args.log_level,
-        access_log=args.access_log, log_format=args.log_format)
+        access_log=args.access_log, log_format=args.log_format, mode=args.mode)
     return 0
 
 
@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true",
                        help="the gateway's line per request, forwarded or refused, with its request id (off by default, as in Envoy)")
     serve.add_argument("--log-format", default="text", choices=logs.FORMATS, help="text (default) or json: one JSON object per line")
+    serve.add_argument("--mode", default="proxy", choices=MODES,
+                       help="proxy (default): forward allowed requests; decision: answer a front proxy's questions on "
+                            "/nginx, /forward-auth and /envoy/<target> (docs/decision-mode.md)")
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(

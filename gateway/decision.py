@@ -1,9 +1,9 @@
-"""The decision: pure functions of (compiled tables, request line, verified token).
+"""The decision: pure functions of (matched route, verified token, grant-store view, time).
 
-`route()` canonicalises the path and finds the route (400 / 404); `authorize()` works out the
-caller's effective scopes with the API's catalog and decides (403 invalid_scope, 404, 401
-step-up, 403 forbidden); `evaluate()` is the same decision, step by step. None touches sockets,
-so the CLI's `explain` and the tests call exactly what the gateway runs.
+`authorize()` works out the caller's effective scopes with the API's catalog and decides (403
+invalid_scope, 404, 401 step-up, 403 forbidden); `evaluate()` is the same decision, step by step;
+`judge_unmet()` judges what a route's exchange found below the route with the same rule. None
+touches sockets, so the CLI's `explain` and the tests call exactly what the gateway runs.
 """
 
 from __future__ import annotations
@@ -11,87 +11,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from gateway.catalog import CLIENT_CREDENTIALS, Assessment, Catalog, StepUp
-from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal
+from gateway.errors import Forbidden, InsufficientUserAuthentication, InvalidScope, NotFound, Refusal, Unauthorized
 from gateway.grants.store import EMPTY_VIEW, GrantState, GrantView
-from gateway.paths import CanonicalPath, canonicalise
-from gateway.routing import Tables
-from gateway.scopes import Access, Requirement
-from gateway.tables import Route
+from gateway.routing import RouteMatch
+from gateway.scopes import Access, Allowed, Requirement, Unmet
 from gateway.tokens import VerifiedToken
-
-
-# per-request values are not frozen: a frozen dataclass's __init__ costs four times as much
-@dataclass(slots=True)
-class RouteMatch:
-    route: Route
-    path: CanonicalPath
-    # what goes on the upstream's request line: its base path, the raw path after the prefix, the query
-    upstream_target: bytes
-
-    @property
-    def params(self) -> dict[str, str]:
-        """The template's `{name}` values, decoded (only explanations need them)."""
-        return self.route.bind(self.path.segments)
-
-
-@dataclass(slots=True)
-class Grant:
-    """An allowed request: who is calling and with which effective scopes."""
-
-    subject: str | None
-    client: str | None
-    scopes: frozenset[str]
-    # what did not count, when the step-by-step decision allowed it: for refusing what the route's
-    # exchange checks below the route (GraphQL fields) as the route itself would be refused
-    uncounted: Uncounted | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Uncounted:
-    """The token's scopes that did not count for an allowed request, and why."""
-
-    catalog: Catalog
-    pending_step_up: tuple[tuple[str, StepUp], ...]  # count after a recent, strong enough authentication
-    pending_optional: frozenset[str]  # count once the user meets their condition
-    reasons: tuple[str, ...]  # each grant of a live scope missing, revoked or expired, in words
-
-
-def refusal_below_route(grant: Grant, requirements: list[Requirement], what: str) -> Refusal | None:
-    """The 401 step-up or the 404 a route would answer if `requirements` (unmet by `grant`'s
-    scopes) were its own, when every one of them would be met after a step-up, or once the user
-    meets optional scopes' conditions; None: forbidden (the caller names what is missing, and
-    adds `grant.uncounted.reasons`)."""
-    uncounted = grant.uncounted
-    if uncounted is None:
-        return None
-    return _waiting(uncounted.catalog, requirements, grant.scopes, uncounted.pending_step_up, uncounted.pending_optional, what)
-
-
-def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:
-    """Find the route for a request line.
-
-    :raises InvalidRequest: the path is ambiguous.
-    :raises NotFound: no route for this method and path (deny by default).
-    """
-    path = canonicalise(raw_path)
-    matched = tables.trie.match(method, path.segments)
-    if matched is None:
-        raise NotFound(f"no route for {method} {raw_path.decode('ascii', 'backslashreplace')}")
-    target = matched.api.upstream.base_path + path.raw_tail(len(matched.api.prefix))
-    if query_string:
-        target += b"?" + query_string
-    return RouteMatch(matched, path, target)
 
 
 def authorize(
     match: RouteMatch, token: VerifiedToken, grant_type_claim: str = "gty", view: GrantView | None = None, now: float | None = None,
-) -> Grant:
+) -> Allowed:
     """Work out the caller's effective scopes for the matched route and decide.
 
     :param grant_type_claim: the claim naming the token's grant type (`tokens.grant_type_claim`).
@@ -108,21 +43,46 @@ def authorize(
     # the usual request: no rule, claim or path parameter in play; nothing more to work out
     if assessment.simple and route.plain:
         if route.requirement.met_by(assessment.effective):
-            return Grant(token.subject, token.client, assessment.effective)
+            return Allowed(token.subject, token.client, assessment.effective)
         raise _hidden(match, _forbidden(match, route.requirement, assessment.effective, assessment.ignored))
     # the usual live request: only the grant store in play, and every grant it needs active
     effective = assessment.effective_with_live
     if effective is not None and route.plain and view is not None and _all_live_active(assessment, view, time.time() if now is None else now):
         if route.requirement.met_by(effective):
-            return Grant(token.subject, token.client, effective)
+            return Allowed(token.subject, token.client, effective)
     evaluation = evaluate(match, token, grant_type_claim, view, now)
     if evaluation.refusal is not None:
         try:
             raise evaluation.refusal
         finally:
             del evaluation  # else the refusal's traceback holds this frame, which holds the refusal: a cycle
-    assert evaluation.grant is not None
-    return evaluation.grant
+    assert evaluation.allowed is not None
+    return evaluation.allowed
+
+
+def judge_unmet(
+    unmet: Unmet, match: RouteMatch, token: VerifiedToken | None, grant_type_claim: str = "gty", view: GrantView | None = None,
+    now: float | None = None,
+) -> Refusal:
+    """The refusal of requirements an exchange found below the route, by the route's own rule:
+    401 without a token; 401 step-up or 404 when every one of them would be met after a step-up
+    or once the user meets optional scopes' conditions; else 403 forbidden, naming each grant of
+    the token's live scopes that is missing, revoked or expired. Only refused requests get here,
+    so the decision is taken again step by step."""
+    extra = unmet.extra
+    if token is None:
+        return Unauthorized(unmet.anonymous, **extra)
+    evaluation = evaluate(match, token, grant_type_claim, view, now)
+    requirements = unmet.requirements
+    if None not in requirements:
+        waiting = _waiting(evaluation.catalog, requirements, evaluation.effective, evaluation.pending_step_up,  # type: ignore[arg-type]
+                           evaluation.pending_optional, unmet.what)
+        if waiting is not None:
+            waiting.extra.update(extra)
+            return waiting
+    why = "".join(f"; {reason}" for reason in evaluation.live_missing)
+    first = next((requirement for requirement in requirements if requirement is not None), None)
+    return Forbidden(unmet.forbidden + why, scope=first.first_alternative() if first else "", **extra)
 
 
 @dataclass(slots=True)
@@ -142,7 +102,7 @@ class Evaluation:
     # each grant the decision read from the grant-store view, in words, and its state (None: missing)
     grants_read: tuple[tuple[str, GrantState | None], ...] = ()
     effective: frozenset[str] = frozenset()
-    grant: Grant | None = None
+    allowed: Allowed | None = None
     refusal: Refusal | None = None
     hidden: Forbidden | None = None  # what a `hide: true` route answers 404 in place of
 
@@ -210,10 +170,7 @@ def evaluate(
     effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
     if requirement.met_by(effective):
-        uncounted = None
-        if evaluation.pending_step_up or evaluation.pending_optional or evaluation.live_missing:
-            uncounted = Uncounted(catalog, evaluation.pending_step_up, evaluation.pending_optional, evaluation.live_missing)
-        evaluation.grant = Grant(token.subject, token.client, effective, uncounted)
+        evaluation.allowed = Allowed(token.subject, token.client, effective)
         return evaluation
     refusal = _refusal(match, requirement, evaluation, acting_for)
     if isinstance(refusal, Forbidden) and route.hide:
@@ -310,7 +267,7 @@ def _refusal(match: RouteMatch, requirement: Requirement, evaluation: Evaluation
 
 
 def _waiting(
-    catalog: Catalog, requirements: list[Requirement], effective: frozenset[str],
+    catalog: Catalog, requirements: Sequence[Requirement], effective: frozenset[str],
     pending_step_up: tuple[tuple[str, StepUp], ...], pending_optional: frozenset[str], what: str,
 ) -> Refusal | None:
     """401 when a step-up would meet every one of `requirements`; else 404 when the conditions of

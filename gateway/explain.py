@@ -5,8 +5,8 @@
        each grant read from the store -> GraphQL fields or response members -> the decision,
        its status and its challenge
 
-Every verdict comes from the functions the app calls (`route`, `evaluate`, the route's exchange);
-this module only puts them into words.
+Every verdict comes from the app's own pipeline (`pipeline.decide`, with a trace); this module
+only puts it into words.
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ from typing import Any
 
 from gateway.authentication import Authenticator
 from gateway.catalog import CLIENT_CREDENTIALS
-from gateway.decision import Evaluation, Grant, RouteMatch, evaluate, grant_state, is_public, route, step_up_shortfall, view_needed
-from gateway.errors import InvalidScope, NotFound, Refusal, TemporarilyUnavailable, render
-from gateway.exchange import read_body
-from gateway.fields import ResponseFields
+from gateway.decision import Evaluation, grant_state, step_up_shortfall, view_needed
+from gateway.errors import InvalidScope, Refusal, TemporarilyUnavailable
 from gateway.grants.live import read_view
 from gateway.grants.store import GrantView, StoreUnavailable
 from gateway.grants.urls import redacted
-from gateway.graphql import GraphQLRoute
 from gateway.keys import KeyStore
 from gateway.paths import canonicalise
+from gateway.pipeline import Outcome, Trace, answer, decide
+from gateway.routing import RouteMatch
 from gateway.scopes import SCOPE_TOKEN
 from gateway.settings import Config
 from gateway.tables import Route
@@ -79,7 +78,8 @@ def parse_claims(text: str | None) -> dict[str, Any]:
 async def explain(
     config: Config, method: str, target: str, caller: Caller, *, body: bytes | None = None, content_type: str | None = None,
 ) -> Explanation:
-    """The decision for `method` `target` (path and query, as sent) from `caller`, in words.
+    """The decision for `method` `target` (path and query, as sent) from `caller`, in words: the
+    trace of the request's way through `pipeline.decide`, the app's own.
 
     :param body: the request body (a GraphQL route reads it).
     :raises UsageError: a scope given that is not a valid scope.
@@ -87,52 +87,89 @@ async def explain(
     method = method.upper()
     path, _, query = target.partition("?")
     lines = [f"request:   {method} {target}"]
-    realm = "gateway"
-    metadata_url = None  # the table's RFC 9728 document, which its 401s name
+    outcome = Outcome(trace=Trace())
     try:
         canonical = canonicalise(path.encode("utf-8"))
         lines.append(f"path:      {canonical.raw.decode('ascii', 'backslashreplace')}, segments {list(canonical.segments)}")
-        candidates = config.tables.candidates(canonical.segments)
+        steps = _Steps(config, caller)
+        headers = [(b"content-type", content_type.encode("latin-1"))] if content_type is not None else []
+        scope: Scope = {"type": "http", "method": method, "query_string": query.encode("utf-8"), "headers": headers}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body or b"", "more_body": False}
+
         try:
-            match = route(config.tables, method, path.encode("utf-8"), query.encode("utf-8"))
-        except NotFound:
-            _no_route(lines, method, candidates)
-            raise
-        compiled = match.route
-        realm = compiled.api.name
-        metadata_url = compiled.api.resource.metadata_url if compiled.api.resource is not None else None
-        lines.append(f"route:     {_named(compiled)}")
-        _candidates(lines, method, candidates, compiled)
-        if match.params:
-            lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
-        lines.append(f"requires:  {compiled.requirement.describe()}")
-        grant = None
-        if not is_public(match):
-            token = await caller_token(config, caller, query.encode("utf-8"), lines)
-            view, read_from = await grant_view(config, match, token)
-            evaluation = evaluate(match, token, config.tokens.grant_type_claim, view)
-            _steps(lines, match, token, evaluation, read_from, config.tokens.grant_type_claim)
-            if evaluation.hidden is not None:
-                lines.append(f"hidden:    {compiled.method} {compiled.template} says hide: true, so this refusal is answered 404 "
-                             f"as if the route did not exist; it is 403 forbidden: {evaluation.hidden.description}")
-            if evaluation.refusal is not None:
-                raise evaluation.refusal
-            grant = evaluation.grant
-        exchange = compiled.exchange
-        if isinstance(exchange, GraphQLRoute):
-            await _graphql(lines, exchange, method, query, body, content_type, grant)
-        elif isinstance(exchange, ResponseFields):
-            _response_fields(lines, exchange, grant.scopes if grant is not None else frozenset())
-        upstream = compiled.api.upstream
+            await decide(outcome, steps, method, path.encode("utf-8"), query.encode("utf-8"), steps.authorization, scope, receive)
+        finally:
+            _trace(lines, outcome, method, config.tables.candidates(canonical.segments), steps)
+        match = outcome.match
+        assert match is not None
+        upstream = match.route.api.upstream
         lines.append(f"decision:  forward to {upstream.origin.scheme}://{upstream.authority.decode()}{match.upstream_target.decode()}")
         return Explanation(lines, None)
     except Refusal as refusal:
-        status, headers, _ = render(refusal, realm, metadata_url)
+        status, headers, _ = answer(refusal, outcome.match)
         lines.append(f"decision:  {status} {refusal.error}: {refusal.description}")
         for name, value in headers:
             if name == b"www-authenticate":
                 lines.append(f"header:    WWW-Authenticate: {value.decode()}")
         return Explanation(lines, refusal)
+
+
+class _Steps:
+    """What the pipeline reads, for `explain`: the config's tables, the caller as given (its
+    scopes taken as they are, or its token verified), and the configured grant store read straight."""
+
+    def __init__(self, config: Config, caller: Caller) -> None:
+        self.config = config
+        self.caller = caller
+        self.tables = config.tables
+        self.grant_type_claim = config.tokens.grant_type_claim
+        self.authenticator = self
+        self.grants = self if config.grants.store is not None else None
+        self.refresh = 1.0
+        self.authorization = [f"Bearer {caller.token}".encode("latin-1")] if caller.token is not None else []
+        self.token_lines: list[str] = []  # how the caller's token was read
+        self.read_from: str | None = None  # whose grant-store view was read, and where from
+
+    def recall(self, authorization: list[bytes], query: bytes) -> VerifiedToken | None:
+        return None
+
+    async def authenticate(self, authorization: list[bytes], query: bytes) -> VerifiedToken:
+        return await caller_token(self.config, self.caller, query, self.token_lines)
+
+    def cached(self, api: str, client: str | None, subject: str | None) -> GrantView | None:
+        return None
+
+    async def view(self, api: str, client: str | None, subject: str | None) -> GrantView:
+        grants = self.config.grants
+        assert grants.store is not None
+        self.read_from = f"read from {redacted(grants.store)} for client {client}, user {subject}"
+        return await read_view(grants.store, grants.base, api, client, subject)
+
+
+def _trace(lines: list[str], outcome: Outcome, method: str, candidates: tuple[Route, ...], steps: _Steps) -> None:
+    """The outcome's trace in words, as far as the request got."""
+    match = outcome.match
+    if match is None:
+        _no_route(lines, method, candidates)
+        return
+    compiled = match.route
+    lines.append(f"route:     {_named(compiled)}")
+    _candidates(lines, method, candidates, compiled)
+    if match.params:
+        lines.append("params:    " + ", ".join(f"{name}={value}" for name, value in match.params.items()))
+    lines.append(f"requires:  {compiled.requirement.describe()}")
+    lines.extend(steps.token_lines)
+    trace = outcome.trace
+    assert trace is not None
+    evaluation = trace.evaluation
+    if outcome.token is not None and evaluation is not None:
+        _steps(lines, match, outcome.token, evaluation, steps.read_from, steps.grant_type_claim)
+        if evaluation.hidden is not None:
+            lines.append(f"hidden:    {compiled.method} {compiled.template} says hide: true, so this refusal is answered 404 "
+                         f"as if the route did not exist; it is 403 forbidden: {evaluation.hidden.description}")
+    lines.extend(trace.exchange)
 
 
 def _named(compiled: Route) -> str:
@@ -297,39 +334,3 @@ def _step_up(lines: list[str], evaluation: Evaluation, claims: Mapping[str, Any]
         shortfall = step_up_shortfall(claims, step_up, time.time())
         if shortfall is not None:
             lines.append(f"{_INDENT}{_INDENT}{shortfall}")
-
-
-async def _graphql(
-    lines: list[str], exchange: GraphQLRoute, method: str, query: str, body: bytes | None, content_type: str | None, grant: Grant | None,
-) -> None:
-    """The operation chosen, each field that can run against its requirement, and what `prepare`
-    (the app's own check) makes of the request.
-
-    :raises Refusal: as the app refuses the request.
-    """
-    headers = [(b"content-type", content_type.encode("latin-1"))] if content_type is not None else []
-    scope: Scope = {"type": "http", "method": method, "query_string": query.encode("utf-8"), "headers": headers}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body or b"", "more_body": False}
-
-    read = await read_body(receive, exchange.body_limit) if exchange.body_limit is not None else None
-    _, _, operations = exchange.operations(scope, read)
-    scopes = grant.scopes if grant is not None else None
-    for operation in operations:
-        name = operation.operation.name.value if operation.operation.name is not None else "(anonymous)"
-        lines.append(f"graphql:   {operation.kind.value} {name}")
-        for key, path, requirement, met in exchange.field_checks(operation, scopes):
-            needs = "no requirement covers it (deny by default)" if requirement is None else f"requires {requirement.describe()}"
-            lines.append(f"{_INDENT}{key} at {'.'.join(path)}: {needs}: {'met' if met else 'refused'}")
-    refused = any(not met for operation in operations for *_, met in exchange.field_checks(operation, scopes))
-    await exchange.prepare(scope, read, grant)
-    if refused:
-        lines.append(f"{_INDENT}filter mode: the refused fields are removed, and answered as null with an error each")
-
-
-def _response_fields(lines: list[str], exchange: ResponseFields, effective: frozenset[str]) -> None:
-    removed = exchange.refused(effective)
-    for member, requirement in exchange.requirements.items():
-        verdict = "removed from a JSON answer" if member in removed else "kept"
-        lines.append(f"field:     {member}: requires {requirement.describe()}: {verdict}")

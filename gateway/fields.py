@@ -14,15 +14,11 @@ import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gateway.errors import BadGateway
-from gateway.exchange import Forwarding
-from gateway.scopes import Requirement
+from gateway.scopes import Allowed, Requirement
+from gateway.tables import Forwarding
 from gateway.types import Headers, Scope
-
-if TYPE_CHECKING:
-    from gateway.decision import Grant
 
 # answers that carry no body whatever their headers say: nothing in them to filter
 _BODILESS = frozenset({204, 304})
@@ -36,14 +32,22 @@ class ResponseFields:
 
     requirements: Mapping[str, Requirement]  # top-level member -> what it needs
     body_limit: None = None  # the request body streams as usual
+    option = "response_fields"
+    graphql = False
 
-    async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
-        refused = self.refused(grant.scopes if grant is not None else frozenset())
+    async def prepare(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> Forwarding:
+        refused = self.refused(allowed.scopes if allowed is not None else frozenset())
         if not refused:
             # everything may be seen: streamed, not buffered (still whole: the route asks no slices)
             return Forwarding(whole=True)
         head = scope["method"] == "HEAD"
         return Forwarding(whole=True, rewrite=lambda status, headers, answer, limit: _without(refused, head, status, headers, answer, limit))
+
+    async def describe(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> list[str]:
+        """Each member's requirement, and whether this caller's answer keeps it."""
+        removed = self.refused(allowed.scopes if allowed is not None else frozenset())
+        return [f"field:     {member}: requires {requirement.describe()}: {'removed from a JSON answer' if member in removed else 'kept'}"
+                for member, requirement in self.requirements.items()]
 
     def refused(self, effective: frozenset[str]) -> frozenset[str]:
         """The members a caller with these effective scopes may not see."""

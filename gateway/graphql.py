@@ -62,11 +62,10 @@ from graphql.validation import (
 )
 
 from gateway.credentials import read_names
-from gateway.decision import Grant, refusal_below_route
-from gateway.errors import Forbidden, InvalidRequest, Refusal, Unauthorized, UnsupportedMediaType
-from gateway.exchange import Forwarding
+from gateway.errors import InvalidRequest, Refusal, UnsupportedMediaType
 from gateway.fields import decoded, is_json
-from gateway.scopes import Access, Requirement
+from gateway.scopes import Access, Allowed, Requirement, Unmet
+from gateway.tables import Forwarding
 from gateway.types import Headers, Scope
 
 MODES = ("reject", "filter")
@@ -162,24 +161,56 @@ class GraphQLRoute:
         self.analyse = functools.lru_cache(maxsize=CACHE_SIZE)(self._analyse)
         self.read = functools.lru_cache(maxsize=CACHE_SIZE)(self._read_post)
 
-    async def prepare(self, scope: Scope, body: bytes | None, grant: Grant | None) -> Forwarding:
+    option = "graphql"
+    graphql = True
+
+    async def prepare(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> Forwarding:
         """Refuse the request, or say how to forward it.
 
         :raises InvalidRequest: a request that is not one GraphQL can read unambiguously, a
             document that does not parse or validate, or one over a limit (400; 415 for a body
             of another media type).
-        :raises Forbidden: a field the caller may not use (in reject mode, or every field in filter mode).
-        :raises Unauthorized: a field that needs a token, on a public route called without one.
+        :raises Unmet: fields the caller may not use (in reject mode, or every field in filter
+            mode), or that need a token on a public route called without one.
         """
         get = scope["method"] in ("GET", "HEAD")
         parts, batch, operations = self.operations(scope, body)
-        scopes = grant.scopes if grant is not None else None
+        scopes = allowed.scopes if allowed is not None else None
         refused = [self._refused(operation, scopes) for operation in operations]
         if not any(refused):
             return Forwarding() if get else Forwarding(body=body or b"")
         if self.mode == "reject":
-            raise _refusal(refused, grant, batch)
-        return self._filtered(scope, parts, operations, refused, batch, grant, get)
+            raise _unmet(refused, allowed is None, batch)
+        return self._filtered(scope, parts, operations, refused, batch, allowed is None, get)
+
+    async def describe(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> list[str]:
+        """The operation chosen, each field that can run against its requirement, and what filter
+        mode would make of the request.
+
+        :raises Refusal: the request cannot be read, as `prepare` refuses it.
+        """
+        lines = []
+        _, _, operations = self.operations(scope, body)
+        scopes = allowed.scopes if allowed is not None else None
+        refused = False
+        for operation in operations:
+            name = operation.operation.name.value if operation.operation.name is not None else "(anonymous)"
+            lines.append(f"graphql:   {operation.kind.value} {name}")
+            for key, path, requirement, met in self.field_checks(operation, scopes):
+                needs = "no requirement covers it (deny by default)" if requirement is None else f"requires {requirement.describe()}"
+                lines.append(f"           {key} at {'.'.join(path)}: {needs}: {'met' if met else 'refused'}")
+                refused = refused or not met
+        if refused and self.mode == "filter" and await self._filters(scope, body, allowed):
+            lines.append("           filter mode: the refused fields are removed, and answered as null with an error each")
+        return lines
+
+    async def _filters(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> bool:
+        """Whether filter mode forwards what is left (else it refuses: nothing is left to ask)."""
+        try:
+            await self.prepare(scope, body, allowed)
+        except Unmet:
+            return False
+        return True
 
     def operations(self, scope: Scope, body: bytes | None) -> tuple[list[_Part], bool, tuple[Operation, ...]]:
         """The request's parts, whether it is a batch, and the analysis of each part's operation.
@@ -372,7 +403,7 @@ class GraphQLRoute:
     # --- filter mode ---------------------------------------------------------------------------------
 
     def _filtered(
-        self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, grant: Grant | None, get: bool,
+        self, scope: Scope, parts: Sequence[_Part], operations: Sequence[Operation], refused: list[list[_Refused]], batch: bool, anonymous: bool, get: bool,
     ) -> Forwarding:
         """The request without its refused fields, and the answer's rewrite that puts them back as null."""
         members: list[dict[str, Any]] = []
@@ -386,10 +417,10 @@ class GraphQLRoute:
             removed = [(node, key, path) for node, key, path in operation.occurrences if key in keys]
             text, used = _pruned(operation, {id(node) for node, _, _ in removed})
             if text is None:  # nothing left to ask: refused as in reject mode
-                raise _refusal(refused, grant, batch)
+                raise _unmet(refused, anonymous, batch)
             members.append(_rewritten_members(part, text, used))
             at = {path: key for _, key, path in removed}
-            answers.append((list(at), [_error(keys[key], path, grant is None) for path, key in at.items()]))
+            answers.append((list(at), [_error(keys[key], path, anonymous) for path, key in at.items()]))
         query: bytes | None = None
         body: bytes | None = None
         if get:
@@ -722,12 +753,10 @@ def _error(refused: _Refused, path: tuple[str, ...], anonymous: bool) -> dict[st
     return {"message": message, "path": list(path), "extensions": {"code": "UNAUTHENTICATED" if anonymous else "FORBIDDEN", "required": required}}
 
 
-def _refusal(refused: list[list[_Refused]], grant: Grant | None, batch: bool) -> Refusal:
-    """What a route would answer if the refused fields' requirements were its own: 401 without a
-    token; 401 step-up or 404 when every refused field would count after a step-up or once the
-    user meets a condition; else 403, naming every refused field of every operation and what it
-    needs, and each grant of the token's live scopes that is missing, revoked or expired."""
-    anonymous = grant is None
+def _unmet(refused: list[list[_Refused]], anonymous: bool, batch: bool) -> Unmet:
+    """The refused fields, for the decision to judge as if their requirements were the route's
+    own (`decision.judge_unmet`), with the words of each answer: every refused field of every
+    operation and what it needs, as a message and as a GraphQL error each."""
     errors = []
     for index, found in enumerate(refused):
         for item in found:
@@ -736,14 +765,7 @@ def _refusal(refused: list[list[_Refused]], grant: Grant | None, batch: bool) ->
                 error["extensions"]["batch_index"] = index
             errors.append(error)
     described = "; ".join(error["message"] for error in errors)
-    if grant is None:
-        return Unauthorized(f"the operation needs a token: {described}", errors=errors)
-    requirements = [item.requirement for found in refused for item in found]
-    if None not in requirements:
-        waiting = refusal_below_route(grant, requirements, f"the operation ({described})")  # type: ignore[arg-type]
-        if waiting is not None:
-            waiting.extra["errors"] = errors
-            return waiting
-    why = "".join(f"; {reason}" for reason in grant.uncounted.reasons) if grant.uncounted is not None else ""
-    first = next((requirement for requirement in requirements if requirement is not None), None)
-    return Forbidden(f"the operation selects fields the token may not use: {described}{why}", scope=first.first_alternative() if first else "", errors=errors)
+    return Unmet(
+        [item.requirement for found in refused for item in found], f"the operation ({described})",
+        f"the operation needs a token: {described}", f"the operation selects fields the token may not use: {described}", {"errors": errors},
+    )

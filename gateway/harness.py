@@ -26,12 +26,12 @@ import httpx
 import respx
 
 from gateway.app import Gateway
-from gateway.decision import route
+from gateway.routing import route
 from gateway.errors import Refusal
 from gateway.grants.sqlite import SQLiteStore
 from gateway.keys import KeyStore
 from gateway.loading import load_config
-from gateway.routing import Tables
+from gateway.tables import Tables
 from gateway.settings import Config
 from gateway.signing import throwaway_key
 from gateway.types import Headers

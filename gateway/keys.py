@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from gateway import metrics
+from gateway.settings import VerificationKey
 
 logger = logging.getLogger("gateway.keys")
 
@@ -33,14 +33,6 @@ ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"
 MIN_RSA_BITS = 2048
 _MIN_HMAC_BYTES = 32
 _MAX_JWKS_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationKey:
-    kid: str | None
-    algorithms: frozenset[str]  # the token `alg` values this key may verify
-    key: Any  # a cryptography public key, or the HMAC secret as bytes
-    origin: str
 
 
 def _algorithms_for(public_key: Any) -> frozenset[str]:

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from gateway.access import Record
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
-from gateway.exchange import ClientDisconnected, Forwarding
-from gateway.identity import NAMES as IDENTITY
 from gateway.settings import ProxySettings
-from gateway.tables import Api
+from gateway.asgi import ClientDisconnected
+from gateway.identity import NAMES as IDENTITY
+from gateway.tables import Api, Forwarding
 from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from gateway.catalog import CLIENT_CREDENTIALS, is_parameterised, split_parameterised
-from gateway.decision import Evaluation, RouteMatch, evaluate
+from gateway.decision import Evaluation, evaluate
 from gateway.errors import Forbidden, InvalidScope, NotFound, Refusal
 from gateway.explain import Caller, UsageError, caller_token, grant_view
 from gateway.paths import CanonicalPath
-from gateway.routing import parse_template
+from gateway.routing import RouteMatch, parse_template
 from gateway.scopes import Access, Requirement
 from gateway.settings import Config
 from gateway.tables import Api, Route

@@ -237,13 +237,15 @@ class Reloader:
     :param apply: puts a loaded config to use in this process.
     :param run_dir: the run folder whose reload requests it follows; None: file changes only.
     :param reported: called after each reload (a serving process writes its status).
+    :param mode: how the config is served (`load_config`'s `mode`).
     """
 
     def __init__(
         self, config: Config, apply: Callable[[Config], Awaitable[None]], *, run_dir: RunDir | None = None,
-        reported: Callable[[], None] | None = None,
+        reported: Callable[[], None] | None = None, mode: str = "proxy",
     ) -> None:
         self.source = config.source.absolute()
+        self.mode = mode
         self.config = config
         self.apply = apply
         self.run_dir = run_dir
@@ -281,7 +283,7 @@ class Reloader:
             self.fingerprint = await asyncio.to_thread(fingerprint, self._files())
             try:
                 # in a thread: a large table takes a while to compile, and requests go on meanwhile
-                config = await asyncio.to_thread(load_config, self.source)
+                config = await asyncio.to_thread(load_config, self.source, self.mode)
                 await self.apply(config)
             except ConfigError as error:
                 problems = tuple(map(str, error.problems))
@@ -355,7 +357,7 @@ class ServingReloads:
     def __init__(self, app: Gateway, run_dir: RunDir | None = None) -> None:
         self.app = app
         self.run_dir = run_dir
-        self.reloader = Reloader(app.runtime.config, self._apply, run_dir=run_dir, reported=self.report)
+        self.reloader = Reloader(app.runtime.config, self._apply, run_dir=run_dir, reported=self.report, mode=app.mode)
         self._retiring: dict[int, tuple[Any, ...]] = {}  # the parts of old runtimes still in use
         self._closing: set[asyncio.Task[None]] = set()
         self._written: dict[str, Any] | None = None

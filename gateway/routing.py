@@ -1,15 +1,14 @@
-"""Route templates compiled into a segment trie: lookup cost follows the path's depth, never the
-number of routes. At each segment a literal child is tried before the parameter child, so the
-most specific template wins whatever order the tables were written in."""
+"""Route match: a request line's canonical path to its route (`route()`), through the compiled
+tables' trie (`gateway.tables.RouteTrie`); and the templates' syntax the loader compiles them from."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gateway.scopes import Access
-from gateway.tables import Api, Route
+from gateway.errors import NotFound
+from gateway.paths import CanonicalPath, canonicalise
+from gateway.tables import Route, Tables
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -55,101 +54,31 @@ def template_params(template: str, offset: int) -> tuple[tuple[str, int], ...]:
     )
 
 
+# per-request values are not frozen: a frozen dataclass's __init__ costs four times as much
 @dataclass(slots=True)
-class _Node:
-    literals: dict[str, _Node] = field(default_factory=dict)
-    param: _Node | None = None
-    routes: dict[str, Route] = field(default_factory=dict)
+class RouteMatch:
+    route: Route
+    path: CanonicalPath
+    # what goes on the upstream's request line: its base path, the raw path after the prefix, the query
+    upstream_target: bytes
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The template's `{name}` values, decoded (only explanations need them)."""
+        return self.route.bind(self.path.segments)
 
 
-def _route_at(node: _Node, method: str) -> Route | None:
-    route = node.routes.get(method)
-    if route is None and method == "HEAD":
-        route = node.routes.get("GET")
-    return route
+def route(tables: Tables, method: str, raw_path: bytes, query_string: bytes = b"") -> RouteMatch:
+    """Find the route for a request line.
 
-
-class RouteTrie:
-    """All routes of all tables, keyed by full path (prefix included). Built once, never edited."""
-
-    __slots__ = ("_root", "count")
-
-    def __init__(self, entries: Iterable[tuple[tuple[str | None, ...], Route]]) -> None:
-        self._root = _Node()
-        self.count = 0
-        for shape, route in entries:
-            node = self._root
-            for segment in shape:
-                if segment is None:
-                    node.param = node.param or _Node()
-                    node = node.param
-                else:
-                    node = node.literals.setdefault(segment, _Node())
-            if route.method in node.routes:
-                raise ValueError(f"duplicate of {node.routes[route.method].source}")
-            node.routes[route.method] = route
-            self.count += 1
-
-    def match(self, method: str, segments: tuple[str, ...]) -> Route | None:
-        """The most specific route for `method` and decoded `segments`, or None."""
-        # the walk's first descent (a literal child where there is one), without recursion: it
-        # is the answer whenever it ends on a route, which is nearly always
-        node: _Node | None = self._root
-        for segment in segments:
-            child = node.literals.get(segment)
-            node = child if child is not None else node.param
-            if node is None:
-                break
-        else:
-            route = _route_at(node, method)
-            if route is not None:
-                return route
-        return self._walk(self._root, method, segments, 0)
-
-    def _walk(self, node: _Node, method: str, segments: tuple[str, ...], depth: int) -> Route | None:
-        if depth == len(segments):
-            return _route_at(node, method)
-        child = node.literals.get(segments[depth])
-        if child is not None:
-            route = self._walk(child, method, segments, depth + 1)
-            if route is not None:
-                return route
-        if node.param is not None:
-            return self._walk(node.param, method, segments, depth + 1)
-        return None
-
-    def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
-        """Every route whose template matches `segments`, whatever its method, most specific
-        first (the order `match` tries them in). For explanations: `match` does not use it."""
-        found: list[Route] = []
-
-        def walk(node: _Node, depth: int) -> None:
-            if depth == len(segments):
-                found.extend(node.routes.values())
-                return
-            child = node.literals.get(segments[depth])
-            if child is not None:
-                walk(child, depth + 1)
-            if node.param is not None:
-                walk(node.param, depth + 1)
-
-        walk(self._root, 0)
-        return tuple(found)
-
-
-@dataclass(frozen=True)
-class Tables:
-    """Every route of every table, compiled. Swapped whole, never edited."""
-
-    apis: tuple[Api, ...]
-    trie: RouteTrie
-    routes: tuple[Route, ...]
-    # the RFC 9728 documents the tables publish, by raw request path; read only when no route matched
-    documents: Mapping[bytes, bytes] = field(default_factory=dict)
-
-    def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
-        """Every route whose template matches `segments`, any method, most specific first."""
-        return self.trie.candidates(segments)
-
-    def needs_tokens(self) -> bool:
-        return any(route.requirement.access is not Access.PUBLIC for route in self.routes)
+    :raises InvalidRequest: the path is ambiguous.
+    :raises NotFound: no route for this method and path (deny by default).
+    """
+    path = canonicalise(raw_path)
+    matched = tables.trie.match(method, path.segments)
+    if matched is None:
+        raise NotFound(f"no route for {method} {raw_path.decode('ascii', 'backslashreplace')}")
+    target = matched.api.upstream.base_path + path.raw_tail(len(matched.api.prefix))
+    if query_string:
+        target += b"?" + query_string
+    return RouteMatch(matched, path, target)

@@ -18,7 +18,7 @@ from gateway.grants.live import LiveGrants, open_store
 from gateway.keys import KeyStore
 from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
-from gateway.routing import Tables
+from gateway.tables import Tables
 from gateway.settings import Config, LimitSettings, ProxySettings, TokenSettings
 from gateway.upstream import HttpxUpstream, UpstreamClient
 

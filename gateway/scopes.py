@@ -1,12 +1,14 @@
 """Route requirements: what a route asks of a caller, and whether a set of effective scopes
-(worked out by `gateway.catalog`) meets it."""
+(worked out by `gateway.catalog`) meets it; the request a decision allowed (`Allowed`), and the
+requirements an exchange found below its route that the caller does not meet (`Unmet`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 # RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -74,3 +76,38 @@ def all_of(requirements: Iterable[Requirement]) -> Requirement:
     # an alternative holding another adds nothing: the smaller one meets first
     kept = tuple(dict.fromkeys(alternative for alternative in alternatives if not any(other < alternative for other in alternatives)))
     return Requirement(Access.SCOPES, kept)
+
+
+# per-request values are not frozen: a frozen dataclass's __init__ costs four times as much
+@dataclass(slots=True)
+class Allowed:
+    """A request the decision allowed: who is calling and with which effective scopes."""
+
+    subject: str | None
+    client: str | None
+    scopes: frozenset[str]
+
+
+class Unmet(Exception):
+    """Requirements an exchange found below its route (the fields a GraphQL operation selects)
+    that the caller does not meet. The exchange says what they are and how to word each answer;
+    the decision judges them with the route's own rule (`decision.judge_unmet`): 401 without a
+    token, 401 step-up or 404 when they would be met after a step-up or once the user meets a
+    condition, else 403 forbidden.
+
+    :param requirements: each unmet requirement; None: one that nothing covers (deny by default).
+    :param what: what asks them, for a step-up or condition answer (`the operation (...)`).
+    :param anonymous: the 401's description, without a token.
+    :param forbidden: the 403's description (the decision adds why live scopes did not count).
+    :param extra: members every answer to it carries (GraphQL `errors`).
+    """
+
+    def __init__(
+        self, requirements: Sequence[Requirement | None], what: str, anonymous: str, forbidden: str, extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(forbidden)
+        self.requirements = tuple(requirements)
+        self.what = what
+        self.anonymous = anonymous
+        self.forbidden = forbidden
+        self.extra = extra or {}

@@ -27,6 +27,7 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway import health, logs, metrics
 from gateway.app import Gateway
+from gateway.decisions import DecisionGateway
 from gateway.errors import CodingNotImplemented, FramingInvalidRequest, HeadTooLarge, Refusal, VersionNotSupported, render
 from gateway.loading import ConfigError, load_config
 from gateway.loading.lint import secret_files
@@ -39,6 +40,7 @@ logger = logging.getLogger("gateway.server")
 _CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _RUN_DIR_VARIABLE = "GATEWAY_RUN_DIR"
 _ACCESS_LOG_VARIABLE = "GATEWAY_ACCESS_LOG"
+_MODE_VARIABLE = "GATEWAY_MODE"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 # seconds the processes of `gateway serve` have to finish the requests in flight once it is told to
@@ -195,14 +197,16 @@ class _FailedStart:
 
 def create_app() -> Gateway | _FailedStart:
     """The app factory each serving process calls."""
+    mode = os.environ.get(_MODE_VARIABLE, "proxy")
     try:
-        config = load_config(os.environ[_CONFIG_VARIABLE])
+        config = load_config(os.environ[_CONFIG_VARIABLE], mode)
     except ConfigError as error:
         return _FailedStart(f"the config does not load:\n{error}")
     # `run` names the metrics folder when the config asks for metrics
     directory = os.environ.get(metrics.DIRECTORY_VARIABLE)
     recorder = metrics.enable(Path(directory)) if directory else None
-    app = Gateway(config, metrics=recorder, access_log=os.environ.get(_ACCESS_LOG_VARIABLE) == "1")
+    kind = DecisionGateway if mode == "decision" else Gateway
+    app = kind(config, metrics=recorder, access_log=os.environ.get(_ACCESS_LOG_VARIABLE) == "1")
     run_dir = RunDir(Path(os.environ[_RUN_DIR_VARIABLE])) if _RUN_DIR_VARIABLE in os.environ else None
     app.services.append(ServingReloads(app, run_dir))
     if run_dir is not None:
@@ -329,10 +333,11 @@ def _stop_on_signals() -> None:
 
 def run(
     config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
-    log_format: str = "text",
+    log_format: str = "text", mode: str = "proxy",
 ) -> None:
     """Serve until stopped (SIGTERM or SIGINT), with the admin listener beside the proxy when the
-    config has one. The access log (the gateway's line per request, forwarded or refused) is off
+    config has one (`mode` decision: the decision listener in place of the proxy, on the same host
+    and port). The access log (the gateway's line per request, forwarded or refused) is off
     unless asked for, as in Envoy. Metrics are counted when the admin listener is on and
     `admin.metrics` is not false, in a folder private to this run. Once stopped, every process it
     started has ended (within `SHUTDOWN_TIMEOUT`, else killed) and its folders are removed.
@@ -341,7 +346,8 @@ def run(
     ConfigMap updates by swapping a link, and the files behind the old one are deleted.
     """
     config_path = config_path.absolute()
-    config = load_config(config_path)
+    config = load_config(config_path, mode)
+    os.environ[_MODE_VARIABLE] = mode
     for warning in secret_files(config):
         logger.warning("%s", warning)
     children: list[multiprocessing.process.BaseProcess] = []

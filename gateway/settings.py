@@ -7,13 +7,23 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gateway.keys import VerificationKey
-from gateway.routing import Tables
+from gateway.tables import Tables
 
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 UPSTREAM_CLIENTS = ("pool", "httpx")
 UNDERSCORE_HEADERS = ("drop", "refuse", "pass")
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A key tokens are verified with, as configured or as a JWKS served it (`gateway.keys` reads them)."""
+
+    kid: str | None
+    algorithms: frozenset[str]  # the token `alg` values this key may verify
+    key: Any  # a cryptography public key, or the HMAC secret as bytes
+    origin: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,17 @@ class AdminSettings:
     metrics: bool = True  # with `listen` set: serving processes count, and /metrics shows it
 
 
+# peers whose X-Original-* / X-Forwarded-* a decision listener believes, unless the config names others
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+MODES = ("proxy", "decision")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionSettings:
+    # the front proxies allowed to ask (their original method and target are believed); others get 400
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: Path
@@ -75,5 +96,6 @@ class Config:
     limits: LimitSettings = field(default_factory=LimitSettings)
     grants: GrantSettings = field(default_factory=GrantSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    decision: DecisionSettings = field(default_factory=DecisionSettings)
     files: tuple[Path, ...] = ()  # every file and folder it was read from (a reload watches them)
     warnings: tuple[str, ...] = ()  # `file:line: warning: ...` of gateway.yaml (a key left out); the tables' are linted

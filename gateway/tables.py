@@ -1,17 +1,73 @@
-"""The compiled route tables' values: where an API's requests go, and each route of it. Frozen,
-built by the loader, shared by every request."""
+"""The compiled route tables' values: where an API's requests go, each route of it, what a route
+may do between the decision and the forwarder (its `Exchange`), and every route compiled into a
+segment trie. Frozen, built by the loader, shared by every request.
+
+The trie's lookup cost follows the path's depth, never the number of routes. At each segment a
+literal child is tried before the parameter child, so the most specific template wins whatever
+order the tables were written in.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.catalog import Catalog
-from gateway.scopes import Requirement
-from gateway.types import Origin
+from gateway.scopes import Access, Allowed, Requirement
+from gateway.types import Headers, Origin, Scope
 
-if TYPE_CHECKING:
-    from gateway.exchange import Exchange
+# the response, as (status, headers without hop-by-hop ones, whole body, the most bytes it may hold
+# once decoded), to what the client gets
+Rewrite = Callable[[int, Headers, bytes, int], tuple[int, Headers, bytes]]
+
+
+@dataclass(slots=True)
+class Forwarding:
+    """What a route's exchange decided for one allowed request."""
+
+    body: bytes | None = None  # the request body to send instead of the client's; None: the client's, streamed
+    # None: the answer streams unchanged; else it is buffered, up to `proxy.max_rewritten_response`
+    # bytes (a longer answer is a 502), and rewritten
+    rewrite: Rewrite | None = None
+    query: bytes | None = None  # the query string to send instead of the client's; None: the client's
+    # the upstream is asked for the whole answer (Range and If-Range are not forwarded), as it
+    # always is with `rewrite`
+    whole: bool = False
+
+
+class Exchange(Protocol):
+    """A route's work between the decision and the forwarder (GraphQL operations, response
+    fields): it may read the request body (refuse it, or rewrite it) and rewrite the response.
+
+        request allowed by its route -> exchange.prepare(scope, body, allowed) -> Forwarding
+                                        (or `Unmet`, judged by the decision;  the forwarder sends
+                                        or another Refusal)                   `body` and, with
+                                                                              `rewrite`, rewrites
+                                                                              the answer
+    """
+
+    # what the option is called in a table (`graphql`, `response_fields`): for messages
+    option: str
+    # request bytes read whole before `prepare`, at most; None: `prepare` gets no body and the
+    # client's streams to the upstream
+    body_limit: int | None
+    # what it checks below the route (a response member, a GraphQL field) -> its requirement
+    requirements: Mapping[str, Requirement]
+    # its refusals are answered as GraphQL responses (with `errors`), whichever step refused
+    graphql: bool
+
+    async def prepare(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> Forwarding:
+        """How to forward this request (`allowed` None: a public route, called without a token).
+
+        :raises Unmet: requirements it found below the route that `allowed` does not meet.
+        :raises Refusal: to answer the request instead of forwarding it.
+        """
+        ...
+
+    async def describe(self, scope: Scope, body: bytes | None, allowed: Allowed | None) -> list[str]:
+        """What it checks of this request and what it makes of it, in words (`gateway explain`)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +131,103 @@ class Route:
 
     def bind(self, segments: tuple[str, ...]) -> dict[str, str]:
         return {name: segments[index] for name, index in self.params}
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+def _route_at(node: _Node, method: str) -> Route | None:
+    route = node.routes.get(method)
+    if route is None and method == "HEAD":
+        route = node.routes.get("GET")
+    return route
+
+
+class RouteTrie:
+    """All routes of all tables, keyed by full path (prefix included). Built once, never edited."""
+
+    __slots__ = ("_root", "count")
+
+    def __init__(self, entries: Iterable[tuple[tuple[str | None, ...], Route]]) -> None:
+        self._root = _Node()
+        self.count = 0
+        for shape, route in entries:
+            node = self._root
+            for segment in shape:
+                if segment is None:
+                    node.param = node.param or _Node()
+                    node = node.param
+                else:
+                    node = node.literals.setdefault(segment, _Node())
+            if route.method in node.routes:
+                raise ValueError(f"duplicate of {node.routes[route.method].source}")
+            node.routes[route.method] = route
+            self.count += 1
+
+    def match(self, method: str, segments: tuple[str, ...]) -> Route | None:
+        """The most specific route for `method` and decoded `segments`, or None."""
+        # the walk's first descent (a literal child where there is one), without recursion: it
+        # is the answer whenever it ends on a route, which is nearly always
+        node: _Node | None = self._root
+        for segment in segments:
+            child = node.literals.get(segment)
+            node = child if child is not None else node.param
+            if node is None:
+                break
+        else:
+            route = _route_at(node, method)
+            if route is not None:
+                return route
+        return self._walk(self._root, method, segments, 0)
+
+    def _walk(self, node: _Node, method: str, segments: tuple[str, ...], depth: int) -> Route | None:
+        if depth == len(segments):
+            return _route_at(node, method)
+        child = node.literals.get(segments[depth])
+        if child is not None:
+            route = self._walk(child, method, segments, depth + 1)
+            if route is not None:
+                return route
+        if node.param is not None:
+            return self._walk(node.param, method, segments, depth + 1)
+        return None
+
+    def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
+        """Every route whose template matches `segments`, whatever its method, most specific
+        first (the order `match` tries them in). For explanations: `match` does not use it."""
+        found: list[Route] = []
+
+        def walk(node: _Node, depth: int) -> None:
+            if depth == len(segments):
+                found.extend(node.routes.values())
+                return
+            child = node.literals.get(segments[depth])
+            if child is not None:
+                walk(child, depth + 1)
+            if node.param is not None:
+                walk(node.param, depth + 1)
+
+        walk(self._root, 0)
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every route of every table, compiled. Swapped whole, never edited."""
+
+    apis: tuple[Api, ...]
+    trie: RouteTrie
+    routes: tuple[Route, ...]
+    # the RFC 9728 documents the tables publish, by raw request path; read only when no route matched
+    documents: Mapping[bytes, bytes] = field(default_factory=dict)
+
+    def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
+        """Every route whose template matches `segments`, any method, most specific first."""
+        return self.trie.candidates(segments)
+
+    def needs_tokens(self) -> bool:
+        return any(route.requirement.access is not Access.PUBLIC for route in self.routes)

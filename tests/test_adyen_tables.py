@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.decision import authorize, route
-from gateway.errors import Forbidden, NotFound
 from gateway.loading import load_config
-from gateway.routing import Tables
+from gateway.tables import Tables
+from gateway.decision import authorize
+from gateway.routing import route
+from gateway.errors import Forbidden, NotFound
 from gateway.tokens import VerifiedToken
 from tests.support import cli
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from gateway.decision import authorize, evaluate, route
+from gateway.decision import authorize, evaluate
+from gateway.routing import route
 from gateway.errors import Refusal, render
 from gateway.loading import ConfigError, load_config
-from gateway.routing import Tables
+from gateway.tables import Tables
 from gateway.tokens import VerifiedToken
 from tests.support import write_config
 

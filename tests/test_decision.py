@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decision import authorize, is_public, route
-from gateway.errors import Forbidden
 from gateway.loading import load_config
-from gateway.routing import Tables
+from gateway.tables import Tables
+from gateway.decision import authorize, is_public
+from gateway.routing import route
+from gateway.errors import Forbidden
 from gateway.tokens import VerifiedToken
 from tests.support import write_config
 

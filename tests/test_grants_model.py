@@ -12,7 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.decision import authorize, evaluate, route
+from gateway.decision import authorize, evaluate
+from gateway.routing import route
 from gateway.errors import Refusal
 from gateway.grants.sqlite import SQLiteStore
 from gateway.loading import load_config
@@ -122,7 +123,7 @@ async def _decide_all(folder: Path, steps: list[tuple[object, ...]]) -> list[tup
                     token = VerifiedToken(frozenset({scope}), subject, client, NOW + 600, json.dumps(claims).encode())
                     match = route(tables, "GET", path.encode())
                     evaluation = evaluate(match, token, view=view, now=NOW)
-                    status = 200 if evaluation.grant is not None else evaluation.refusal.status  # type: ignore[union-attr]
+                    status = 200 if evaluation.allowed is not None else evaluation.refusal.status  # type: ignore[union-attr]
                     expected = model.allows(scope, client, subject)
                     # what the gateway runs: evaluate's step by step, or authorize's shortcut
                     try:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decision import route
-from gateway.errors import NotFound
 from gateway.loading import load_config
-from gateway.routing import Tables
+from gateway.tables import Tables
+from gateway.routing import route
+from gateway.errors import NotFound
 
 
 def load_tables(folder: Path, tables: dict[str, str]) -> Tables:

@@ -16,9 +16,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.errors import Forbidden
-from gateway.exchange import Forwarding
+from gateway.tables import Forwarding
 from gateway.loading import load_config
-from gateway.routing import RouteTrie, Tables, parse_template
+from gateway.routing import parse_template
+from gateway.tables import RouteTrie, Tables
 from gateway.runtime import Runtime
 from gateway.settings import Config
 from gateway.types import Headers, Scope
@@ -127,6 +128,10 @@ async def test_a_swap_serves_new_requests_with_the_new_runtime_and_lets_old_ones
 class _Censor:
     """A test exchange: refuses bodies that say so, shouts the rest, and drops `secret` from JSON answers."""
 
+    option = "censor"
+    graphql = False
+    requirements: dict[str, Any] = {}
+
     def __init__(self, body_limit: int | None = 100) -> None:
         self.body_limit = body_limit
         self.seen: list[tuple[bytes | None, str | None]] = []
@@ -136,6 +141,9 @@ class _Censor:
         if body and b"forbidden" in body:
             raise Forbidden("this body is not allowed", scope="")
         return Forwarding(body=None if body is None else body.upper(), rewrite=self._rewrite)
+
+    async def describe(self, scope: Scope, body: bytes | None, allowed: Any) -> list[str]:
+        return []
 
     @staticmethod
     def _rewrite(status: int, headers: Headers, body: bytes, limit: int) -> tuple[int, Headers, bytes]:

@@ -24,20 +24,13 @@ from gateway.keys import (
 )
 from gateway.loading.nodes import ConfigError, Invalid, Problem, Reader, line_of
 from gateway.loading.tables import load_tables
-from gateway.routing import Tables
+from gateway.tables import Tables
 from gateway.settings import (
-    DEFAULT_ALGORITHMS,
-    UNDERSCORE_HEADERS,
-    UPSTREAM_CLIENTS,
-    AdminSettings,
-    Config,
-    GrantSettings,
-    LimitSettings,
-    ProxySettings,
-    TokenSettings,
+    DEFAULT_ALGORITHMS, UNDERSCORE_HEADERS, UPSTREAM_CLIENTS, AdminSettings, Config, DecisionSettings, GrantSettings, LimitSettings, ProxySettings, TokenSettings,
 )
 
-_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants", "admin"}
+_GATEWAY_KEYS = {"routes", "tokens", "proxy", "limits", "grants", "admin", "decision"}
+_DECISION_KEYS = {"trusted_proxies"}
 _ADMIN_KEYS = {"listen", "token_file", "metrics"}
 _MIN_ADMIN_TOKEN = 16
 _GRANT_KEYS = {"store", "refresh"}
@@ -58,8 +51,11 @@ _KNOWN_ALGORITHMS = ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS
 Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, mode: str = "proxy") -> Config:
     """Load gateway.yaml and every route table it names.
+
+    :param mode: how it is served: `proxy`, or `decision`, where a route that needs the request
+        body or the upstream's answer (`graphql:`, `response_fields:`) cannot be enforced.
 
     :raises ConfigError: with one `Problem` per thing wrong, file by file, in line order.
     """
@@ -90,6 +86,7 @@ def load_config(path: str | Path) -> Config:
     proxy = _section(reader, entries, "proxy", lambda node: _proxy(reader, node, path.parent), ProxySettings())
     limits = _section(reader, entries, "limits", lambda node: _limits(reader, node), LimitSettings())
     admin = _section(reader, entries, "admin", lambda node: _admin(reader, node, path.parent), AdminSettings())
+    decision = _section(reader, entries, "decision", lambda node: _decision(reader, node), DecisionSettings())
     token_entries = entries.get("tokens")
     named_keys = token_entries is not None and isinstance(token_entries[1], yaml.MappingNode) and any(
         reader.value(key) in _KEY_SOURCES for key, _ in token_entries[1].value
@@ -100,9 +97,30 @@ def load_config(path: str | Path) -> Config:
         reader.report(line, "routes require tokens but no key is configured (tokens: jwks_url, jwks_file, public_keys or hmac_secret_file)")
     if reader.problems or tables is None:
         raise ConfigError(reader.problems)
+    if mode == "decision":
+        _decision_mode(tables)
     files = tuple(dict.fromkeys(reader.read))
-    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, files=files,
-                  warnings=tuple(str(warning) for warning in warnings))
+    return Config(source=path, tables=tables, tokens=tokens, proxy=proxy, limits=limits, grants=grants, admin=admin, decision=decision,
+                  files=files, warnings=tuple(str(warning) for warning in warnings))
+
+
+def _decision(reader: Reader, node: yaml.Node) -> DecisionSettings:
+    entries = reader.mapping(node, "decision", _DECISION_KEYS)
+    if "trusted_proxies" not in entries:
+        return DecisionSettings()
+    return DecisionSettings(trusted_proxies=_networks(reader, entries["trusted_proxies"][1], "decision.trusted_proxies"))
+
+
+def _decision_mode(tables: Tables) -> None:
+    """:raises ConfigError: a route decision mode cannot enforce: it sees neither the request's body nor the answer."""
+    problems = []
+    for route in tables.routes:
+        if route.exchange is not None:
+            file, _, line = route.source.rpartition(":")
+            problems.append(Problem(file, int(line), f"{route.method} {route.template}: {route.exchange.option}: cannot be enforced in "
+                                    "decision mode, which sees neither the request body nor the upstream's answer; serve this table in proxy mode"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def _section(reader: Reader, entries: Entries, name: str, read: Any, default: Any) -> Any:

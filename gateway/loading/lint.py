@@ -30,7 +30,8 @@ import yaml
 
 from gateway.catalog import Catalog
 from gateway.loading.nodes import Problem, line_of
-from gateway.routing import Tables, parse_template
+from gateway.routing import parse_template
+from gateway.tables import Tables
 from gateway.settings import Config
 from gateway.tables import Api, Route
 

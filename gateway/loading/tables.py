@@ -10,17 +10,16 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.catalog import Catalog, is_parameterised, split_parameterised
-from gateway.exchange import Exchange
-from gateway.fields import ResponseFields
-from gateway.loading.catalog import CatalogReader
-from gateway.loading.graphql import GraphQLReader
 from gateway.loading.nodes import Invalid, Problem, Reader, line_of
 from gateway.loading.resource import ResourceBlock, read_resource, supported_scopes
 from gateway.paths import canonicalise
-from gateway.routing import METHODS, RouteTrie, Tables, parse_template, template_params
+from gateway.routing import METHODS, parse_template, template_params
+from gateway.catalog import Catalog, is_parameterised, split_parameterised
+from gateway.fields import ResponseFields
+from gateway.loading.catalog import CatalogReader
+from gateway.loading.graphql import GraphQLReader
 from gateway.scopes import SCOPE_TOKEN, Access, Requirement
-from gateway.tables import Api, Route, Upstream
+from gateway.tables import Api, Exchange, Route, RouteTrie, Tables, Upstream
 
 _TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource"}
 _ROUTE_OPTION_KEYS = {"scopes", "user", "hide", "response_fields", "graphql"}
