@@ -589,10 +589,12 @@ class Tap:
 
     def __init__(self, port: int) -> None:
         self.heads: list[bytes] = []
+        self.connections = 0  # accepted so far
         tap = self
 
         class Relay(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                tap.connections += 1
                 with socket.create_connection(("127.0.0.1", port)) as backend:
                     threading.Thread(target=_pipe, args=(backend, self.request), daemon=True).start()
                     pending = b""

@@ -183,6 +183,19 @@ def test_a_refusal_reaches_the_client_as_proxy_mode_gives_it(
     assert len(site.tap.asked(request_id)) == 1  # decided by the gateway, not by the front proxy
 
 
+def test_nginx_keeps_its_connections_to_the_gateway_across_refusals(site: Site) -> None:
+    """auth_request reads no body of the answer: a refusal with one would close the keep-alive
+    connection, and every refused request would pay a new connection to the gateway (a third of
+    the throughput, measured). The body travels in X-Auth-Refusal, the answer itself has none."""
+    nginx = site.front("nginx")
+    send(nginx.port, "GET", "/api/items/1")  # the pool holds a connection from here on
+    before = site.tap.connections
+    for _ in range(10):
+        _, response = send(nginx.port, "GET", "/api/items/1")
+        assert response.status == 401
+    assert site.tap.connections - before <= 1
+
+
 @pytest.mark.parametrize("target", ["/api/items/1?x=1", "/api/status"])
 def test_an_allowed_request_reaches_the_upstream_with_the_gateways_identity_only(site: Site, front: FrontProxy, target: str) -> None:
     request_id, through = send(front.port, "GET", target, FORGED, token=READ)
