@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.app import Gateway
 from gateway.loading import load_config
 from tests.support import (
+    EXAMPLE_DECISION,
+    EXAMPLES,
     FrontProxy,
     GatewayProcess,
     LiveServer,
@@ -348,3 +351,30 @@ def test_traefik_and_envoy_pass_on_proxy_modes_answer(site: Site, proxy: str, wh
     else:
         assert refusal(answer_) == refusal(direct)
         assert answer_.header(b"x-auth-status") is None  # the nginx form is for /nginx alone
+
+
+def test_the_traefik_and_envoy_examples_send_what_the_contract_tests_send() -> None:
+    """Their binaries are not packaged here: the shipped configs are read for the settings the
+    requests above assume."""
+    traefik = yaml.safe_load((EXAMPLES / "traefik" / "dynamic.yml").read_text())["http"]
+    auth = traefik["middlewares"]["scope-gateway"]["forwardAuth"]
+    assert auth["address"] == f"http://{EXAMPLE_DECISION}/forward-auth" and auth["trustForwardHeader"] is False
+    assert sorted(name.lower() for name in auth["authResponseHeaders"]) == sorted(name.decode() for name in IDENTITY)
+    assert traefik["routers"]["api"]["middlewares"] == ["scope-gateway"] and traefik["routers"]["api"]["rule"] == "PathPrefix(`/`)"
+
+    envoy = yaml.safe_load((EXAMPLES / "envoy" / "envoy.yaml").read_text())["static_resources"]
+    manager = envoy["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert (manager["normalize_path"], manager["merge_slashes"], manager["path_with_escaped_slashes_action"]) == (True, True, "REJECT_REQUEST")
+    filters = {entry["name"]: entry["typed_config"] for entry in manager["http_filters"]}
+    assert list(filters)[-1] == "envoy.filters.http.router"
+    assert list(filters).index("envoy.filters.http.header_mutation") < list(filters).index("envoy.filters.http.ext_authz")
+    removed = [mutation["remove"] for mutation in filters["envoy.filters.http.header_mutation"]["mutations"]["request_mutations"]]
+    assert sorted(removed) == sorted(name.decode() for name in IDENTITY)
+    ext_authz = filters["envoy.filters.http.ext_authz"]
+    assert ext_authz["failure_mode_allow"] is False and ext_authz["http_service"]["path_prefix"] == "/envoy"
+    upstream = ext_authz["http_service"]["authorization_response"]["allowed_upstream_headers"]["patterns"]
+    assert sorted(pattern["exact"] for pattern in upstream) == sorted(name.decode() for name in IDENTITY)
+    assert [pattern["exact"] for pattern in ext_authz["allowed_headers"]["patterns"]] == ["x-request-id"]
+    cluster = next(cluster for cluster in envoy["clusters"] if cluster["name"] == ext_authz["http_service"]["server_uri"]["cluster"])
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert f"{address['address']}:{address['port_value']}" == EXAMPLE_DECISION
