@@ -22,11 +22,12 @@ def wrk_threads(connections: int) -> int:
     return 1 if connections == 1 else 2
 
 
-def run_wrk(port: int, workload: str, connections: int, duration: float, script_args: list[str]) -> dict:
-    """One wrk run; returns the JSON line of bench/wrk/report.lua, or {"failure": ...}."""
+def run_wrk(port: int, workload: str, connections: int, duration: float, script_args: list[str], script: str | None = None) -> dict:
+    """One wrk run (with the workload's script, or `script`); returns the JSON line of
+    bench/wrk/report.lua, or {"failure": ...}."""
     threads = wrk_threads(connections)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
-               "-s", str(WRK_SCRIPTS / f"{SCRIPTS.get(workload, workload)}.lua"), f"http://{HOST}:{port}/", "--", *script_args]
+               "-s", str(WRK_SCRIPTS / f"{script or SCRIPTS.get(workload, workload)}.lua"), f"http://{HOST}:{port}/", "--", *script_args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:

@@ -360,6 +360,23 @@ http {{
     return config
 
 
+def write_decision_nginx(directory: Path, port: int, decision_port: int, upstream_port: int) -> Path:
+    """nginx in front of the decision listener: the shipped examples/nginx/scope-gateway.conf (every
+    request asked about with auth_request, then proxy_pass), its addresses replaced by the bench's."""
+    example = (Path(__file__).resolve().parent.parent / "examples" / "nginx" / "scope-gateway.conf").read_text()
+    site = directory / "decision-nginx-site.conf"
+    site.write_text(example.replace("127.0.0.1:8081", f"127.0.0.1:{decision_port}").replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
+                    .replace("listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;"))
+    config = directory / "decision-nginx.conf"
+    config.write_text(_nginx_common(directory, "decision") + f"""\
+http {{
+{_nginx_http_common(directory, "decision")}
+    include {site};
+}}
+""")
+    return config
+
+
 # --- HAProxy ---
 
 _JSON = "content-type application/json"

@@ -101,6 +101,34 @@ def summarize_observability(runs: list[dict], targets: list[str]) -> list[dict]:
     return rows
 
 
+# decision mode beside what it stands in for, in the same round: the decision listener alone
+# beside proxy mode (the same decision, without the upstream leg), and nginx + auth_request + the
+# decision listener beside nginx proxy_pass (no checks) and HAProxy's jwt_verify
+DECISION_PAIRS = [("decision-uvicorn-1w", PLAIN_GATEWAY), ("nginx-decision", "nginx-proxy"), ("nginx-decision", REFERENCE)]
+DECISION_GOAL = 1.3  # the decision listener alone, x proxy mode's req/s
+
+
+def summarize_decision(runs: list[dict], targets: list[str]) -> list[dict]:
+    """Per workload x connections, each decision-mode target's throughput as a ratio to what it is
+    compared with, in the same round (median across rounds)."""
+    rows = []
+    for target, against in DECISION_PAIRS:
+        if target not in targets or against not in targets:
+            continue
+        for row in summarize(runs, [target]):
+            ratios = []
+            for run in runs:
+                if (run["target"], run["workload"], run["connections"]) != (target, row["workload"], row["connections"]) or "failure" in run:
+                    continue
+                other = _baseline(runs, against, run)
+                if other and other["rps"]:
+                    ratios.append(run["rps"] / other["rps"])
+            if ratios:
+                rows.append({"workload": row["workload"], "connections": row["connections"], "target": target, "against": against,
+                             "rps": row["rps"], "ratio": _median(ratios), "cpu_s_per_10k": row["cpu_s_per_10k"]})
+    return rows
+
+
 def summarize_routes(runs: list[dict]) -> list[dict]:
     counts = sorted({run["routes"] for run in runs})
     base = counts[0] if counts else None
@@ -198,6 +226,13 @@ def markdown(results: dict) -> str:
         *_table(["workload", "conns", "target", "req/s", f"× {PLAIN_GATEWAY}", "CPU s/10k req"], [
             [row["workload"], str(row["connections"]), row["target"], _number(row["rps"]), _number(row[f"ratio_to_{PLAIN_GATEWAY}"], 3),
              _number(row["cpu_s_per_10k"], 3)] for row in results.get("observability", [])], text_columns=3), "",
+        "## Decision mode (x the compared target in the same round)", "",
+        f"The decision listener alone (`gateway serve --mode decision`, GET /forward-auth with X-Forwarded-Method/-Uri) "
+        f"against proxy mode (goal: at least {DECISION_GOAL} x); nginx + auth_request + the decision listener (examples/nginx) "
+        f"against nginx proxy_pass and HAProxy jwt_verify. CPU s/10k req of nginx-decision counts its decision listener too.", "",
+        *_table(["workload", "conns", "target", "against", "req/s", "×", "CPU s/10k req"], [
+            [row["workload"], str(row["connections"]), row["target"], row["against"], _number(row["rps"]), _number(row["ratio"], 3),
+             _number(row["cpu_s_per_10k"], 3)] for row in results.get("decision", [])], text_columns=4), "",
         "## Memory and routes", "",
         *memory_tables(results["held_connections"], results["uploads"], results["routes_summary"], results["routes_meta"], settings), "",
         "## Sanity check (status codes before benchmarking)", "",

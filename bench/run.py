@@ -44,7 +44,10 @@ FIRST_SEEN_CONNECTIONS = 32
 EXPECTED_FIRST_SEEN_RATE = 15_000  # req/s, generous: sizes the pool of distinct tokens
 GATEWAY_CACHE_SIZE = 10_000  # tokens.cache_size in the generated gateway.yaml
 TARGET_NAMES = ["nginx-proxy", "haproxy-1t", "haproxy-2t", "naive", "gateway-uvicorn-1w", "gateway-granian-1w",
-                "gateway-uvicorn-2w", "gateway-granian-2w", "gateway-uvicorn-1w-metrics", "gateway-uvicorn-1w-jsonlog"]
+                "gateway-uvicorn-2w", "gateway-granian-2w", "gateway-uvicorn-1w-metrics", "gateway-uvicorn-1w-jsonlog",
+                "decision-uvicorn-1w", "nginx-decision"]
+# the decision listener asked directly, as Traefik and Caddy ask it: no body and no upstream leg
+DECISION_WORKLOADS = ["get", "refused", "first_seen"]
 
 
 # --- settings ---
@@ -154,9 +157,16 @@ class Target:
     service: procs.Service
     checks_tokens: bool
     features: bool = False  # a gateway whose config has the feature workloads' tables
+    # "forward-auth": a decision listener, asked about each request (GET /forward-auth, X-Forwarded-*)
+    asked: bool = False
+    # processes it needs that are measured with it (nginx-decision's decision listener)
+    helpers: list[procs.Service] = field(default_factory=list)
+    extras: bool = True  # measured with many connections and big uploads too
 
     @property
     def workloads(self) -> list[str]:
+        if self.asked:
+            return DECISION_WORKLOADS
         if self.features:
             return WORKLOADS + FEATURE_WORKLOADS
         return WORKLOADS if self.checks_tokens else PLAIN_WORKLOADS
@@ -192,6 +202,19 @@ def define_targets(work: Path, material, keys, upstream_port: int) -> list[Targe
     add("gateway-uvicorn-1w-metrics", gateway_serve(with_metrics, port), port)
     port = procs.free_port()
     add("gateway-uvicorn-1w-jsonlog", [*gateway_serve(gateway_config, port), "--access-log", "--log-format", "json"], port)
+    # decision mode (no GraphQL table: it needs the body): the decision listener alone, and behind
+    # nginx's auth_request as examples/nginx ships it; neither forwards bodies of its own, so the
+    # connection and upload extras are left to the proxies
+    decision_config = material.write_gateway_config(work / "gateway-decision", keys, upstream_port, grants=True)
+    port = procs.free_port()
+    add("decision-uvicorn-1w", [*gateway_serve(decision_config, port), "--mode", "decision"], port)
+    targets[-1].asked, targets[-1].extras = True, False
+    decision_port, port = procs.free_port(), procs.free_port()
+    helper = procs.Service("nginx-decision-gateway", [*gateway_serve(decision_config, decision_port), "--mode", "decision"], decision_port,
+                           work / "nginx-decision-gateway.log")
+    add("nginx-decision", ["nginx", "-p", str(work), "-e", str(work / "nginx-decision-start.log"),
+                           "-c", str(material.write_decision_nginx(work, port, decision_port, upstream_port))], port)
+    targets[-1].helpers, targets[-1].extras = [helper], False
     return targets
 
 
@@ -241,7 +264,8 @@ def sanity_cases(material) -> list[dict]:
     ]
 
 
-def ask(port: int, cases: list[dict], tokens: dict[str, str]) -> dict[str, int | str]:
+def ask(port: int, cases: list[dict], tokens: dict[str, str], asked: bool = False) -> dict[str, int | str]:
+    """Each case's status; with `asked`, the decision listener's answer to GET /forward-auth about it."""
     import httpx
 
     answers: dict[str, int | str] = {}
@@ -249,8 +273,12 @@ def ask(port: int, cases: list[dict], tokens: dict[str, str]) -> dict[str, int |
         for case in cases:
             headers = {"Authorization": f"Bearer {tokens[case['token']]}"} if case["token"] else {}
             body = b'{"url":"https://example.com/hook"}' if case["method"] in ("POST", "PATCH", "PUT") else None
+            method, path = case["method"], case["path"]
+            if asked:
+                headers.update({"X-Forwarded-Method": method, "X-Forwarded-Uri": path})
+                method, path, body = "GET", "/forward-auth", None
             try:
-                answers[case["name"]] = client.request(case["method"], case["path"], headers=headers, content=body).status_code
+                answers[case["name"]] = client.request(method, path, headers=headers, content=body).status_code
             except httpx.HTTPError as failure:
                 answers[case["name"]] = type(failure).__name__
     return answers
@@ -262,7 +290,7 @@ def sanity_check(targets: list[Target], upstream: procs.Service, cases: list[dic
     answers, failed = {}, []
     for target in [Target("upstream", upstream, False), *targets]:
         mine = cases if target.checks_tokens else [case for case in cases if case["expected"] == 200]
-        answers[target.name] = ask(target.service.port, mine, tokens)
+        answers[target.name] = ask(target.service.port, mine, tokens, target.asked)
         if any(answers[target.name][case["name"]] != case["expected"] for case in mine):
             failed.append(target.name)
     print_sanity(cases, answers, failed)
@@ -287,9 +315,13 @@ def print_sanity(cases: list[dict], answers: dict, failed: list[str]) -> None:
 
 # --- throughput rounds ---
 
-def script_args(workload: str, tokens: dict[str, str], first_seen_file: Path, cursor: int, connections: int) -> list[str]:
+def script_args(workload: str, tokens: dict[str, str], first_seen_file: Path, cursor: int, connections: int, asked: bool = False) -> list[str]:
     import material
 
+    if asked and workload in ("get", "refused"):
+        return [workload, tokens["read"], material.WEBHOOKS_PATH, material.UNKNOWN_PATH]
+    if asked and workload == "first_seen":
+        return [str(first_seen_file), str(cursor), str(load.wrk_threads(connections)), "forward-auth"]
     if workload == "graphql":
         return [tokens["read"], material.GRAPHQL_PATH, "POST", material.GRAPHQL_BODY.decode()]
     if workload in FEATURE_WORKLOADS:
@@ -319,10 +351,11 @@ def run_problems(run: dict) -> list[str]:
     return problems
 
 
-def measure(service: procs.Service, workload: str, connections: int, duration: float, args: list[str]) -> dict:
-    cpu_before = procs.cpu_seconds(service.pid)
-    raw = load.run_wrk(service.port, workload, connections, duration, args)
-    cpu = procs.cpu_seconds(service.pid) - cpu_before
+def measure(target: Target, workload: str, connections: int, duration: float, args: list[str]) -> dict:
+    processes = [target.service, *target.helpers]
+    cpu_before = sum(procs.cpu_seconds(service.pid) for service in processes)
+    raw = wrk(target, workload, connections, duration, args)
+    cpu = sum(procs.cpu_seconds(service.pid) for service in processes) - cpu_before
     run = {"workload": workload, "connections": connections, **raw}
     if "failure" not in raw:
         seconds = raw["duration_us"] / 1e6
@@ -331,6 +364,11 @@ def measure(service: procs.Service, workload: str, connections: int, duration: f
                    cpu_s_per_10k=cpu / raw["requests"] * 10_000 if raw["requests"] else None)
     run["problems"] = run_problems(run)
     return run
+
+
+def wrk(target: Target, workload: str, connections: int, duration: float, args: list[str]) -> dict:
+    script = "forward_auth" if target.asked and workload in ("get", "refused") else None
+    return load.run_wrk(target.service.port, workload, connections, duration, args, script)
 
 
 def describe(run: dict) -> str:
@@ -355,8 +393,8 @@ def throughput_rounds(settings: Settings, targets: list[Target], tokens: dict[st
             for target in targets:
                 if workload not in target.workloads:
                     continue
-                args = script_args(workload, tokens, first_seen_file, cursors[target.name], connections)
-                run = measure(target.service, workload, connections, settings.duration, args)
+                args = script_args(workload, tokens, first_seen_file, cursors[target.name], connections, target.asked)
+                run = measure(target, workload, connections, settings.duration, args)
                 if workload == "first_seen" and "next_token" in run:
                     cursors[target.name] = run["next_token"] + 64
                 run.update(round=round_number, target=target.name)
@@ -367,7 +405,7 @@ def throughput_rounds(settings: Settings, targets: list[Target], tokens: dict[st
 
 def warm_up(settings: Settings, targets: list[Target], tokens: dict[str, str]) -> None:
     for target in targets:
-        load.run_wrk(target.service.port, "get", 32, settings.warmup, [tokens["read"]])
+        wrk(target, "get", 32, settings.warmup, script_args("get", tokens, Path(), 0, 32, target.asked))
 
 
 # --- memory ---
@@ -434,7 +472,7 @@ def route_scaling(settings: Settings, work: Path, material, keys, upstream_port:
     runs = []
     for round_number in range(1, settings.rounds + 1):
         for count, service in gateways.items():
-            run = measure(service, "get", 32, settings.duration, [tokens["read"]])
+            run = measure(Target("gateway-uvicorn-1w", service, True), "get", 32, settings.duration, [tokens["read"]])
             run.update(round=round_number, routes=count, target="gateway-uvicorn-1w")
             runs.append(run)
             print(f"[round {round_number}/{settings.rounds}] routes={count:<6} {describe(run)}", flush=True)
@@ -519,8 +557,9 @@ def benchmark(settings: Settings, work: Path, services: list[procs.Service]) -> 
     if settings.only:
         targets = [target for target in targets if target.name in settings.only]
     print(f"gateway config: {gateway_check(work / 'gateway' / 'gateway.yaml')}")
-    services += [sink, upstream, *(target.service for target in targets)]
-    start_all([sink, upstream])
+    helpers = [helper for target in targets for helper in target.helpers]
+    services += [sink, upstream, *helpers, *(target.service for target in targets)]
+    start_all([sink, upstream, *helpers])
     start_all([target.service for target in targets])
     print(f"started: upstream :{upstream.port}, " + ", ".join(f"{target.name} :{target.service.port}" for target in targets), flush=True)
 
@@ -531,9 +570,9 @@ def benchmark(settings: Settings, work: Path, services: list[procs.Service]) -> 
     measured = [Target("upstream", upstream, False), *(target for target in targets if target.name not in failed)]
     warm_up(settings, measured, tokens)
 
-    held = memory_with_connections(settings, measured, tokens, material.WEBHOOKS_PATH)
+    held = memory_with_connections(settings, [target for target in measured if target.extras], tokens, material.WEBHOOKS_PATH)
     runs = throughput_rounds(settings, measured, tokens, first_seen_file)
-    uploads = memory_with_uploads(settings, measured, tokens, material.WEBHOOKS_PATH)
+    uploads = memory_with_uploads(settings, [target for target in measured if target.extras], tokens, material.WEBHOOKS_PATH)
     route_runs, route_meta = route_scaling(settings, work, material, keys, upstream_port, tokens, services)
 
     failures += [f"{run['target']} {run['workload']} c={run['connections']} round {run['round']}: {'; '.join(run['problems'])}"
@@ -548,6 +587,7 @@ def benchmark(settings: Settings, work: Path, services: list[procs.Service]) -> 
         "runs": runs,
         "summary": report.summarize(runs, names),
         "observability": report.summarize_observability(runs, names),
+        "decision": report.summarize_decision(runs, names),
         "held_connections": held,
         "uploads": uploads,
         "routes_runs": route_runs,

@@ -402,9 +402,10 @@ class LiveServer:
 
 
 class GatewayProcess:
-    """`gateway serve` in a subprocess, for servers that cannot run in a thread (granian)."""
+    """`gateway serve` in a subprocess, for servers that cannot run in a thread (granian), or with
+    options of its own (`args`: `--mode decision`, say)."""
 
-    def __init__(self, config_path: Path, server: str = "granian") -> None:
+    def __init__(self, config_path: Path, server: str = "granian", args: tuple[str, ...] = ()) -> None:
         import shutil
         import subprocess
         import sys
@@ -415,7 +416,7 @@ class GatewayProcess:
         command = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
         self.output = b""  # what it wrote, once closed
         self.process = subprocess.Popen(
-            [command, "serve", "--config", str(config_path), "--port", str(self.port), "--server", server, "--log-level", "warning"],
+            [command, "serve", "--config", str(config_path), "--port", str(self.port), "--server", server, "--log-level", "warning", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
@@ -623,3 +624,129 @@ def write_wallet(folder: Path, store: str = "sqlite:///grants.db", refresh: floa
         f"proxy:\n  client: httpx\ngrants:\n  store: {store}\n  refresh: {refresh}\n"
     )
     return config
+
+
+# --- front proxies (nginx, Caddy) from the shipped examples/, in front of the decision listener ---
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+# the addresses the examples are written for, replaced by a test's own ports
+EXAMPLE_DECISION = "127.0.0.1:8081"
+EXAMPLE_UPSTREAM = "127.0.0.1:9000"
+
+
+class Tap:
+    """A loopback TCP relay to `port` that keeps every request head it passes on: what a front
+    proxy asked the decision listener, byte for byte. Requests without a body only (decision
+    requests have none)."""
+
+    def __init__(self, port: int) -> None:
+        self.heads: list[bytes] = []
+        self.connections = 0  # accepted so far
+        tap = self
+
+        class Relay(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                tap.connections += 1
+                with socket.create_connection(("127.0.0.1", port)) as backend:
+                    threading.Thread(target=_pipe, args=(backend, self.request), daemon=True).start()
+                    pending = b""
+                    while data := self.request.recv(65536):
+                        backend.sendall(data)
+                        pending += data
+                        while b"\r\n\r\n" in pending:
+                            head, pending = pending.split(b"\r\n\r\n", 1)
+                            tap.heads.append(head)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Relay)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+
+    def asked(self, request_id: str) -> list[dict[bytes, bytes]]:
+        """The heads of the decision requests carrying this X-Request-Id, as {lowercase name: value}
+        (the request line under b':line')."""
+        found = []
+        for head in list(self.heads):
+            line, *fields = head.split(b"\r\n")
+            headers = {b":line": line}
+            for field_line in fields:
+                name, _, value = field_line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            if headers.get(b"x-request-id") == request_id.encode():
+                found.append(headers)
+        return found
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class FrontProxy:
+    """nginx or Caddy, run from the shipped example with only its ports and paths replaced, on a
+    free loopback port; stopped (and waited for) by `close`."""
+
+    def __init__(self, name: str, folder: Path, decision_port: int, upstream_port: int) -> None:
+        import os
+        import shutil
+
+        self.name = name
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = folder / "error.log"
+        binary = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+        if binary is None:
+            raise FileNotFoundError(name)
+        env = dict(os.environ)
+        if name == "nginx":
+            site = self._example("nginx/scope-gateway.conf", decision_port, upstream_port)
+            site = site.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+            (folder / "scope-gateway.conf").write_text(site)
+            temp = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            # as root, workers would run as nobody, who cannot enter a private temporary folder
+            user = "user root;\n" if os.geteuid() == 0 else ""
+            (folder / "nginx.conf").write_text(
+                f"{user}worker_processes 1;\ndaemon off;\npid {folder / 'nginx.pid'};\nerror_log {self.log} warn;\n"
+                f"events {{ worker_connections 256; }}\n"
+                f"http {{\n    access_log off;\n{temp}    include {folder / 'scope-gateway.conf'};\n}}\n")
+            command = [binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(self.log)]
+        else:
+            site = self._example("caddy/Caddyfile", decision_port, upstream_port)
+            site = site.replace("admin 127.0.0.1:2019", f"admin 127.0.0.1:{free_port()}").replace(":8080 {", f":{self.port} {{")
+            (folder / "Caddyfile").write_text(site)
+            env.update(HOME=str(folder), XDG_DATA_HOME=str(folder / "data"), XDG_CONFIG_HOME=str(folder / "config"))
+            command = [binary, "run", "--config", str(folder / "Caddyfile"), "--adapter", "caddyfile"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=folder)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start: {self.log.read_text(errors='replace')[-2000:]}") from None
+                time.sleep(0.05)
+
+    @staticmethod
+    def _example(name: str, decision_port: int, upstream_port: int) -> str:
+        text = (EXAMPLES / name).read_text()
+        assert EXAMPLE_DECISION in text and EXAMPLE_UPSTREAM in text, f"examples/{name} no longer names the addresses the tests replace"
+        return text.replace(EXAMPLE_DECISION, f"127.0.0.1:{decision_port}").replace(EXAMPLE_UPSTREAM, f"127.0.0.1:{upstream_port}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
