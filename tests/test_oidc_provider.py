@@ -240,9 +240,9 @@ async def test_a_key_rotated_at_the_server_is_followed(serve: Any, providers: Pr
 async def test_revocation_is_seen_through_introspection_once_the_cache_time_is_over(serve: Any, providers: Providers) -> None:
     app, client = await serve()
     introspector = app.runtime.authenticator.introspector
-    now = time.time()
-    introspector.clock = lambda: now  # a fake clock: no sleeping through the cache time
     token = providers.token("a", OPAQUE_RESOURCE)
+    now = time.time()  # after the token was issued: its iat is never in the clock's future
+    introspector.clock = lambda: now  # a fake clock: no sleeping through the cache time
     assert (await get(client, token)).status_code == 200
     providers.revoke("a", token)
     assert (await get(client, token)).status_code == 200  # within the cache time, as configured
