@@ -92,14 +92,13 @@ class Gateway:
             if record is not None and record.id_header is not None:
                 identity = [*identity, record.id_header]
             forwarded = True
-            shadow = outcome.shadow
-            if shadow is None:
+            if outcome.shadow is None:
                 match = outcome.match
                 assert match is not None
-                api, target = match.route.api, match.upstream_target
+                await runtime.forwarder.forward(scope, receive, send, match.route.api, match.upstream_target, identity, outcome.forwarding, record)
             else:  # its table is in shadow mode: forwarded instead of refused
-                api, target = shadow.api, shadow.target
-            await runtime.forwarder.forward(scope, receive, send, api, target, identity, outcome.forwarding, record)
+                shadow = outcome.shadow
+                await runtime.forwarder.forward(scope, receive, send, shadow.api, shadow.target, identity, outcome.forwarding, record)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
