@@ -3,6 +3,7 @@
     python bench/inprocess.py [--requests 32000] [--concurrency 32] [--repeats 5]
     python bench/inprocess.py --instructions      # instructions per request, counted by valgrind
     python bench/inprocess.py --mode metrics      # with metrics on (json-log: with JSON access logs)
+    python bench/inprocess.py --instructions --workloads get,shadow   # enforce mode against shadow mode
 
 Calls the ASGI app directly (no server, no wrk) for `--concurrency` concurrent callers on uvloop,
 against the same nginx upstream and route table as bench/run.py, and prints the CPU microseconds
@@ -74,6 +75,8 @@ def workloads(tokens: material.Tokens, distinct: list[str]) -> dict[str, list[tu
         "grants": [(http_scope("GET", material.GRANTS_PATH, tokens.grants), b"", 200)],
         # one GraphQL document, repeated: beside `post`, what reading and checking the operation costs
         "graphql": [(http_scope("POST", material.GRAPHQL_PATH, tokens.read, len(material.GRAPHQL_BODY)), material.GRAPHQL_BODY, 200)],
+        # `get` again, its table in shadow mode (`workload_config`): beside `get`, what shadow mode costs
+        "shadow": [(http_scope("GET", path, tokens.read), b"", 200)],
     }
 
 
@@ -129,6 +132,10 @@ async def measure(config: Path, tokens: material.Tokens, distinct: list[str], se
     for name, requests in cases.items():
         if name not in settings.workloads:
             continue
+        if name == "shadow":  # its own config: a new app (the last workload, so the others keep theirs)
+            await app.runtime.aclose()
+            app = build_app(workload_config(config.parent.parent, name), settings.mode)
+            await app.runtime.start()
         count, repeats = (FIRST_SEEN_REQUESTS, FIRST_SEEN_REPEATS) if name == "first_seen" else (settings.requests, settings.repeats)
         await drive(app, requests, WARM, settings.concurrency)  # warm: connections, caches
         best = float("inf")
@@ -159,7 +166,12 @@ async def counted_run(config: Path, tokens: material.Tokens, distinct: list[str]
     await app.runtime.aclose()
 
 
-WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants", "graphql")
+WORKLOADS = ("get", "post", "refused", "first_seen", "rules", "grants", "graphql", "shadow")
+
+
+def workload_config(work: Path, workload: str) -> Path:
+    """The gateway.yaml a workload runs with: `shadow`'s has the management table in shadow mode."""
+    return work / ("gateway-shadow" if workload == "shadow" else "gateway") / "gateway.yaml"
 
 
 def instructions(work: Path, concurrency: int, mode: str, chosen: list[str]) -> None:
@@ -200,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((work / "tokens.json").read_text())
         tokens = material.Tokens(read=saved["read"], write=saved["write"], rules=saved["rules"], grants=saved["grants"])
         distinct = (work / "distinct.txt").read_text().split()
-        uvloop.run(counted_run(work / "gateway" / "gateway.yaml", tokens, distinct, workload, count, settings.concurrency, settings.mode))
+        uvloop.run(counted_run(workload_config(work, workload), tokens, distinct, workload, count, settings.concurrency, settings.mode))
         return 0
     if settings.instructions and shutil.which("valgrind") is None:
         print("--instructions needs valgrind: apt-get install -y valgrind")
@@ -228,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             service.start()
             service.wait_listening(30)
         config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
+        material.write_gateway_config(work / "gateway-shadow", keys, upstream_port, grants=True, graphql=True, shadow=True)
         if settings.instructions:
             instructions(work, settings.concurrency, settings.mode, settings.workloads)
         else:

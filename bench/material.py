@@ -219,14 +219,18 @@ def mint_distinct_tokens(private_pem: bytes, count: int, path: Path) -> float:
 def write_gateway_config(
     directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE, grants: bool = False,
     graphql: bool = False,
-    admin_port: int | None = None,
+    admin_port: int | None = None, shadow: bool = False,
 ) -> Path:
     """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table;
-    with `admin_port`, the admin listener, and so the metrics, are on."""
+    with `admin_port`, the admin listener, and so the metrics, are on; with `shadow`, the
+    management table is in shadow mode."""
     (directory / "routes").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     (directory / "keys" / "jwks.json").write_text(json.dumps(keys.jwks))
-    (directory / "routes" / "adyen-management.yaml").write_text(MANAGEMENT_ROUTES.format(upstream_port=upstream_port))
+    management = MANAGEMENT_ROUTES.format(upstream_port=upstream_port)
+    if shadow:
+        management = management.replace("\nprefix:", "\nmode: shadow\nprefix:", 1)
+    (directory / "routes" / "adyen-management.yaml").write_text(management)
     (directory / "routes" / "bank.yaml").write_text(RULES_ROUTES.format(upstream_port=upstream_port))
     store = ""
     if grants:

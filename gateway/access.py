@@ -3,9 +3,9 @@ request id, and the request's metrics. The app calls `begin` when a request arri
 `finish` once it is answered; with neither on, it calls nothing.
 
 The access line (docs/operating.md, "Logs") has `request_id`, `method`, `path` (without the query,
-which may hold secrets), `api`, `route`, `decision` (`forward`, `refuse`, or `metadata` for an RFC
-9728 document), `reason` (the
-refusal's `error`, or `forwarded`), `status`, `duration_ms`, `upstream_ms`, `subject` and `client`;
+which may hold secrets), `api`, `route`, `decision` (`forward`, `refuse`, `metadata` for an RFC
+9728 document, or `shadow_refuse` for a request a table in shadow mode would refuse and forwarded),
+`reason` (the refusal's `error`, the would-be refusal's for `shadow_refuse`, or `forwarded`), `status`, `duration_ms`, `upstream_ms`, `subject` and `client`;
 never a credential. The request id is the client's `X-Request-Id` when it is one value of 1 to 200
 visible ASCII characters (any other would go into the log and to the upstream as the client wrote
 it), otherwise one made here; it is passed upstream and sent back on the gateway's own answers.
@@ -23,14 +23,15 @@ from gateway.metrics import Recorder
 from gateway.types import Scope
 
 if TYPE_CHECKING:
-    from gateway.routing import RouteMatch
-    from gateway.tokens import VerifiedToken
+    from gateway.pipeline import Outcome
 
 access_logger = logging.getLogger("gateway.access")
 
 REQUEST_ID = b"x-request-id"
 # the `reason` of a request answered with an RFC 9728 document: counted as decision "metadata"
 METADATA = "protected_resource_metadata"
+# the decision of a request a table in shadow mode would refuse, and forwarded
+SHADOW_REFUSE = "shadow_refuse"
 MAX_REQUEST_ID = 200
 # the methods counted under their own name; any other (no route has it) is counted as "other",
 # so a client cannot add label values at will
@@ -86,19 +87,27 @@ class Observer:
             scope["headers"] = [(name, value) for name, value in scope["headers"] if name.lower() != REQUEST_ID]
         return Record(self, made, (REQUEST_ID, made.encode("ascii")))
 
-    def finish(self, record: Record, method: str, path: bytes, match: RouteMatch | None, verified: VerifiedToken | None,
-               forwarded: bool, reason: str) -> None:
+    def finish(self, record: Record, method: str, path: bytes, outcome: Outcome, forwarded: bool, reason: str) -> None:
         """Count and log the request `record` noted, now answered.
 
-        :param forwarded: the request was allowed and handed to the forwarder.
+        :param outcome: how far the request got (its route, its token), and whether a table in
+            shadow mode forwarded it instead of refusing it.
+        :param forwarded: the request was allowed (or shadow-refused) and handed to the forwarder.
         :param reason: the refusal's `error`, or `forwarded`.
         """
         seconds = time.perf_counter() - record.started
         status = record.status or 500  # nothing sent: the server answers 500 for an app that failed
+        match = outcome.match
+        verified = outcome.token
         route = match.route if match is not None else None
         api = route.api.name if route is not None else ""
         template = route.template if route is not None else ""
-        decision = "forward" if forwarded else "metadata" if reason == METADATA else "refuse"
+        shadow = outcome.shadow
+        if shadow is None:
+            decision = "forward" if forwarded else "metadata" if reason == METADATA else "refuse"
+        else:
+            # what the table would have answered, though the upstream answered (`status`)
+            decision, reason, api = SHADOW_REFUSE, shadow.refusal.error, shadow.api.name
         if self.metrics is not None:
             if verified is not None:
                 cache: str | None = "hit" if verified.recalled else "miss"

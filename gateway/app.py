@@ -88,13 +88,17 @@ class Gateway:
         try:
             authorization = head.check(scope, path, query, runtime.limits)
             await decide(outcome, runtime, method, path, query, authorization, scope, receive)
-            match = outcome.match
-            assert match is not None
             identity = outcome.identity
             if record is not None and record.id_header is not None:
                 identity = [*identity, record.id_header]
             forwarded = True
-            await runtime.forwarder.forward(scope, receive, send, match.route.api, match.upstream_target, identity, outcome.forwarding, record)
+            if outcome.shadow is None:
+                match = outcome.match
+                assert match is not None
+                await runtime.forwarder.forward(scope, receive, send, match.route.api, match.upstream_target, identity, outcome.forwarding, record)
+            else:  # its table is in shadow mode: forwarded instead of refused
+                shadow = outcome.shadow
+                await runtime.forwarder.forward(scope, receive, send, shadow.api, shadow.target, identity, outcome.forwarding, record)
         except Refusal as refusal:
             # debug, as Envoy's RBAC denials: a line per refused request would let anyone fill the log
             logger.debug("%s %s refused: %d %s: %s", method, scope.get("path"), refusal.status, refusal.error, refusal.description)
@@ -117,7 +121,7 @@ class Gateway:
             await _answer(send, framing, outcome.match, record)
         finally:
             if record is not None:
-                record.observer.finish(record, method, path, outcome.match, outcome.token, forwarded, reason)
+                record.observer.finish(record, method, path, outcome, forwarded, reason)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

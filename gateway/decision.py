@@ -103,6 +103,7 @@ class Evaluation:
     # each grant the decision read from the grant-store view, in words, and its state (None: missing)
     grants_read: tuple[tuple[str, GrantState | None], ...] = ()
     effective: frozenset[str] = frozenset()
+    judged: bool = False  # `effective` was worked out and checked against the requirement (no refusal came first)
     allowed: Allowed | None = None
     refusal: Refusal | None = None
     hidden: Forbidden | None = None  # what a `hide: true` route answers 404 in place of
@@ -178,6 +179,7 @@ def evaluate(
     evaluation.pending_step_up = tuple((scope, step_up) for scope, step_up in step_ups if scope not in evaluation.stepped_up)
     effective = catalog.with_implications(counted | frozenset(evaluation.stepped_up)) if evaluation.stepped_up or counted != assessment.counted else assessment.effective
     evaluation.effective = effective
+    evaluation.judged = True
     if requirement.met_by(effective):
         evaluation.allowed = Allowed(token.subject, token.client, effective)
         return evaluation

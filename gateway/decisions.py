@@ -91,7 +91,7 @@ class DecisionGateway(Gateway):
             await respond(send, status, headers, body, record)
         finally:
             if record is not None:
-                record.observer.finish(record, method, path, outcome.match, outcome.token, allowed, reason)
+                record.observer.finish(record, method, path, outcome, allowed, reason)
 
 
 def _trusted(scope: Scope, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -42,6 +42,9 @@ class Refusal(Exception):
     challenge = False
     # the request's framing or head cannot be trusted: answer, then close the connection
     close = False
+    # a decision about the caller (401, 403, 404), not about the request's form or the gateway's
+    # state: what a table in shadow mode forwards instead of answering
+    about_caller = False
 
     def __init__(self, description: str, **extra: object) -> None:
         super().__init__(description)
@@ -120,6 +123,7 @@ class NotFound(Refusal):
 
     status = 404
     error = "not_found"
+    about_caller = True
 
 
 class Unauthorized(Refusal):
@@ -127,6 +131,7 @@ class Unauthorized(Refusal):
 
     status = 401
     error = "unauthorized"
+    about_caller = True
     challenge = True
 
 
@@ -135,6 +140,7 @@ class InvalidToken(Refusal):
 
     status = 401
     error = "invalid_token"
+    about_caller = True
     bearer_error = "invalid_token"
     challenge = True
 
@@ -144,6 +150,7 @@ class Forbidden(Refusal):
 
     status = 403
     error = "forbidden"
+    about_caller = True
     bearer_error = "insufficient_scope"
     challenge = True
 
@@ -161,6 +168,7 @@ class InvalidScope(Refusal):
 
     status = 403
     error = "invalid_scope"
+    about_caller = True
     bearer_error = "invalid_scope"
     challenge = True
 
@@ -171,6 +179,7 @@ class InsufficientUserAuthentication(Refusal):
 
     status = 401
     error = "insufficient_user_authentication"
+    about_caller = True
     bearer_error = "insufficient_user_authentication"
     challenge = True
 

@@ -100,6 +100,14 @@ async def explain(
             await decide(outcome, steps, method, path.encode("utf-8"), query.encode("utf-8"), steps.authorization, scope, receive)
         finally:
             _trace(lines, outcome, method, config.tables.candidates(canonical.segments), steps)
+        shadow = outcome.shadow
+        if shadow is not None:
+            status, _, _ = answer(shadow.refusal, outcome.match)
+            upstream = shadow.api.upstream
+            lines.append(f"decision:  {status} {shadow.refusal.error}: {shadow.refusal.description}")
+            lines.append(f"shadow:    table {shadow.api.name} is in shadow mode (it enforces nothing): the request is forwarded all the same, to "
+                         f"{upstream.origin.scheme}://{upstream.authority.decode()}{shadow.target.decode()}")
+            return Explanation(lines, None)
         match = outcome.match
         assert match is not None
         upstream = match.route.api.upstream

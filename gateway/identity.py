@@ -28,3 +28,14 @@ def identity_headers(allowed: Allowed) -> Headers:
     if allowed.client is not None:
         headers.append((CLIENT, allowed.client.encode("utf-8")))
     return headers
+
+
+def caller_headers(subject: str | None, client: str | None) -> Headers:
+    """Who a verified token names, without scopes: for a request forwarded by a table in shadow
+    mode that its refusal left with no effective scopes worked out."""
+    headers = []
+    if subject is not None:
+        headers.append((SUBJECT, subject.encode("utf-8")))
+    if client is not None:
+        headers.append((CLIENT, client.encode("utf-8")))
+    return headers

@@ -122,6 +122,9 @@ class Api:
     source: Position  # the table's file, at its `routes:` key
     resource: ProtectedResource | None = None  # None: the table publishes no RFC 9728 metadata
     issuers: frozenset[str] | None = None  # the issuers whose tokens its routes accept; None: all
+    # where the table says `mode: shadow` (None: it enforces): it decides as usual, and forwards
+    # what it would refuse (docs/route-tables.md)
+    shadow: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,24 @@ class Tables:
     routes: tuple[Route, ...]
     # the RFC 9728 documents the tables publish, by raw request path; read only when no route matched
     documents: Mapping[bytes, bytes] = field(default_factory=dict)
+    # each table's prefix -> the table; None where several tables share it
+    _prefixes: dict[tuple[str, ...], Api | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        prefixes: dict[tuple[str, ...], Api | None] = {}
+        for api in self.apis:
+            prefixes[api.prefix] = None if api.prefix in prefixes else api
+        object.__setattr__(self, "_prefixes", prefixes)
+
+    def owner(self, segments: tuple[str, ...]) -> Api | None:
+        """The table whose prefix is the longest one `segments` start with; None: outside every
+        table's prefix, or under a prefix several tables share (then no one table owns the path).
+        Only a request no route matches asks it."""
+        prefixes = self._prefixes
+        for length in range(len(segments), -1, -1):
+            if segments[:length] in prefixes:
+                return prefixes[segments[:length]]
+        return None
 
     def candidates(self, segments: tuple[str, ...]) -> tuple[Route, ...]:
         """Every route whose template matches `segments`, any method, most specific first."""

@@ -7,6 +7,7 @@
                                               what its tokens carry: it reaches the upstream and the
                                               authorization server's `scopes validate`)
     an empty table                            every request under its prefix is refused (404)
+    a table in shadow mode                    it enforces nothing: what it would refuse is forwarded
     a secret file open to group or others     admin.token_file, tokens.hmac_secret_file (sshd and libpq
                                               refuse such files; `gateway serve` logs it at start); as
                                               libpq, a file root owns may be read by its group
@@ -37,7 +38,7 @@ _SECRET_FILES = (("admin", "token_file"), ("tokens", "hmac_secret_file"))
 
 def warnings(tables: Tables) -> list[Problem]:
     """Every warning, file by file in the order the tables were read, in line order."""
-    found = [*_shadowed(tables), *_unused_scopes(tables), *_empty(tables)]
+    found = [*_shadowed(tables), *_unused_scopes(tables), *_empty(tables), *_in_shadow_mode(tables)]
     files = {api.source.file: index for index, api in enumerate(tables.apis)}
     return sorted(found, key=lambda problem: (files.get(problem.file, len(files)), problem.line))
 
@@ -103,6 +104,13 @@ def _empty(tables: Tables) -> Iterator[Problem]:
         if id(api) not in counted:
             prefix = "/" + "/".join(api.prefix)
             yield Problem(*api.source, f"warning: table {api.name} has no routes: every request under {prefix} is refused (404)")
+
+
+def _in_shadow_mode(tables: Tables) -> Iterator[Problem]:
+    for api in tables.apis:
+        if api.shadow is not None:
+            yield Problem(*api.shadow, f"warning: table {api.name} is in shadow mode: it enforces nothing, every request it would "
+                                       "refuse (401, 403, 404) is forwarded to its upstream")
 
 
 def secret_files(config: Config) -> list[Problem]:

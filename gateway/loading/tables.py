@@ -23,7 +23,8 @@ from gateway.scopes import PARAMETER, SCOPE_TOKEN, Access, Requirement
 from gateway.tables import Api, Exchange, Route, RouteTrie, Tables, Upstream
 from gateway.types import Position
 
-_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers"}
+_TABLE_KEYS = {"name", "upstream", "prefix", "scopes", "rules", "routes", "resource", "issuers", "mode"}
+_MODES = ("enforce", "shadow")
 _ROUTE_OPTION_KEYS = {"scopes", "user", "claims", "hide", "response_fields", "graphql"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIREMENT_SHAPES = "a scope, 'public', 'authenticated', a list of scopes (any one), or a list holding lists (all of each together)"
@@ -145,6 +146,11 @@ class _TableReader:
         if "issuers" in entries:
             with reader.reporting():
                 issuers = self._issuers(entries["issuers"][1])
+        shadow: Position | None = None
+        if "mode" in entries:
+            with reader.reporting():
+                if self._mode(entries["mode"][1]) == "shadow":
+                    shadow = Position(str(self.file), line_of(entries["mode"][0]))
         block: ResourceBlock | None = None
         if "resource" in entries:
             with reader.reporting():
@@ -169,7 +175,7 @@ class _TableReader:
             scopes = supported_scopes(self.catalog if self.has_catalog else None, (requirement for _, _, _, requirement, *_ in parsed))
             resource = block.publish(name, str(self.file), scopes)
         api = Api(name=name, upstream=upstream, prefix=prefix, catalog=self.catalog, source=Position(str(self.file), line_of(entries["routes"][0])),
-                  resource=resource, issuers=issuers)
+                  resource=resource, issuers=issuers, shadow=shadow)
         routes = [
             ((*prefix, *shape), Route(
                 api=api, method=method, template=template, requirement=requirement, params=template_params(template, len(prefix)),
@@ -186,6 +192,12 @@ class _TableReader:
         if not _NAME.fullmatch(name):
             raise Invalid(node, f"name {name!r} may hold only letters, digits, '.', '_' and '-'")
         return name
+
+    def _mode(self, node: yaml.Node) -> str:
+        mode = self.reader.string(node, "mode")
+        if mode not in _MODES:
+            raise Invalid(node, f"mode {mode!r} is not one of {', '.join(_MODES)} (enforce: the default; shadow: forward what it would refuse)")
+        return mode
 
     def _issuers(self, node: yaml.Node) -> frozenset[str]:
         """The issuers whose tokens the table accepts: each one gateway.yaml's tokens name."""
