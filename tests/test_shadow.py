@@ -21,7 +21,7 @@ from gateway.explain import Caller, explain
 from gateway.loading import ConfigError, load_config
 from gateway.reload import SUCCESS, ServingReloads
 from tests import test_grants
-from tests.support import RecordingUpstream, answer, cli, mint, write_config
+from tests.support import WALLET_TABLE, RecordingUpstream, answer, cli, mint, write_config
 from tests.test_metrics import requests_total, samples
 
 pytestmark = pytest.mark.anyio
@@ -236,7 +236,7 @@ async def test_head_and_framing_refusals_stay_enforced(app: Gateway, upstream: R
 async def test_a_grant_store_that_cannot_be_read_stays_503_and_a_missing_grant_is_forwarded(tmp_path: Path) -> None:
     gone = tmp_path / "gone"
     config = test_grants.write(tmp_path, store=f"sqlite:///{gone}/grants.db")
-    (tmp_path / "routes" / "wallet.yaml").write_text(test_grants.TABLE.replace("prefix: /w\n", "prefix: /w\nmode: shadow\n"))
+    (tmp_path / "routes" / "wallet.yaml").write_text(WALLET_TABLE.replace("prefix: /w\n", "prefix: /w\nmode: shadow\n"))
     wallet = test_grants.Wallet(config)
     await wallet.app.runtime.start()
     try:
@@ -339,14 +339,14 @@ def test_an_unknown_mode_is_a_load_error_naming_file_and_line(tmp_path: Path, va
 def test_enforce_is_the_default_and_check_warns_of_each_table_in_shadow_mode(tmp_path: Path) -> None:
     config = write_tables(tmp_path, "http://upstream.test")
     tables = load_config(config).tables
-    assert [(api.name, api.shadow) for api in tables.apis] == [("payments", True), ("plain", False), ("strict", False)]
+    assert [(api.name, api.shadow is not None) for api in tables.apis] == [("payments", True), ("plain", False), ("strict", False)]
     checked = cli("check", "--config", str(config))
     assert checked.returncode == 0, checked.stderr
     warnings = [line for line in checked.stdout.splitlines() if "shadow mode" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"{tmp_path / 'routes' / 'payments.yaml'}:4: warning: table payments is in shadow mode")
     assert cli("check", "--config", str(config), "--strict").returncode == 1
     (tmp_path / "routes" / "payments.yaml").write_text(TABLE.replace("mode: shadow\n", "").replace("{upstream}", "http://u.test"))
-    assert [api.shadow for api in load_config(config).tables.apis] == [False, False, False]
+    assert [api.shadow for api in load_config(config).tables.apis] == [None, None, None]
     assert "shadow" not in cli("check", "--config", str(config)).stdout
 
 
