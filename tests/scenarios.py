@@ -171,7 +171,7 @@ def fresh(acr: str, age: float = 10) -> dict[str, Any]:
 
 
 @dataclass
-class Grant:
+class GivenGrant:
     """The store gets a grant (a user grant with `subject`); `ttl`: it expires that many seconds
     from when the step runs."""
 
@@ -249,7 +249,7 @@ class Says:
         return answer
 
 
-Step = Case | Grant | Revoke | Fulfil | Wait | Upstream | Says
+Step = Case | GivenGrant | Revoke | Fulfil | Wait | Upstream | Says
 
 
 async def play(provider: Provider, steps: list[Any]) -> None:
