@@ -16,6 +16,7 @@ import redis
 import respx
 
 from gateway.app import Gateway
+from gateway.grants.urls import parse_store
 from gateway.loading import load_config
 from gateway.settings import Config
 from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, seen
@@ -66,7 +67,7 @@ def _load(config: Path, table: str, files: tuple[str, ...], store: str) -> Confi
     if key not in _LOADED:
         _LOADED[key] = load_config(config)
     loaded = _LOADED[key]
-    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=store, base=config.parent))
+    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=parse_store(store, config.parent)))
 
 
 class Provider:

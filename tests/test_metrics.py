@@ -23,11 +23,10 @@ from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.keys import KeyStore
 from gateway.loading import ConfigError, load_config
+from tests.processes import GATEWAY, serving, wait_for
 from tests.support import ADMIN_TOKEN as TOKEN
-from tests.support import KEYS, RecordingUpstream, free_port, mint, with_admin, write_config
+from tests.support import KEYS, RecordingUpstream, Wallet, free_port, mint, with_admin, write_config
 from tests.support import write_wallet as write
-from tests.test_cli import GATEWAY, _wait_for, serving
-from tests.test_grants import Wallet
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
@@ -218,7 +217,7 @@ def test_two_workers_metrics_are_summed_on_the_admin_listener_and_never_on_the_p
     process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), "--workers", "2", "--access-log"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
-        _wait_for(port, process)
+        wait_for(port, process)
         base = f"http://127.0.0.1:{port}"
         token = {"Authorization": f"Bearer {mint()}"}
         # a refusal's X-Request-Id starts with the answering process's own prefix: go on until both answered
