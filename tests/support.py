@@ -634,12 +634,12 @@ WALLET_USER = {"sub": "ana", "client_id": "app"}
 class Wallet:
     """The gateway with the wallet table and a SQLite store, in front of a respx-mocked upstream."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, metrics: Any = None) -> None:
         from gateway.app import Gateway
         from gateway.loading import load_config
 
         self.config = config
-        self.app = Gateway(load_config(config))
+        self.app = Gateway(load_config(config), metrics=metrics)
 
     async def ask(self, request: str, scopes: str | None, claims: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], bool]:
         method, path = request.split(" ", 1)

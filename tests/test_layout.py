@@ -31,11 +31,7 @@ ALLOWED = {
     "edges": {"values", "loaders", "steps", "live", "upstream"},
 }
 # where the layout still bends (docs/architecture.md): each is named, and must still exist
-BENDS = {
-    # counted through the global recorder, not an injected one
-    ("keys", "metrics"), ("grants.live", "metrics"),
-    ("proxy", "access"),  # the forwarder notes the upstream's answer on the access record
-}
+BENDS: set[tuple[str, str]] = set()
 
 
 def layer(module: str) -> str:
