@@ -47,7 +47,6 @@ def claim_time(value: Any, now: float) -> float:
     return int(now + offset)
 
 
-
 @dataclass(frozen=True, slots=True)
 class GrantFixture:
     """A client grant (a user grant with `subject`) the store holds before the request.

@@ -4,7 +4,8 @@ by respx, its key source replaced by a throwaway key, and a fresh grant store fo
 
 A request goes through `Gateway.__call__` exactly as served (head checks, routing, token
 verification with the config's issuer, audience and algorithms, catalog rules, live grants,
-forwarding); only what lies outside the gateway is replaced.
+forwarding); only what lies outside the gateway is replaced. What it runs, a `Probe` and its
+`Expectation`, is modelled in `gateway.cases`.
 """
 
 from __future__ import annotations
