@@ -54,6 +54,7 @@ from starlette.routing import Route
 
 from gateway import health, metrics
 from gateway.asgi import ClientDisconnected, read_body
+from gateway.catalog import grant_scope_problem
 from gateway.errors import (
     InvalidRequest,
     NotFound,
@@ -68,7 +69,6 @@ from gateway.reload import FAILURE, Reloader, RunDir
 from gateway.settings import Config
 from gateway.times import parse_rfc3339, rfc3339
 from gateway.types import Receive, Scope, Send
-from gateway.validation import grant_scope_problem
 
 _MAX_BODY = 64 * 1024
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -57,7 +57,7 @@ class Gateway:
         self, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | None = None,
         metrics: Recorder | None = None, access_log: bool = False,
     ) -> None:
-        self.runtime = Runtime.build(config, upstream=upstream, keys=keys)
+        self.runtime = Runtime.build(config, upstream=upstream, keys=keys, metrics=metrics)
         self.services: list[Service] = []  # started after the runtime, stopped before it
         # None unless metrics or the access log are on: then a request pays one check for them
         self.observer = Observer(metrics, access_log) if metrics is not None or access_log else None

@@ -8,15 +8,16 @@ from gateway.introspection import Introspector
 from gateway.keys import IssuerKeys, KeyStore
 from gateway.settings import Issuers, TokenSettings
 from gateway.tokens import TokenVerifier, VerifiedToken, is_jwt
+from gateway.types import UNCOUNTED, Metrics
 
 
-def key_stores(issuers: Issuers, first: KeyStore | None = None) -> IssuerKeys:
-    """A key store per issuer entry; `first`, when given, stands for the first entry's (a test's
-    or the harness's throwaway keys)."""
+def key_stores(issuers: Issuers, first: KeyStore | None = None, metrics: Metrics = UNCOUNTED) -> IssuerKeys:
+    """A key store per issuer entry, counting its JWKS fetches into `metrics`; `first`, when
+    given, stands for the first entry's (a test's or the harness's throwaway keys)."""
     return IssuerKeys(
         first if first is not None and index == 0 else KeyStore(
             entry.static_keys, entry.jwks_url, algorithms=entry.algorithms,
-            refetch_interval=entry.jwks_refetch_interval, max_age=entry.jwks_max_age,
+            refetch_interval=entry.jwks_refetch_interval, max_age=entry.jwks_max_age, metrics=metrics,
         )
         for index, entry in enumerate(issuers.entries)
     )

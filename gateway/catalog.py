@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from gateway.scopes import PARAMETER
+from gateway.scopes import PARAMETER, SCOPE_TOKEN
 from gateway.types import Position
 
 SUFFIXES = ("offline", "optional")
@@ -350,3 +350,16 @@ def find_cycle(direct: Mapping[str, tuple[str, ...]]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+def grant_scope_problem(catalog: Catalog, scope: str) -> str | None:
+    """Why `scope` cannot be granted on an API with `catalog`, or None: a grant names a catalog
+    scope, or `X_offline` for a user's offline consent to X (any scope-token without a catalog)."""
+    if not SCOPE_TOKEN.fullmatch(scope):
+        return f"{scope!r} is not a valid scope (RFC 6749 3.3)"
+    if not catalog.entries or scope in catalog.entries:
+        return None
+    base = scope.removesuffix("_offline")
+    if base != scope and "offline" in getattr(catalog.entries.get(base), "suffixes", ()):
+        return None
+    return f"{scope!r} is neither a scope of this API's catalog nor the _offline form of one that offers it"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import health, logs, times
+from gateway.catalog import grant_scope_problem
 from gateway.explain import Caller, UsageError, explain, parse_claims
 from gateway.grants.live import open_store, read_view
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
@@ -25,7 +26,7 @@ from gateway.server import SERVERS
 from gateway.settings import MODES, Config
 from gateway.signing import KEY_FILE_ALGORITHMS, init_key_files, read_key_file
 from gateway.times import parse_rfc3339, rfc3339
-from gateway.validation import STAGES, grant_scope_problem, validate_scopes
+from gateway.validation import STAGES, validate_scopes
 
 _DESCRIPTION = """\
 A reverse proxy that enforces OAuth scopes per route. It verifies each request's bearer token,

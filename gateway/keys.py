@@ -20,8 +20,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from gateway import metrics
 from gateway.settings import VerificationKey
+from gateway.types import UNCOUNTED, Metrics
 
 logger = logging.getLogger("gateway.keys")
 
@@ -224,8 +224,10 @@ class KeyStore:
         refetch_interval: float = 30.0,
         max_age: float = 600.0,
         fetch_timeout: float = 5.0,
+        metrics: Metrics = UNCOUNTED,  # where each JWKS fetch is counted
     ) -> None:
         self._static = tuple(static_keys)
+        self.metrics = metrics
         self.jwks_url = jwks_url
         self.algorithms = None if algorithms is None else tuple(algorithms)
         self.refetch_interval = refetch_interval
@@ -274,11 +276,11 @@ class KeyStore:
             try:
                 remote = await self._fetch()
             except (httpx.HTTPError, ValueError) as exc:
-                metrics.jwks_fetched(False)
+                self.metrics.jwks_fetched(False)
                 self.last_error = f"JWKS fetch from {self.jwks_url} failed: {exc}"
                 logger.warning("%s; keeping %d known keys", self.last_error, len(self.keys.keys))
                 return
-            metrics.jwks_fetched(True)
+            self.metrics.jwks_fetched(True)
             self.last_error = None
             self._fetched_at = time.monotonic()
             fingerprint = _fingerprint(remote)

@@ -89,6 +89,12 @@ class Recorder:
         if cache is not None:
             self.token_cache[cache] += 1
 
+    def jwks_fetched(self, success: bool) -> None:
+        self.jwks_fetch["success" if success else "failure"] += 1
+
+    def grant_store_error(self) -> None:
+        self.grant_store_errors += 1
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -131,8 +137,9 @@ class Recorder:
                 logger.warning("metrics could not be written to %s: %s", self.directory, exc)
 
 
-# this process's recorder, for the steps that count outside a request (keys, the grant store,
-# reloads); None: metrics are off, and the functions below do nothing
+# this process's recorder, for what counts outside the app's parts (reloads: the key stores and
+# the grant views are handed the app's recorder); None: metrics are off, and the functions below
+# do nothing
 _recorder: Recorder | None = None
 
 
@@ -146,16 +153,6 @@ def enable(directory: Path) -> Recorder:
 def disable() -> None:
     global _recorder
     _recorder = None
-
-
-def jwks_fetched(success: bool) -> None:
-    if _recorder is not None:
-        _recorder.jwks_fetch["success" if success else "failure"] += 1
-
-
-def grant_store_error() -> None:
-    if _recorder is not None:
-        _recorder.grant_store_errors += 1
 
 
 def reload_succeeded() -> None:

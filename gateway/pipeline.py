@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway import metrics
 from gateway.asgi import read_body
 from gateway.decision import Evaluation, authorize, evaluate, judge_unmet, view_needed
 from gateway.errors import InvalidToken, Refusal, TemporarilyUnavailable, render
@@ -222,7 +221,6 @@ async def _grant_view(grants: GrantViews, api: str, caller: tuple[str | None, st
     try:
         return await grants.view(api, *caller)
     except StoreUnavailable as exc:
-        metrics.grant_store_error()
         logger.warning("grant store unavailable for %s: %s", api, exc)
         retry = max(1, math.ceil(grants.refresh))
         raise TemporarilyUnavailable(f"the grants this request needs cannot be read right now; retry in {retry} s", retry_after=retry) from None

@@ -13,9 +13,8 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import overload
+from typing import Protocol, overload
 
-from gateway.access import Record
 from gateway.asgi import ClientDisconnected
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
 from gateway.identity import NAMES as IDENTITY
@@ -301,6 +300,14 @@ async def _stream_rest(chunks: AsyncIterator[bytes], response: UpstreamResponse,
     await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
+class Note(Protocol):
+    """Where the forwarder notes the upstream's answer for the access log and the metrics
+    (`access.Record`): its status as sent on, and the upstream's time to answer."""
+
+    status: int
+    upstream_seconds: float | None
+
+
 class Forwarder:
     def __init__(self, client: UpstreamClient, settings: ProxySettings) -> None:
         self.client = client
@@ -308,7 +315,7 @@ class Forwarder:
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, api: Api, target: bytes, identity: Sequence[tuple[bytes, bytes]],
-        forwarding: Forwarding | None = None, record: Record | None = None,
+        forwarding: Forwarding | None = None, record: Note | None = None,
     ) -> None:
         """Send the request to `api`'s upstream and stream the answer back. A client that goes
         away while the answer streams ends the exchange at once, quietly.
@@ -366,7 +373,7 @@ class Forwarder:
             await response.aclose()
 
     async def _send_rewritten(
-        self, response: UpstreamResponse, scope: Scope, send: Send, api: Api, forwarding: Forwarding, record: Record | None,
+        self, response: UpstreamResponse, scope: Scope, send: Send, api: Api, forwarding: Forwarding, record: Note | None,
     ) -> None:
         """The answer read whole (bounded), rewritten, and sent with its own length."""
         assert forwarding.rewrite is not None

@@ -20,6 +20,7 @@ from gateway.pool import PooledUpstream
 from gateway.proxy import Forwarder
 from gateway.settings import Config, Issuers, LimitSettings, ProxySettings
 from gateway.tables import Tables
+from gateway.types import UNCOUNTED, Metrics
 from gateway.upstream import HttpxUpstream, UpstreamClient
 
 
@@ -58,23 +59,26 @@ class Runtime:
     limits: LimitSettings
     grant_type_claim: str
     grants: LiveGrants | None  # the grant store's views; None: no store configured
+    metrics: Metrics  # where the parts it makes count (JWKS fetches, grant-store errors)
 
     @classmethod
     def build(
         cls, config: Config, *, upstream: UpstreamClient | None = None, keys: KeyStore | IssuerKeys | None = None,
-        authenticator: Authenticator | None = None, grants: LiveGrants | None = None,
+        authenticator: Authenticator | None = None, grants: LiveGrants | None = None, metrics: Metrics | None = None,
     ) -> Runtime:
         """The runtime of `config`; each part given replaces the one it would make (a reload's
-        kept parts, or a test's: a `KeyStore` stands for the first issuer's keys)."""
+        kept parts, or a test's: a `KeyStore` stands for the first issuer's keys). The parts it
+        makes count into `metrics` (None: not counted)."""
         tokens = config.tokens
+        metrics = UNCOUNTED if metrics is None else metrics
         if not isinstance(keys, IssuerKeys):
-            keys = key_stores(config.identity, keys)
+            keys = key_stores(config.identity, keys, metrics)
         upstream = upstream or upstream_client(config.proxy)
         if grants is None and config.grants.store is not None:
-            grants = LiveGrants(open_store(config.grants.store), config.grants.refresh)
+            grants = LiveGrants(open_store(config.grants.store), config.grants.refresh, metrics=metrics)
         return cls(
             config, keys, authenticator or Authenticator(config.identity, keys), upstream, Forwarder(upstream, config.proxy),
-            config.tables, config.limits, tokens.grant_type_claim, grants,
+            config.tables, config.limits, tokens.grant_type_claim, grants, metrics,
         )
 
     def successor(self, config: Config) -> Runtime:
@@ -86,7 +90,7 @@ class Runtime:
         authenticator = self.authenticator if keys is not None and old.identity == config.identity else None
         upstream = self.upstream if _same_client(old.proxy, config.proxy) else None
         grants = self.grants if old.grants == config.grants else None
-        return Runtime.build(config, upstream=upstream, keys=keys, authenticator=authenticator, grants=grants)
+        return Runtime.build(config, upstream=upstream, keys=keys, authenticator=authenticator, grants=grants, metrics=self.metrics)
 
     @property
     def parts(self) -> tuple[Any, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,3 +30,27 @@ class Position(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
+
+
+class Metrics(Protocol):
+    """What the key stores and the grant views count, outside any one request: handed to them (a
+    serving process's `metrics.Recorder`), so they import no edge."""
+
+    def jwks_fetched(self, success: bool) -> None: ...
+
+    def grant_store_error(self) -> None: ...
+
+
+class Uncounted:
+    """Metrics off: nothing is counted."""
+
+    __slots__ = ()
+
+    def jwks_fetched(self, success: bool) -> None:
+        pass
+
+    def grant_store_error(self) -> None:
+        pass
+
+
+UNCOUNTED = Uncounted()

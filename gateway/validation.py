@@ -9,10 +9,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.catalog import CLIENT_CREDENTIALS, Catalog
+from gateway.catalog import CLIENT_CREDENTIALS
 from gateway.decision import grant_state
 from gateway.grants.store import GrantState
-from gateway.scopes import SCOPE_TOKEN
 from gateway.settings import Config
 
 STAGES = ("authorize", "token", "refresh")
@@ -76,16 +75,3 @@ def validate_scopes(
     known = sorted({reading.scope for reading in readings if reading.scope is not None}) if catalog.entries else sorted(r.raw for r in readings)
     ignored = tuple(reading.raw for reading in readings if reading.scope is None and not reading.problem) if catalog.entries else ()
     return ScopeCheck(tuple(problems), tuple(known), () if catalog.refuse_unknown else ignored)
-
-
-def grant_scope_problem(catalog: Catalog, scope: str) -> str | None:
-    """Why `scope` cannot be granted on an API with `catalog`, or None: a grant names a catalog
-    scope, or `X_offline` for a user's offline consent to X (any scope-token without a catalog)."""
-    if not SCOPE_TOKEN.fullmatch(scope):
-        return f"{scope!r} is not a valid scope (RFC 6749 3.3)"
-    if not catalog.entries or scope in catalog.entries:
-        return None
-    base = scope.removesuffix("_offline")
-    if base != scope and "offline" in getattr(catalog.entries.get(base), "suffixes", ()):
-        return None
-    return f"{scope!r} is neither a scope of this API's catalog nor the _offline form of one that offers it"

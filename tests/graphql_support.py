@@ -15,6 +15,9 @@ from tests.support import LiveServer
 
 SDL = Path(__file__).parent / "graphql" / "bank.graphql"
 ACCOUNTS_SDL = Path(__file__).parent / "graphql" / "accounts.graphql"
+# a route table of the bank's scopes, and the start of its GraphQL route (a test adds its options)
+BANK_TABLE_HEAD = "name: bank\nupstream: http://bank.test\nscopes:\n  LIST_PAYMENT:\n  MAKE_DEPOSIT:\n  REVEAL_CARD:\n  READ_EMAIL:\n  ADMIN:\nroutes:\n"
+GRAPHQL_ROUTE = "  POST /graphql:\n    scopes: authenticated\n    graphql:\n"
 ANA = {"__typename": "User", "id": "u1", "name": "Ana", "email": "ana@bank.test", "friends": [{"__typename": "User", "id": "u2", "name": "Bo", "email": "bo@bank.test", "friends": []}]}
 PAYMENTS = [{"__typename": "Payment", "id": "p1", "amount": 5, "cardNumber": "4111"}, {"__typename": "Payment", "id": "p2", "amount": 7, "cardNumber": "4222"}]
 CARD = {"__typename": "Card", "id": "c1", "number": "5555"}

@@ -16,6 +16,7 @@ import redis
 import respx
 
 from gateway.app import Gateway
+from gateway.grants.urls import parse_store
 from gateway.loading import load_config
 from gateway.settings import Config
 from tests.support import AUDIENCE, ISSUER, KEYS, Clock, mint, seen
@@ -66,7 +67,7 @@ def _load(config: Path, table: str, files: tuple[str, ...], store: str) -> Confi
     if key not in _LOADED:
         _LOADED[key] = load_config(config)
     loaded = _LOADED[key]
-    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=store, base=config.parent))
+    return dataclasses.replace(loaded, grants=dataclasses.replace(loaded.grants, store=parse_store(store, config.parent)))
 
 
 class Provider:
@@ -171,7 +172,7 @@ def fresh(acr: str, age: float = 10) -> dict[str, Any]:
 
 
 @dataclass
-class Grant:
+class GivenGrant:
     """The store gets a grant (a user grant with `subject`); `ttl`: it expires that many seconds
     from when the step runs."""
 
@@ -249,7 +250,7 @@ class Says:
         return answer
 
 
-Step = Case | Grant | Revoke | Fulfil | Wait | Upstream | Says
+Step = Case | GivenGrant | Revoke | Fulfil | Wait | Upstream | Says
 
 
 async def play(provider: Provider, steps: list[Any]) -> None:

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import httpx
 import jwt
 import redis
+import respx
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
@@ -750,3 +752,33 @@ class FrontProxy:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# the caller of the wallet table's requests, unless they name their own claims: a user of client app
+WALLET_USER = {"sub": "ana", "client_id": "app"}
+
+
+class Wallet:
+    """The gateway with the wallet table and a SQLite store, in front of a respx-mocked upstream."""
+
+    def __init__(self, config: Path, metrics: Any = None) -> None:
+        from gateway.app import Gateway
+        from gateway.loading import load_config
+
+        self.config = config
+        self.app = Gateway(load_config(config), metrics=metrics)
+
+    async def ask(self, request: str, scopes: str | None, claims: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], bool]:
+        method, path = request.split(" ", 1)
+        headers = {} if scopes is None else {"authorization": f"Bearer {mint(scopes, lifetime=600, **(claims or WALLET_USER))}"}
+        with respx.mock(assert_all_called=False) as router:
+            upstream = router.route(host__in=["wallet.test", "fluz.test"]).mock(return_value=httpx.Response(200, json={}))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://gateway.test") as client:
+                response = await client.request(method, path, headers=headers)
+        body = response.json() if not upstream.called else {}
+        return response.status_code, body | {"retry-after": response.headers.get("retry-after")}, upstream.called
+
+    async def fresh(self) -> None:
+        """See the store's writes now, as a poll would within `refresh` (tested on its own in test_grants.py)."""
+        assert self.app.runtime.grants is not None
+        await seen(self.app.runtime.grants)

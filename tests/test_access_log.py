@@ -18,8 +18,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.loading import load_config
 from gateway.logs import JsonFormatter, TextFormatter
+from tests.processes import GATEWAY, serving
 from tests.support import RecordingUpstream, mint, raw_exchange, request_bytes, write_config
-from tests.test_cli import GATEWAY, serving
 
 pytestmark = pytest.mark.anyio
 FIELDS = {"request_id", "method", "path", "api", "route", "decision", "reason", "status", "duration_ms", "upstream_ms", "subject", "client"}

@@ -19,13 +19,9 @@ import httpx
 import pytest
 
 from gateway.cli import main
-from tests.support import EndlessUpstream, RecordingUpstream, cli, mint, write_config
-
-GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GATEWAY, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+from tests.processes import GATEWAY, run, serving
+from tests.processes import wait_for as _wait_for
+from tests.support import EndlessUpstream, cli, mint, write_config
 
 
 def test_check_prints_a_summary_and_exits_0(tmp_path: Path) -> None:
@@ -96,37 +92,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _wait_for(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-@contextlib.contextmanager
-def serving(tmp_path: Path, *options: str, output: list[str] | None = None) -> Iterator[tuple[str, RecordingUpstream]]:
-    """`gateway serve` in front of a loopback upstream; yields the gateway's base URL. What the
-    process printed is appended to `output` once it has stopped."""
-    upstream = RecordingUpstream()
-    port = _free_port()
-    process = subprocess.Popen([GATEWAY, "serve", "--config", str(write_config(tmp_path, upstream=upstream.url)), "--port", str(port), *options],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for(port, process)
-        yield f"http://127.0.0.1:{port}", upstream
-    finally:
-        process.send_signal(signal.SIGINT)
-        printed = process.communicate(timeout=15)[0]
-        if output is not None:
-            output.append(printed)
-        upstream.close()
 
 
 def test_serve_runs_the_gateway_from_its_config(tmp_path: Path) -> None:

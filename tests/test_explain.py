@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from gateway.cases import Condition, GrantFixture
 from gateway.explain import Caller, explain
 from gateway.grants.sqlite import SQLiteStore
-from gateway.harness import DEFAULT_CLIENT, DEFAULT_SUBJECT, Condition, Grant, Harness
+from gateway.harness import DEFAULT_CLIENT, DEFAULT_SUBJECT, Harness
 from gateway.loading import load_config
 from tests.support import cli, write_config
 
@@ -299,18 +300,18 @@ def test_usage_errors_exit_2(shop: Path) -> None:
 
 DEPOSIT = json.dumps({"query": "mutation { makeDeposit(amount: 1) { id } }"}).encode()
 # (request, scopes, other claims, grants, conditions, body): explain's status must be the app's
-CASES: list[tuple[str, str, dict[str, Any], list[Grant], list[Condition], bytes]] = [
+CASES: list[tuple[str, str, dict[str, Any], list[GrantFixture], list[Condition], bytes]] = [
     ("GET /s/orders/O1", "orders:read", {}, [], [], b""),
     ("GET /s/orders/O1", "email", {}, [], [], b""),
     ("PUT /s/orders/O1", "orders:write", {}, [], [], b""),
     ("GET /s/accounts", "accounts:read", {}, [], [], b""),
-    ("GET /s/accounts", "accounts:read", {}, [Grant("accounts:read", ttl=-60)], [], b""),
-    ("GET /s/accounts", "accounts:read", {}, [Grant("accounts:read", ttl=600)], [], b""),
+    ("GET /s/accounts", "accounts:read", {}, [GrantFixture("accounts:read", ttl=-60)], [], b""),
+    ("GET /s/accounts", "accounts:read", {}, [GrantFixture("accounts:read", ttl=600)], [], b""),
     ("GET /s/users/test-user/balance", "balance_offline", {}, [], [], b""),
-    ("GET /s/users/test-user/balance", "balance_offline", {}, [Grant("balance_offline", subject=DEFAULT_SUBJECT)], [], b""),
+    ("GET /s/users/test-user/balance", "balance_offline", {}, [GrantFixture("balance_offline", subject=DEFAULT_SUBJECT)], [], b""),
     ("GET /s/users/someone/balance", "balance", {}, [], [], b""),
-    ("GET /s/users/ana/balance", "", {"sub": None}, [Grant("balance_offline", subject="ana")], [], b""),
-    ("GET /s/users/ana/balance", "", {"sub": None}, [Grant("balance_offline", subject="bob")], [], b""),
+    ("GET /s/users/ana/balance", "", {"sub": None}, [GrantFixture("balance_offline", subject="ana")], [], b""),
+    ("GET /s/users/ana/balance", "", {"sub": None}, [GrantFixture("balance_offline", subject="bob")], [], b""),
     ("POST /s/transfers", "transfer", {"acr": "pwd"}, [], [], b""),
     ("POST /s/transfers", "transfer", {"acr": "sms", "auth_time": "now-10"}, [], [], b""),
     ("GET /s/banks/B1", "id:B1 id:all", {}, [], [], b""),
@@ -329,7 +330,7 @@ CASES: list[tuple[str, str, dict[str, Any], list[Grant], list[Condition], bytes]
 @pytest.mark.parametrize(("request_line", "scopes", "claims", "given", "conditions", "body"), CASES)
 @pytest.mark.anyio
 async def test_explain_decides_as_the_app_does(
-    tmp_path: Path, request_line: str, scopes: str, claims: dict[str, Any], given: list[Grant], conditions: list[Condition], body: bytes,
+    tmp_path: Path, request_line: str, scopes: str, claims: dict[str, Any], given: list[GrantFixture], conditions: list[Condition], body: bytes,
 ) -> None:
     config_path = write_config(tmp_path, table=SHOP, proxy="grants:\n  store: sqlite:///grants.db\n")
     config = load_config(config_path)

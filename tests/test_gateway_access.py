@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import run
 from tests.support import write_config
-from tests.test_cli import run
 
 TABLE = """\
 name: shop

@@ -15,46 +15,20 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 
 from gateway.admin import AdminApp
-from gateway.app import Gateway
 from gateway.cli import main
 from gateway.grants.live import LiveGrants, open_store
 from gateway.grants.sqlite import SQLiteStore
 from gateway.grants.store import GrantState, StoreUnavailable
 from gateway.loading import ConfigError, load_config
 from gateway.times import parse_rfc3339
-from tests.support import Clock, cli, mint, seen
+from tests.support import Clock, Wallet, cli
 from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
 
-USER = {"sub": "ana", "client_id": "app"}
 CLIENT = {"sub": "app", "client_id": "app"}
-
-
-class Wallet:
-    """The gateway with the wallet table and a SQLite store, in front of a respx-mocked upstream."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.app = Gateway(load_config(config))
-
-    async def ask(self, request: str, scopes: str | None, claims: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], bool]:
-        method, path = request.split(" ", 1)
-        headers = {} if scopes is None else {"authorization": f"Bearer {mint(scopes, lifetime=600, **(claims or USER))}"}
-        with respx.mock(assert_all_called=False) as router:
-            upstream = router.route(host__in=["wallet.test", "fluz.test"]).mock(return_value=httpx.Response(200, json={}))
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://gateway.test") as client:
-                response = await client.request(method, path, headers=headers)
-        body = response.json() if not upstream.called else {}
-        return response.status_code, body | {"retry-after": response.headers.get("retry-after")}, upstream.called
-
-    async def fresh(self) -> None:
-        """See the store's writes now, as a poll would within `refresh` (tested on its own below)."""
-        assert self.app.runtime.grants is not None
-        await seen(self.app.runtime.grants)
 
 
 @pytest.fixture

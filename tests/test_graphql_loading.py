@@ -13,10 +13,10 @@ from gateway.cli import main
 from gateway.loading import ConfigError, load_config
 from gateway.scopes import Access, Requirement, all_of
 from tests.graphql_support import ACCOUNTS_SDL, SDL
+from tests.graphql_support import BANK_TABLE_HEAD as HEAD
+from tests.graphql_support import GRAPHQL_ROUTE as ROUTE
 from tests.support import write_config
 
-HEAD = "name: bank\nupstream: http://bank.test\nscopes:\n  LIST_PAYMENT:\n  MAKE_DEPOSIT:\n  REVEAL_CARD:\n  READ_EMAIL:\n  ADMIN:\nroutes:\n"
-ROUTE = "  POST /graphql:\n    scopes: authenticated\n    graphql:\n"
 GOOD_SDL = SDL.read_text()
 
 # (route lines after `graphql:`, SDL, file the problem is in, line, words of the message)

@@ -17,9 +17,9 @@ import pytest
 from gateway import health
 from gateway.admin import AdminApp
 from gateway.loading import load_config
+from tests.processes import run, serving
 from tests.support import ADMIN_TOKEN as TOKEN
 from tests.support import Received, RecordingUpstream, answer, cli, free_port, with_admin, write_config
-from tests.test_cli import run, serving
 
 DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.keys import KeyStore
+from tests.processes import serving_with_admin
 from tests.support import (
     AUDIENCE,
     ISSUER,
@@ -26,7 +27,6 @@ from tests.support import (
     mint,
     write_config,
 )
-from tests.test_reload import serving
 
 pytestmark = pytest.mark.anyio
 JWKS = (KEYS / "jwks.json").read_bytes()
@@ -211,7 +211,7 @@ def test_readyz_is_not_ready_while_no_fetched_key_is_usable(tmp_path: Path) -> N
     server = RecordingUpstream(answer(200, RSA_ONLY))
     tokens = f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  algorithms: [ES256]\n  jwks_url: {server.url}/jwks\n"
     try:
-        with serving(write_config(tmp_path, upstream=server.url, tokens=tokens)) as served:  # it answers /api/status too
+        with serving_with_admin(write_config(tmp_path, upstream=server.url, tokens=tokens)) as served:  # it answers /api/status too
             ready = served.ready()
             assert ready.status_code == 503 and ready.json()["status"] == "not ready", ready.text
             assert any("no key to verify tokens with" in reason and "is usable" in reason for reason in ready.json()["reasons"])

@@ -23,11 +23,10 @@ from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.keys import KeyStore
 from gateway.loading import ConfigError, load_config
+from tests.processes import GATEWAY, serving, wait_for
 from tests.support import ADMIN_TOKEN as TOKEN
-from tests.support import KEYS, RecordingUpstream, free_port, mint, with_admin, write_config
+from tests.support import AUDIENCE, ISSUER, KEYS, RecordingUpstream, Wallet, free_port, mint, with_admin, write_config
 from tests.support import write_wallet as write
-from tests.test_cli import GATEWAY, _wait_for, serving
-from tests.test_grants import Wallet
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
@@ -120,8 +119,6 @@ def test_reloads_set_the_counter_and_the_gauge(recorder: metrics.Recorder) -> No
 
 def test_the_functions_do_nothing_while_metrics_are_off(tmp_path: Path) -> None:
     metrics.reload_failed()
-    metrics.grant_store_error()
-    metrics.jwks_fetched(True)
     assert metrics._recorder is None
     recorder = metrics.enable(tmp_path)
     try:
@@ -156,7 +153,7 @@ async def test_jwks_fetches_are_counted_by_result(recorder: metrics.Recorder) ->
     with respx.mock() as router:
         route = router.get("https://idp.test/jwks")
         route.mock(return_value=httpx.Response(200, content=(KEYS / "jwks.json").read_bytes()))
-        keys = KeyStore((), "https://idp.test/jwks", refetch_interval=0)
+        keys = KeyStore((), "https://idp.test/jwks", refetch_interval=0, metrics=recorder)
         await keys.start()
         route.mock(return_value=httpx.Response(503))
         await keys.refresh()
@@ -168,8 +165,30 @@ async def test_jwks_fetches_are_counted_by_result(recorder: metrics.Recorder) ->
     assert found[("gateway_jwks_fetch_total", frozenset({("result", "failure")}))] == 2
 
 
+async def test_the_apps_recorder_counts_its_key_stores_and_a_reloads_new_ones_with_no_global_recorder(tmp_path: Path) -> None:
+    # handed down, not looked up: a second app in the process (a test's, the harness's) counts apart
+    recorder = metrics.Recorder(tmp_path)
+    tokens = f"tokens:\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_url: https://idp.test/%s\n"
+    for name in ("first", "rotated"):
+        (tmp_path / name).mkdir()
+    config = load_config(write_config(tmp_path / "first", tokens=tokens % "jwks"))
+    rotated = load_config(write_config(tmp_path / "rotated", tokens=tokens % "rotated"))
+    app = Gateway(config, metrics=recorder)
+    with respx.mock() as router:
+        router.get("https://idp.test/jwks").mock(return_value=httpx.Response(200, content=(KEYS / "jwks.json").read_bytes()))
+        router.get("https://idp.test/rotated").mock(return_value=httpx.Response(503))
+        await app.runtime.start()
+        successor = app.runtime.successor(rotated)  # another key source: a key store of its own
+        assert successor.keys is not app.runtime.keys
+        await successor.start(previous=app.runtime)
+        await successor.aclose(keep=app.runtime.parts)
+        await app.runtime.aclose()
+    assert metrics._recorder is None
+    assert recorder.jwks_fetch == {"success": 1, "failure": 1}
+
+
 async def test_grant_store_errors_are_counted(tmp_path: Path, recorder: metrics.Recorder) -> None:
-    gateway = Wallet(write(tmp_path, store=f"sqlite:///{tmp_path / 'gone'}/grants.db"))
+    gateway = Wallet(write(tmp_path, store=f"sqlite:///{tmp_path / 'gone'}/grants.db"), metrics=recorder)
     await gateway.app.runtime.start()  # its first read of the store fails
     try:
         assert recorder.grant_store_errors == 1
@@ -218,7 +237,7 @@ def test_two_workers_metrics_are_summed_on_the_admin_listener_and_never_on_the_p
     process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), "--workers", "2", "--access-log"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
-        _wait_for(port, process)
+        wait_for(port, process)
         base = f"http://127.0.0.1:{port}"
         token = {"Authorization": f"Bearer {mint()}"}
         # a refusal's X-Request-Id starts with the answering process's own prefix: go on until both answered

@@ -12,7 +12,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from tests.scenarios import Case, Grant, Provider, Revoke, Says, Wait, play, store_url
+from tests.scenarios import Case, GivenGrant, Provider, Revoke, Says, Wait, play, store_url
 
 pytestmark = pytest.mark.anyio
 G = "/fluz/graphql"
@@ -37,14 +37,14 @@ SEED: list[tuple[str, list[Any]]] = [
     ("Both Grants Must Be Active: the permission must be granted both at the global level and at the individual user level.", [
         # the token carries the scope, the store holds neither grant: the field does not count
         Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT), description=("Mutation.makeDeposit requires MAKE_DEPOSIT",)),
-        Grant("MAKE_DEPOSIT"),                       # the global (client) grant alone
+        GivenGrant("MAKE_DEPOSIT"),                       # the global (client) grant alone
         Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
              description=("Mutation.makeDeposit requires MAKE_DEPOSIT; the user grant of MAKE_DEPOSIT by user-1 to client client-1 does not exist",)),
         Revoke("MAKE_DEPOSIT"),
-        Grant("MAKE_DEPOSIT", subject="user-1"),     # the user grant alone
+        GivenGrant("MAKE_DEPOSIT", subject="user-1"),     # the user grant alone
         Says(Case(f"POST {G}", "MAKE_DEPOSIT", "403 forbidden", json=DEPOSIT),
              description=("; the client grant of MAKE_DEPOSIT to client client-1 was revoked at ",)),
-        Grant("MAKE_DEPOSIT"),                       # both
+        GivenGrant("MAKE_DEPOSIT"),                       # both
         Case(f"POST {G}", "MAKE_DEPOSIT", "forward", json=DEPOSIT, forwarded_scopes="MAKE_DEPOSIT"),
         # both grants, but the token does not carry the scope
         Case(f"POST {G}", "LIST_OFFERS", "403 forbidden", json=DEPOSIT),
@@ -54,31 +54,31 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {G}?" + urlencode({"query": DEPOSIT["query"], "variables": '{"amount": 1}'}), "MAKE_DEPOSIT", "400 invalid_request"),
     ]),
     ("Non-expired Grants: both the global and user grants must be current and not expired.", [
-        Grant("LIST_OFFERS"),
-        Grant("LIST_OFFERS", subject="user-1", ttl=3),
+        GivenGrant("LIST_OFFERS"),
+        GivenGrant("LIST_OFFERS", subject="user-1", ttl=3),
         Case(f"POST {G}", "LIST_OFFERS", "forward", json=op("{ offers(first: 2) { id merchant cashback } }")),
         Wait(4),
         Says(Case(f"POST {G}", "LIST_OFFERS", "403 forbidden", json=op("{ offers(first: 2) { id } }")),
              description=("Query.offers requires LIST_OFFERS", "; the user grant of LIST_OFFERS by user-1 to client client-1 expired at ")),
     ]),
     ("An expired grant will automatically revoke the application's access to the specified resources.", [
-        Grant("LIST_PAYMENT"),
-        Grant("LIST_PAYMENT", subject="user-1"),
+        GivenGrant("LIST_PAYMENT"),
+        GivenGrant("LIST_PAYMENT", subject="user-1"),
         Case(f"POST {G}", "LIST_PAYMENT", "forward", json=op("{ balance { available currency } paymentMethods { id last4 } }")),
         Revoke("LIST_PAYMENT", subject="user-1"),
         Case(f"POST {G}", "LIST_PAYMENT", "403 forbidden", json=op("{ balance { available } }")),
     ]),
     ("PURCHASE_GIFTCARD allows purchasing a gift card; REVEAL_GIFTCARD allows revealing a gift card code for redemption.", [
-        Grant("PURCHASE_GIFTCARD"), Grant("PURCHASE_GIFTCARD", subject="user-1"),
+        GivenGrant("PURCHASE_GIFTCARD"), GivenGrant("PURCHASE_GIFTCARD", subject="user-1"),
         Case(f"POST {G}", "PURCHASE_GIFTCARD", "forward", json=op('mutation { purchaseGiftCard(offerId: "o1", amount: 25) { id amount } }')),
         # the code is a field of its own: buying the card does not reveal it, however it is asked for
         Case(f"POST {G}", "PURCHASE_GIFTCARD", "403 forbidden", json=op('mutation { purchaseGiftCard(offerId: "o1", amount: 25) { id secret: code } }')),
         Case(f"POST {G}", "PURCHASE_GIFTCARD", "403 forbidden", json=op('mutation { purchaseGiftCard(offerId: "o1", amount: 25) { ...Card } } fragment Card on GiftCard { code }')),
-        Grant("REVEAL_GIFTCARD"), Grant("REVEAL_GIFTCARD", subject="user-1"),
+        GivenGrant("REVEAL_GIFTCARD"), GivenGrant("REVEAL_GIFTCARD", subject="user-1"),
         Case(f"POST {G}", "PURCHASE_GIFTCARD REVEAL_GIFTCARD", "forward", json=op('mutation { purchaseGiftCard(offerId: "o1", amount: 25) { id code } }')),
     ]),
     ("CREATE_VIRTUALCARD allows access to create virtual card; REVEAL_VIRTUALCARD allows revealing a virtual card details.", [
-        Grant("CREATE_VIRTUALCARD"), Grant("CREATE_VIRTUALCARD", subject="user-1"),
+        GivenGrant("CREATE_VIRTUALCARD"), GivenGrant("CREATE_VIRTUALCARD", subject="user-1"),
         Case(f"POST {G}", "CREATE_VIRTUALCARD", "forward", json=op("mutation { createVirtualCard(amount: 50) { id last4 } }")),
         Case(f"POST {G}", "CREATE_VIRTUALCARD", "403 forbidden", json=op("mutation { createVirtualCard(amount: 50) { id number cvv } }")),
         # a batch is refused whole when one of its operations is

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios import Case, Grant, Provider, Revoke, Says, Wait, play, store_url
+from tests.scenarios import Case, GivenGrant, Provider, Revoke, Says, Wait, play, store_url
 
 pytestmark = pytest.mark.anyio
 M = "/moneyhub"
@@ -318,10 +318,10 @@ async def test_accounts_details_count_only_while_the_client_grant_is_active(mone
         Says(Case(f"GET {M}/accounts", "accounts_details:read", "403 forbidden"),
              description=("the client grant of accounts_details:read to client client-1 does not exist",)),
         # a user's grant is not the client's enablement
-        Grant("accounts_details:read", subject="user-1"),
+        GivenGrant("accounts_details:read", subject="user-1"),
         Case(f"GET {M}/accounts/a1", details, "forward", forwarded_scopes="accounts:read"),
         # enabled for client-1, for three seconds
-        Grant("accounts_details:read", ttl=3.0),
+        GivenGrant("accounts_details:read", ttl=3.0),
         Case(f"GET {M}/accounts", details, "forward", forwarded_scopes="accounts:read accounts_details:read"),
         Case(f"GET {M}/accounts/a1", details, "forward", forwarded_scopes="accounts:read accounts_details:read"),
         Case(f"GET {M}/accounts/a1", details, "forward", claims={"sub": "user-2"}, forwarded_scopes="accounts:read accounts_details:read"),
@@ -333,7 +333,7 @@ async def test_accounts_details_count_only_while_the_client_grant_is_active(mone
         Says(Case(f"GET {M}/accounts", "accounts_details:read", "403 forbidden"),
              description=("the client grant of accounts_details:read to client client-1 expired at",)),
         # enabled again without an expiry, then withdrawn
-        Grant("accounts_details:read"),
+        GivenGrant("accounts_details:read"),
         Case(f"GET {M}/accounts", details, "forward", forwarded_scopes="accounts:read accounts_details:read"),
         Revoke("accounts_details:read"),
         Case(f"GET {M}/accounts", details, "forward", forwarded_scopes="accounts:read"),
@@ -348,7 +348,7 @@ async def test_user_update_only_for_a_client_enabled_for_it(moneyhub: Provider) 
     await play(moneyhub, [
         Says(Case(route, "user:update", "403 forbidden", claims=CC),
              description=("the client grant of user:update to client client-1 does not exist",)),
-        Grant("user:update"),   # client-1 has its own consent screen
+        GivenGrant("user:update"),   # client-1 has its own consent screen
         Case(route, "user:update", "forward", claims=CC, forwarded_scopes="user:update"),
         Case(route, "user:update", "forward"),   # not limited to a grant type
         Case(route, "user:update", "403 forbidden", claims={"client_id": "client-2"}),

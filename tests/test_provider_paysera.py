@@ -14,7 +14,7 @@ import pytest
 
 from gateway.loading import load_config
 from gateway.validation import validate_scopes
-from tests.scenarios import Ago, Case, Fulfil, Grant, Provider, Revoke, Says, Upstream, fresh, play, store_url
+from tests.scenarios import Ago, Case, Fulfil, GivenGrant, Provider, Revoke, Says, Upstream, fresh, play, store_url
 
 pytestmark = pytest.mark.anyio
 P = "/paysera/rest/v1"
@@ -66,12 +66,12 @@ SEED: list[tuple[str, list[Any]]] = [
         Says(Case(f"GET {WALLET}/balance", "balance_offline", "403 forbidden"),
              description=("the offline grant balance_offline by user-1 to client client-1 does not exist",)),
         # confirmed by another user, or by this user to another client: not this token's
-        Grant("balance_offline", subject="user-2"),
-        Grant("balance_offline", subject="user-1", client="client-2"),
+        GivenGrant("balance_offline", subject="user-2"),
+        GivenGrant("balance_offline", subject="user-1", client="client-2"),
         Case(f"GET {WALLET}/balance", "balance_offline", "403 forbidden"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward", claims=USER2, forwarded_scopes="balance"),
         # confirmed by this user to this client
-        Grant("balance_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward", forwarded_scopes="balance"),
         # the offline form is balance, nothing more
         Case(f"GET {WALLET}/statements", "balance_offline", "403 forbidden"),
@@ -79,7 +79,7 @@ SEED: list[tuple[str, list[Any]]] = [
     ("After confirmation, you can access information using default credentials / No need to use access token for subsequent requests", [
         # default credentials on a path naming the user act through that user's offline grants
         Case(f"GET {P}/user/user-1/wallets", "", "403 forbidden", claims=CC),
-        Grant("wallet_list_offline", subject="user-1"),
+        GivenGrant("wallet_list_offline", subject="user-1"),
         Case(f"GET {P}/user/user-1/wallets", "", "forward", claims=CC, forwarded_scopes="wallet_list"),
         # ... only the scopes that user confirmed, for that user
         Case(f"GET {P}/user/user-1/email", "", "403 forbidden", claims=CC),
@@ -98,13 +98,13 @@ SEED: list[tuple[str, list[Any]]] = [
     ]),
     ("Access information anytime with default credentials / No token expiration concerns", [
         # an offline grant without an expiry keeps counting, for the user and for the client
-        Grant("email_offline", subject="user-1"),
+        GivenGrant("email_offline", subject="user-1"),
         Case(f"GET {ME}/email", "email_offline", "forward", forwarded_scopes="email"),
         Case(f"GET {P}/user/user-1/email", "", "forward", claims=CC, forwarded_scopes="email"),
     ]),
     ("Users can revoke offline scopes in their Paysera account. Always handle forbidden errors.", [
-        Grant("balance_offline", subject="user-1"),
-        Grant("wallet_list_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
+        GivenGrant("wallet_list_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward"),
         Case(f"GET {P}/user/user-1/wallets", "", "forward", claims=CC),
         Revoke("balance_offline", subject="user-1"),
@@ -115,7 +115,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Says(Case(f"GET {P}/user/user-1/wallets", "", "403 forbidden", claims=CC),
              description=("only through that user's active offline grants",)),
         # confirmed again: counts again
-        Grant("balance_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward"),
     ]),
     ("Offline scopes only available with authorization code grant.", [
@@ -123,7 +123,7 @@ SEED: list[tuple[str, list[Any]]] = [
         # At the gateway an _offline scope in a default-credentials token (sub == client_id) is read
         # against its own subject, the client, to whom no user confirms: it never counts, even when
         # the user did confirm. Default credentials reach a user's data only on paths naming the user.
-        Grant("balance_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward"),
         Case(f"GET {WALLET}/balance", "balance_offline", "403 forbidden", claims=CC),
         Case(f"GET {WALLET}/balance", "balance_offline", "403 forbidden", claims={"drop": ("sub",)}),
@@ -146,7 +146,7 @@ SEED: list[tuple[str, list[Any]]] = [
     ]),
     ("Can be combined with offline: phone_offline_optional", [
         Case(f"GET {ME}/phone", "phone_offline_optional", "403 forbidden"),   # not confirmed offline
-        Grant("phone_offline", subject="user-1"),
+        GivenGrant("phone_offline", subject="user-1"),
         Case(f"GET {ME}/phone", "phone_offline_optional", "404 not_found"),   # confirmed, condition not met
         Fulfil("user-1", "phone"),
         Case(f"GET {ME}/phone", "phone_offline_optional", "forward", forwarded_scopes="phone"),
@@ -159,7 +159,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {ME}/phone", "email_optional", "403 forbidden"),
     ]),
     ("When combining offline and optional: scope_offline_optional (offline first, then optional)", [
-        Grant("phone_offline", subject="user-1"),
+        GivenGrant("phone_offline", subject="user-1"),
         Fulfil("user-1", "phone"),
         Case(f"GET {ME}/phone", "phone_offline_optional", "forward", forwarded_scopes="phone"),
         Says(Case(f"GET {ME}/phone", "phone_optional_offline", "403 invalid_scope"),
@@ -357,11 +357,11 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {ME}/address", "email phone", "403 forbidden"),
     ]),
     ("Offline Access: Request permanent access to balance: scope=balance_offline", [
-        Grant("balance_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline", "forward", forwarded_scopes="balance"),
     ]),
     ("Combined: Request offline optional phone: scope=phone_offline_optional", [
-        Grant("phone_offline", subject="user-1"),
+        GivenGrant("phone_offline", subject="user-1"),
         Fulfil("user-1", "phone"),
         Case(f"GET {ME}/phone", "phone_offline_optional", "forward", forwarded_scopes="phone"),
     ]),
@@ -385,11 +385,11 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"POST {P}/payment-initiation/transfers", "balance statements incoming_payments outgoing_payments", "403 forbidden"),
     ]),
     ("Financial Dashboard: balance_offline statements_offline wallet_list_offline", [
-        Grant("balance_offline", subject="user-1"),
-        Grant("statements_offline", subject="user-1"),
+        GivenGrant("balance_offline", subject="user-1"),
+        GivenGrant("statements_offline", subject="user-1"),
         Case(f"GET {WALLET}/balance", "balance_offline statements_offline wallet_list_offline", "forward", forwarded_scopes="balance statements"),
         Case(f"GET {ME}/wallets", "balance_offline statements_offline wallet_list_offline", "403 forbidden"),   # wallet_list not confirmed yet
-        Grant("wallet_list_offline", subject="user-1"),
+        GivenGrant("wallet_list_offline", subject="user-1"),
         Case(f"GET {ME}/wallets", "balance_offline statements_offline wallet_list_offline", "forward", forwarded_scopes="balance statements wallet_list"),
         # and with default credentials, on the path naming the user
         Case(f"GET {P}/user/user-1/wallets", "", "forward", claims=CC, forwarded_scopes="balance statements wallet_list"),
@@ -432,7 +432,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Says(Case(f"GET {ME}", "phone_optional email_optional", "forward"), members=members("email", "phone")),
         # an offline form, once confirmed; and default credentials see what the user confirmed
         Says(Case(f"GET {ME}", "dob_offline", "forward"), members=members()),
-        Grant("dob_offline", subject="user-1"),
+        GivenGrant("dob_offline", subject="user-1"),
         Says(Case(f"GET {ME}", "dob_offline", "forward"), members=members("dob")),
         Says(Case(f"GET {P}/user/user-1", "", "forward", claims=CC), members=members("dob")),
         Says(Case(f"GET {P}/user/user-2", "", "forward", claims=CC), members=members()),
@@ -449,7 +449,7 @@ SEED: list[tuple[str, list[Any]]] = [
         Case(f"GET {WALLET}/balance", "balance_optional", "403 invalid_scope"),   # not available as optional
     ]),
     ("forbidden: Offline scope was revoked by user / Client doesn't have permission for scope", [
-        Grant("statements_offline", subject="user-1"),
+        GivenGrant("statements_offline", subject="user-1"),
         Revoke("statements_offline", subject="user-1"),
         Says(Case(f"GET {WALLET}/statements", "statements_offline", "403 forbidden"), description=("was revoked at",)),
         Says(Case(f"GET {WALLET}/statements", "balance", "403 forbidden"),

@@ -5,20 +5,16 @@ requests in flight finish under the config they started with."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +26,10 @@ from gateway.admin import AdminApp
 from gateway.app import Gateway
 from gateway.loading import load_config
 from gateway.reload import FAILURE, SUCCESS, ReloadOutcome, RunDir, ServingReloads
+from tests.processes import serving_with_admin as serving
 from tests.support import ADMIN_AUTH as AUTH
 from tests.support import ADMIN_TOKEN as TOKEN
 from tests.support import AUDIENCE, ISSUER, KEYS, EndlessUpstream, LiveServer, Received, RecordingUpstream, answer, free_port, mint, with_admin, write_config
-
-GATEWAY = shutil.which("gateway") or str(Path(sys.executable).parent / "gateway")
 
 TABLE = """\
 name: items
@@ -108,55 +103,6 @@ def write_table(config: Path, text: str, upstream: str) -> None:
     temporary = table.with_name(".payments.yaml.tmp")
     temporary.write_text(text.replace("{upstream}", upstream))
     os.replace(temporary, table)
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    base: str
-    admin: str
-    output: str = ""
-
-    def ready(self) -> httpx.Response:
-        return httpx.get(f"{self.admin}/readyz", timeout=10)
-
-    def processes(self) -> list[dict[str, Any]]:
-        return self.ready().json().get("processes", [])  # type: ignore[no-any-return]
-
-    def reloaded(self, successes: int) -> bool:
-        """Every serving process has had `successes` successful reloads, and they serve the same files."""
-        processes = self.processes()
-        return bool(processes) and all(p["reloads"][SUCCESS] >= successes for p in processes) and len({p["fingerprint"] for p in processes}) == 1
-
-
-@contextlib.contextmanager
-def serving(config: Path, *options: str, admin_port: int | None = None) -> Iterator[Served]:
-    """`gateway serve` with its admin listener, as an operator runs it (`admin_port`: the one the
-    config already names)."""
-    port = free_port()
-    if admin_port is None:
-        admin_port = free_port()
-        with_admin(config, admin_port)
-    process = subprocess.Popen([GATEWAY, "serve", "--config", str(config), "--port", str(port), *options],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
-    try:
-        def up() -> bool:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                return httpx.get(f"{served.base}/api/status", timeout=2).status_code == 200 and bool(served.processes())
-            except httpx.HTTPError:
-                return False
-
-        until(up, what="the gateway's start")
-        yield served
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            served.output = process.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            process.kill()
-            served.output = process.communicate()[0]
 
 
 def get(base: str, scope: str) -> httpx.Response:
@@ -680,8 +626,9 @@ def test_a_configmap_update_is_reloaded_from_the_names_given_and_so_is_every_lat
 def test_an_edit_of_a_schema_or_manifest_a_table_names_reloads(
     tmp_path: Path, reloads: Callable[[Path], tuple[LiveServer, ServingReloads]],
 ) -> None:
+    from tests.graphql_support import BANK_TABLE_HEAD as HEAD
+    from tests.graphql_support import GRAPHQL_ROUTE as ROUTE
     from tests.graphql_support import SDL
-    from tests.test_graphql_loading import HEAD, ROUTE
 
     config = write_config(tmp_path, table=HEAD + ROUTE + "      schema: bank.graphql\n      persisted_queries: persisted.json\n")
     sdl, manifest = tmp_path / "routes" / "bank.graphql", tmp_path / "routes" / "persisted.json"

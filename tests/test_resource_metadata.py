@@ -14,8 +14,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.loading import ConfigError, load_config
+from tests.processes import run
 from tests.support import mint, write_config
-from tests.test_cli import run
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.harness import matched_api
 from gateway.loading import load_config
-from gateway.loading.cases import load_cases
+from gateway.loading.cases import load_cases, matched_api
 from tests.support import cli, write_config
 
 ROOT = Path(__file__).parent.parent

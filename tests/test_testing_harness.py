@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.harness import Case, Condition, Decision, Expectation, Grant, Harness, Probe
+from gateway.cases import Case, Condition, Decision, Expectation, GrantFixture, Probe
+from gateway.harness import Harness
 from tests.support import KEYS, mint, write_config
 
 ROOT = Path(__file__).parent.parent
@@ -137,13 +138,13 @@ def test_the_exact_request_target_is_what_the_gateway_sees(payments: Harness) ->
 
 def test_a_client_grant_counts_while_active_in_a_store_fresh_for_each_request(shipped: Harness) -> None:
     details = "accounts:read accounts_details:read"
-    forwarded = shipped.request(DETAILS, scopes=details, grants=[Grant("accounts_details:read", ttl=3600)])
+    forwarded = shipped.request(DETAILS, scopes=details, grants=[GrantFixture("accounts_details:read", ttl=3600)])
     assert forwarded.upstream_request is not None and forwarded.upstream_request.headers["x-auth-scopes"] == "accounts:read accounts_details:read"
     # the next request's store holds nothing of the last one's
     assert shipped.request(DETAILS, scopes=details).upstream_request.headers["x-auth-scopes"] == "accounts:read"
-    expired = shipped.request(DETAILS, scopes="accounts_details:read", grants=[Grant("accounts_details:read", ttl=-60)])
+    expired = shipped.request(DETAILS, scopes="accounts_details:read", grants=[GrantFixture("accounts_details:read", ttl=-60)])
     assert expired.outcome == "403 forbidden" and "the client grant of accounts_details:read to client test-client expired at" in expired.description
-    other = shipped.request(DETAILS, scopes="accounts_details:read", grants=[Grant("accounts_details:read", client="another")])
+    other = shipped.request(DETAILS, scopes="accounts_details:read", grants=[GrantFixture("accounts_details:read", client="another")])
     assert other.outcome == "403 forbidden" and "to client test-client does not exist" in other.description
 
 
@@ -151,8 +152,8 @@ def test_a_user_grant_and_a_condition(shipped: Harness) -> None:
     wallets = "GET /paysera/rest/v1/user/u1/wallets"
     client = {"sub": None}  # a client-credentials token, acting through u1's offline consent
     assert shipped.request(wallets, scopes=[], claims=client).outcome == "403 forbidden"
-    assert shipped.request(wallets, scopes=[], claims=client, grants=[Grant("wallet_list_offline", subject="u1")]).outcome == "forward"
-    assert shipped.request(wallets, scopes=[], claims=client, grants=[Grant("wallet_list_offline", subject="u2")]).outcome == "403 forbidden"
+    assert shipped.request(wallets, scopes=[], claims=client, grants=[GrantFixture("wallet_list_offline", subject="u1")]).outcome == "forward"
+    assert shipped.request(wallets, scopes=[], claims=client, grants=[GrantFixture("wallet_list_offline", subject="u2")]).outcome == "403 forbidden"
     phone = "GET /paysera/rest/v1/user/me/phone"
     assert shipped.request(phone, scopes="phone_optional").outcome == "404 not_found"
     assert shipped.request(phone, scopes="phone_optional", conditions=[Condition("phone")]).outcome == "forward"
@@ -166,12 +167,12 @@ def test_a_config_naming_redis_is_tested_with_a_temporary_sqlite_store(tmp_path:
                       .replace("sqlite:///grants.db", "redis://127.0.0.1:1/0"))
     with Harness(config) as harness:
         assert harness.request(CONNECTION, scopes="user:update").outcome == "403 forbidden"
-        assert harness.request(CONNECTION, scopes="user:update", grants=[Grant("user:update")]).outcome == "forward"
+        assert harness.request(CONNECTION, scopes="user:update", grants=[GrantFixture("user:update")]).outcome == "forward"
 
 
 def test_grants_for_a_config_without_a_store_are_refused(payments: Harness) -> None:
     with pytest.raises(ValueError, match="grants and conditions need a grant store"):
-        payments.request(f"GET {WEBHOOKS}", scopes="psp.webhook:read", grants=[Grant("psp.webhook:read")])
+        payments.request(f"GET {WEBHOOKS}", scopes="psp.webhook:read", grants=[GrantFixture("psp.webhook:read")])
 
 
 def test_assert_decision_names_what_was_expected_and_what_came(payments: Harness) -> None:
@@ -201,3 +202,9 @@ def test_an_upstream_failure_is_the_gateways_502(payments: Harness) -> None:
     decision = payments.request(f"GET {WEBHOOKS}", scopes="psp.webhook:read")
     # the upstream was reached (the request went out), so a case says forward; the answer says 502
     assert (decision.outcome, decision.status) == ("forward", 502)
+
+
+def test_the_grant_fixture_keeps_the_name_earlier_test_files_import() -> None:
+    from gateway import harness
+
+    assert harness.Grant is GrantFixture

@@ -12,7 +12,7 @@ pytest_plugins = ["pytester"]
 USER_TESTS = """
 import pytest
 
-from gateway.harness import Grant
+from gateway.harness import GrantFixture
 
 WEBHOOKS = "/api/merchants/M1/webhooks"
 
@@ -30,7 +30,7 @@ def test_the_factory_takes_a_path_from_the_rootdir_and_the_upstream_answers_as_t
 
 def test_grants_need_a_store(gateway_harness):
     with pytest.raises(ValueError, match="need a grant store"):
-        gateway_harness.request("GET " + WEBHOOKS, scopes="psp.webhook:read", grants=[Grant("psp.webhook:read")])
+        gateway_harness.request("GET " + WEBHOOKS, scopes="psp.webhook:read", grants=[GrantFixture("psp.webhook:read")])
 
 def test_a_wrong_expectation_fails(gateway_harness):
     gateway_harness.assert_decision("POST " + WEBHOOKS, "forward", scopes="psp.webhook:read")

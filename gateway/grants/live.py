@@ -16,9 +16,9 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from gateway import metrics
 from gateway.grants.store import GrantStore, GrantView, StoreUnavailable
 from gateway.grants.urls import StoreAddress, parse_store
+from gateway.types import UNCOUNTED, Metrics
 
 logger = logging.getLogger("gateway.grants")
 Key = tuple[str, str | None, str | None]
@@ -54,10 +54,12 @@ async def read_view(store: StoreAddress, api: str, client: str | None, subject: 
 
 
 class LiveGrants:
-    """The views of one grant store, for every request of one process."""
+    """The views of one grant store, for every request of one process; `metrics` counts each read
+    of the store that failed (a poll, or a view a request needed)."""
 
-    def __init__(self, store: GrantStore, refresh: float, max_views: int = 10_000) -> None:
+    def __init__(self, store: GrantStore, refresh: float, max_views: int = 10_000, metrics: Metrics = UNCOUNTED) -> None:
         self.store = store
+        self.metrics = metrics
         self.refresh = refresh
         self.max_views = max_views
         self._views: OrderedDict[Key, GrantView] = OrderedDict()
@@ -88,8 +90,15 @@ class LiveGrants:
         """The caller's view, from memory or the store: one read, however many requests of a new
         caller arrive while it is under way.
 
-        :raises StoreUnavailable: the store cannot be read.
+        :raises StoreUnavailable: the store cannot be read (counted: a request refused for it).
         """
+        try:
+            return await self._view(api, client, subject)
+        except StoreUnavailable:
+            self.metrics.grant_store_error()
+            raise
+
+    async def _view(self, api: str, client: str | None, subject: str | None) -> GrantView:
         view = self.cached(api, client, subject)
         if view is not None:
             return view
@@ -142,7 +151,7 @@ class LiveGrants:
         try:
             version = await self.store.version()
         except StoreUnavailable as exc:
-            metrics.grant_store_error()
+            self.metrics.grant_store_error()
             if self.error is None:
                 logger.error("grant store unreadable: %s; requests that need live grants are refused until it answers", exc)
             self.error = str(exc)

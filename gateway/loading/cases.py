@@ -1,5 +1,5 @@
 """A cases file for `gateway test`: a YAML list of requests and what must come of each, read into
-`gateway.harness.Case` values, every problem reported as `file:line: message`."""
+`gateway.cases.Case` values, every problem reported as `file:line: message`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from gateway.harness import DATE_CLAIMS, MINT, Case, Condition, Expectation, Grant, Probe, claim_time, matched_api
+from gateway.cases import DATE_CLAIMS, MINT, Case, Condition, Expectation, GrantFixture, Probe, claim_time
+from gateway.catalog import grant_scope_problem
+from gateway.errors import Refusal
 from gateway.loading.nodes import ConfigError, Invalid, Reader
+from gateway.routing import route
 from gateway.settings import Config
-from gateway.validation import grant_scope_problem
+from gateway.tables import Tables
 
 _CASE_KEYS = {"name", "request", "scopes", "claims", "token", "grants", "conditions", "headers", "body", "expect"}
 _GRANT_KEYS = {"api", "client", "subject", "scope", "expires", "ttl"}
@@ -44,6 +47,16 @@ def load_cases(path: str | Path, config: Config) -> list[Case]:
     if reader.problems:
         raise ConfigError(reader.problems)
     return cases
+
+
+def matched_api(tables: Tables, probe: Probe) -> str | None:
+    """The name of the table whose route the probe's request matches, or None: a case's grants and
+    conditions belong to it unless they name their `api`."""
+    path, _, query = probe.target.partition("?")
+    try:
+        return route(tables, probe.method, path.encode("utf-8"), query.encode("utf-8")).route.api.name
+    except Refusal:
+        return None
 
 
 class _CaseReader:
@@ -145,13 +158,13 @@ class _CaseReader:
         text: str = self.reader.typed(node, "body", lambda value: isinstance(value, str), "a string")
         return text.encode("utf-8")
 
-    def _grants(self, node: yaml.Node) -> tuple[Grant, ...]:
+    def _grants(self, node: yaml.Node) -> tuple[GrantFixture, ...]:
         return tuple(self._stored(node, "grant", _GRANT_KEYS, self._grant))
 
     def _conditions(self, node: yaml.Node) -> tuple[Condition, ...]:
         return tuple(self._stored(node, "condition", _CONDITION_KEYS, self._condition))
 
-    def _grant(self, item: yaml.Node, entries: Entries, fields: dict[str, Any]) -> Grant:
+    def _grant(self, item: yaml.Node, entries: Entries, fields: dict[str, Any]) -> GrantFixture:
         if "client" in entries:
             fields["client"] = self.reader.string(entries["client"][1], "grant client")
         elif self._given_token():
@@ -165,7 +178,7 @@ class _CaseReader:
                 entries["ttl"][1], "grant ttl", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
                 "seconds from the request (negative: expired that long before)",
             )
-        return Grant(**fields)
+        return GrantFixture(**fields)
 
     def _condition(self, item: yaml.Node, entries: Entries, fields: dict[str, Any]) -> Condition:
         if "subject" not in entries and self._given_token():

@@ -1,4 +1,4 @@
-"""The real gateway under uvicorn on loopback, fed exact bytes, in front of loopback upstreams."""
+"""The real gateway served on loopback sockets (uvicorn, granian), fed exact bytes, in front of loopback upstreams."""
 
 from __future__ import annotations
 
