@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -504,16 +505,16 @@ def test_two_gateway_processes_on_one_redis_follow_every_change(own_server: Redi
 SECRET = "s3cret-Pa55"
 
 
-def unreachable_urls() -> list[str]:
-    port = free_port()
-    return [
-        f"redis://:{SECRET}@127.0.0.1:{port}/0",
-        f"redis://gateway:{SECRET}@127.0.0.1:{port}/0",
-        f"rediss://gateway:{SECRET}@127.0.0.1:{port}/0",
-        f"redis://127.0.0.1:{port}/0?password={SECRET}",
-        f"redis://gateway@127.0.0.1:{port}/0?db=0&password={SECRET}",
-        f"redis://:{SECRET.replace('3', '%33')}@127.0.0.1:{port}/0",  # percent-encoded: decoded by redis-py
-    ]
+# {port}: a port held by the test, bound and not listening, so that connecting is refused (a
+# template, not a port chosen at collection: test ids must be the same in every pytest-xdist worker)
+UNREACHABLE_URLS = [
+    f"redis://:{SECRET}@127.0.0.1:{{port}}/0",
+    f"redis://gateway:{SECRET}@127.0.0.1:{{port}}/0",
+    f"rediss://gateway:{SECRET}@127.0.0.1:{{port}}/0",
+    f"redis://127.0.0.1:{{port}}/0?password={SECRET}",
+    f"redis://gateway@127.0.0.1:{{port}}/0?db=0&password={SECRET}",
+    f"redis://:{SECRET.replace('3', '%33')}@127.0.0.1:{{port}}/0",  # percent-encoded: decoded by redis-py
+]
 
 
 REJECTED_URLS = [
@@ -541,9 +542,15 @@ def test_gateway_check_never_shows_a_rejected_urls_password(tmp_path: Path, caps
     assert SECRET not in printed and SECRET.replace("3", "%33") not in printed, printed
 
 
-@pytest.mark.parametrize("url", unreachable_urls())
+@pytest.mark.parametrize("template", UNREACHABLE_URLS)
 async def test_an_unreachable_store_never_shows_its_password(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                               caplog: pytest.LogCaptureFixture, url: str) -> None:
+                                                               caplog: pytest.LogCaptureFixture, template: str) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        await _never_shows_its_password(tmp_path, capsys, caplog, template.format(port=held.getsockname()[1]))
+
+
+async def _never_shows_its_password(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, url: str) -> None:
     config_path = write_config(tmp_path, f'"{url}"')
     # the admin listener's /readyz (unauthenticated)
     app = AdminApp(load_config(config_path), open_store(url, tmp_path), "admin-token-0123456789abcdef")
