@@ -22,7 +22,7 @@ from gateway.grants.live import open_store, read_view
 from gateway.grants.store import GrantRecord, GrantStore, StoreUnavailable
 from gateway.loading import ConfigError, admin_settings, load_config
 from gateway.loading.lint import secret_files, warnings
-from gateway.server import SERVERS
+from gateway.server import SERVERS, SHUTDOWN_TIMEOUT
 from gateway.settings import MODES, Config
 from gateway.signing import KEY_FILE_ALGORITHMS, init_key_files, read_key_file
 from gateway.times import parse_rfc3339, rfc3339
@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import run
 
     run(Path(args.config), host=args.host, port=args.port, server=args.server, workers=args.workers, log_level=args.log_level,
-        access_log=args.access_log, log_format=args.log_format, mode=args.mode)
+        access_log=args.access_log, log_format=args.log_format, mode=args.mode, shutdown_timeout=args.shutdown_timeout)
     return 0
 
 
@@ -243,6 +243,13 @@ def _rfc3339_argument(text: str) -> float:
         return parse_rfc3339(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds_argument(text: str) -> int:
+    # a whole number above 0: granian reads 0 as "wait for ever"
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds above 0")
+    return int(text)
 
 
 def _rfc3339(timestamp: float | None) -> str | None:
@@ -489,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", default="proxy", choices=MODES,
                        help="proxy (default): forward allowed requests; decision: answer a front proxy's questions on "
                             "/nginx, /forward-auth and /envoy/<target> (docs/decision-mode.md)")
+    serve.add_argument("--shutdown-timeout", type=_seconds_argument, default=SHUTDOWN_TIMEOUT, metavar="SECONDS",
+                       help=f"once stopped, the time requests in flight have to finish before what is left is killed (default: {SHUTDOWN_TIMEOUT})")
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(

@@ -44,7 +44,8 @@ _MODE_VARIABLE = "GATEWAY_MODE"
 # the most a request line and headers may take, under either server (about Envoy's 60 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 # seconds the processes of `gateway serve` have to finish the requests in flight once it is told to
-# stop, before what is left is killed: well within the 10 s Docker waits before its SIGKILL
+# stop, before what is left is killed (`--shutdown-timeout`): well within the 10 s Docker waits
+# before its SIGKILL
 SHUTDOWN_TIMEOUT = 5
 # seconds a connection may take to send a request head (granian's header_read_timeout; nginx's
 # client_header_timeout is 60): past it, the connection is closed
@@ -180,7 +181,7 @@ class UvicornOptions(TypedDict):
     timeout_graceful_shutdown: int
 
 
-def uvicorn_options() -> UvicornOptions:
+def uvicorn_options(shutdown_timeout: int = SHUTDOWN_TIMEOUT) -> UvicornOptions:
     return {
         "lifespan": "on",
         # X-Forwarded-* are handled by the gateway itself, trusting only proxy.trusted_proxies
@@ -189,7 +190,7 @@ def uvicorn_options() -> UvicornOptions:
         "server_header": False,
         "date_header": False,
         "http": BoundedHttpToolsProtocol,
-        "timeout_graceful_shutdown": SHUTDOWN_TIMEOUT,
+        "timeout_graceful_shutdown": shutdown_timeout,
     }
 
 
@@ -232,6 +233,7 @@ def create_app() -> Gateway | _FailedStart:
 
 def _serve_admin(
     config_path: str, log_level: str, log_format: str, run_dir: str, metrics_directory: str | None, listener: socket.socket, parent: int,
+    shutdown_timeout: int,
 ) -> None:
     """The admin listener's own process: one for the gateway, whatever its server and workers
     (the grant store is shared, so any process may write it; the serving processes' metrics are
@@ -251,7 +253,7 @@ def _serve_admin(
     app = AdminApp(config, store, token, RunDir(Path(run_dir)), Path(metrics_directory) if metrics_directory else None)
     server = uvicorn.Server(uvicorn.Config(
         app, log_level=log_level, lifespan="on", proxy_headers=False, server_header=False, access_log=False,
-        log_config=logs.logging_config(log_level, log_format), timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
+        log_config=logs.logging_config(log_level, log_format), timeout_graceful_shutdown=shutdown_timeout,
     ))
     threading.Thread(target=_exit_with, args=(parent, server), name="gateway-parent-watch", daemon=True).start()
     server.run(sockets=[listener])
@@ -286,7 +288,7 @@ def _admin_listener(config: Config) -> socket.socket | None:
 
 def _start_admin(
     config_path: Path, config: Config, listener: socket.socket, log_level: str, log_format: str, run_dir: RunDir, metrics_directory: Path | None,
-    children: list[multiprocessing.process.BaseProcess],
+    children: list[multiprocessing.process.BaseProcess], shutdown_timeout: int,
 ) -> None:
     """The admin listener, started and answering, in `children`.
 
@@ -295,7 +297,8 @@ def _start_admin(
     assert config.admin.listen is not None and config.admin.token_file is not None
     process = multiprocessing.get_context("spawn").Process(
         target=_serve_admin, name="gateway-admin", daemon=True,
-        args=(str(config_path), log_level, log_format, str(run_dir.path), str(metrics_directory) if metrics_directory else None, listener, os.getpid()),
+        args=(str(config_path), log_level, log_format, str(run_dir.path), str(metrics_directory) if metrics_directory else None, listener, os.getpid(),
+              shutdown_timeout),
     )
     children.append(process)
     process.start()
@@ -311,12 +314,12 @@ def _start_admin(
         time.sleep(0.05)
 
 
-def _stop(children: list[multiprocessing.process.BaseProcess]) -> None:
-    """Stop `children` gracefully, and kill those still alive after `SHUTDOWN_TIMEOUT`."""
+def _stop(children: list[multiprocessing.process.BaseProcess], timeout: int) -> None:
+    """Stop `children` gracefully, and kill those still alive after `timeout` seconds."""
     for child in children:
         if child.is_alive():
             child.terminate()
-    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+    deadline = time.monotonic() + timeout
     for child in children:
         child.join(max(deadline - time.monotonic(), 0))
         if child.is_alive():
@@ -344,14 +347,14 @@ def _stop_on_signals() -> None:
 
 def run(
     config_path: Path, *, host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "info", access_log: bool = False,
-    log_format: str = "text", mode: str = "proxy",
+    log_format: str = "text", mode: str = "proxy", shutdown_timeout: int = SHUTDOWN_TIMEOUT,
 ) -> None:
     """Serve until stopped (SIGTERM or SIGINT), with the admin listener beside the proxy when the
     config has one (`mode` decision: the decision listener in place of the proxy, on the same host
     and port). The access log (the gateway's line per request, forwarded or refused) is off
     unless asked for, as in Envoy. Metrics are counted when the admin listener is on and
     `admin.metrics` is not false, in a folder private to this run. Once stopped, every process it
-    started has ended (within `SHUTDOWN_TIMEOUT`, else killed) and its folders are removed.
+    started has ended (within `shutdown_timeout` seconds, else killed) and its folders are removed.
 
     The config is read from `config_path` as given, never with its links resolved: a Kubernetes
     ConfigMap updates by swapping a link, and the files behind the old one are deleted.
@@ -378,21 +381,23 @@ def run(
             os.environ.pop(metrics.DIRECTORY_VARIABLE, None)
         listener = _admin_listener(config)
         if listener is not None:
-            _start_admin(config_path, config, listener, log_level, log_format, run_dir, metrics_directory, children)
+            _start_admin(config_path, config, listener, log_level, log_format, run_dir, metrics_directory, children, shutdown_timeout)
         _serve(config_path, host=host, port=port, server=server, workers=workers, log_level=log_level, access_log=access_log,
-               log_format=log_format)
+               log_format=log_format, shutdown_timeout=shutdown_timeout)
     except Stopped as stopped:
         logger.info("stopped by %s", stopped)
     finally:
         # stopping is bounded (`_stop`): a second Ctrl-C must not leave half of it undone
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
-        _stop(children)
+        _stop(children, shutdown_timeout)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool, log_format: str) -> None:
+def _serve(
+    config_path: Path, *, host: str, port: int, server: str, workers: int, log_level: str, access_log: bool, log_format: str, shutdown_timeout: int,
+) -> None:
     os.environ[_CONFIG_VARIABLE] = str(config_path)
     os.environ[_ACCESS_LOG_VARIABLE] = "1" if access_log else "0"
     # the server's own access log stays off: the gateway's line replaces it
@@ -403,7 +408,7 @@ def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int
 
         _granian()(
             "gateway.server:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-            workers=workers, workers_kill_timeout=SHUTDOWN_TIMEOUT, log_level=log_level, log_access=False, log_dictconfig=log_config,
+            workers=workers, workers_kill_timeout=shutdown_timeout, log_level=log_level, log_access=False, log_dictconfig=log_config,
             # what granian reads ahead of the app per connection (default 408 KiB): 32 uploads
             # of 100 MiB grew RSS by 52 MiB with the default and by 9 MiB with this; it is also
             # granian's bound on a request head (431 above it)
@@ -413,12 +418,12 @@ def _serve(config_path: Path, *, host: str, port: int, server: str, workers: int
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **uvicorn_options())
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **uvicorn_options(shutdown_timeout))
         return
     # uvicorn.run's own path for several workers, with the supervisor below
     config = uvicorn.Config(
         "gateway.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-        access_log=False, log_config=log_config, **uvicorn_options(),
+        access_log=False, log_config=log_config, **uvicorn_options(shutdown_timeout),
     )
     with contextlib.suppress(KeyboardInterrupt):
         _Workers(config, sockets=[config.bind_socket()]).run()
@@ -430,14 +435,14 @@ def _request_reload() -> None:
 
 class _Workers(Multiprocess):
     """uvicorn's supervisor of several workers, with SIGHUP asking them to reload instead of
-    restarting them, and a worker that does not stop within `SHUTDOWN_TIMEOUT` killed (uvicorn
+    restarting them, and a worker that does not stop within the shutdown timeout killed (uvicorn
     waits for ever)."""
 
     def handle_hup(self) -> None:
         _request_reload()
 
     def join_all(self) -> None:
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or SHUTDOWN_TIMEOUT)
         for worker in self.processes:
             worker.process.join(max(deadline - time.monotonic(), 0))
             if worker.process.is_alive():

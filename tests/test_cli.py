@@ -374,7 +374,7 @@ def serve_with_admin(
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(temporary)})
     try:
         _wait_for(port, process)
-        assert run("health", "--config", str(config)).returncode == 0
+        assert cli("health", "--config", str(config)).returncode == 0
         yield process, port, admin_port, temporary
     finally:
         if process.poll() is None:
@@ -382,10 +382,11 @@ def serve_with_admin(
         process.communicate(timeout=15)
 
 
+# every pair of values of two axes once (server x workers, server x signal, workers x signal): the
+# four cases of the eight that prove every way `serve` runs stops on either signal
 @pytest.mark.parametrize(("server", "workers", "signum"), [
-    ("uvicorn", 1, signal.SIGTERM), ("uvicorn", 2, signal.SIGTERM), ("granian", 1, signal.SIGTERM), ("granian", 2, signal.SIGTERM),
-    ("uvicorn", 1, signal.SIGINT), ("granian", 2, signal.SIGINT),
-])
+    ("uvicorn", 1, signal.SIGTERM), ("uvicorn", 2, signal.SIGINT), ("granian", 1, signal.SIGINT), ("granian", 2, signal.SIGTERM),
+], ids=["uvicorn-1-SIGTERM", "uvicorn-2-SIGINT", "granian-1-SIGINT", "granian-2-SIGTERM"])
 def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: Path, server: str, workers: int, signum: int) -> None:
     from gateway.server import SHUTDOWN_TIMEOUT
 
@@ -397,6 +398,7 @@ def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: P
         started = time.monotonic()
         output = process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)[0]
         assert process.returncode == 0, output
+        assert "admin.token_file" not in output  # mode 0600: no warning at start
         deadline = started + SHUTDOWN_TIMEOUT + 2
         while any(alive(child) for child in children) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -405,10 +407,15 @@ def test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder(tmp_path: P
         assert list(temporary.iterdir()) == [], output
 
 
-@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("granian", 2)])
-def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_timeout(tmp_path: Path, server: str, workers: int) -> None:
+# the default timeout once, and `--shutdown-timeout` (1 s: 4 s less to wait) under the other server
+@pytest.mark.parametrize(("server", "workers", "timeout"), [("uvicorn", 1, None), ("granian", 2, 1)])
+def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_timeout(
+    tmp_path: Path, server: str, workers: int, timeout: int | None,
+) -> None:
     from gateway.server import SHUTDOWN_TIMEOUT
 
+    options = ("--shutdown-timeout", str(timeout)) if timeout else ()
+    timeout = timeout or SHUTDOWN_TIMEOUT
     upstream = EndlessUpstream()
     events: list[str] = []
 
@@ -417,7 +424,7 @@ def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_time
             events.extend(answer.iter_lines())
 
     try:
-        with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers), upstream=upstream.url) as (process, port, _, temporary):
+        with serve_with_admin(tmp_path, "--server", server, "--workers", str(workers), *options, upstream=upstream.url) as (process, port, _, temporary):
             children = descendants(process.pid)
             listener = threading.Thread(target=listen, args=(port,))
             listener.start()
@@ -427,15 +434,22 @@ def test_a_request_that_never_ends_holds_a_stop_no_longer_than_the_shutdown_time
             assert events, "the stream did not start"
             process.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            process.communicate(timeout=SHUTDOWN_TIMEOUT + 10)
-            while any(alive(child) for child in children) and time.monotonic() < started + SHUTDOWN_TIMEOUT + 2:
+            process.communicate(timeout=timeout + 10)
+            while any(alive(child) for child in children) and time.monotonic() < started + timeout + 2:
                 time.sleep(0.05)
             assert [child for child in children if alive(child)] == []
-            assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 2
+            assert time.monotonic() - started < timeout + 2
             listener.join(5)
             assert not listener.is_alive() and list(temporary.iterdir()) == []
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "1.5", "x", ""])
+def test_serve_refuses_a_shutdown_timeout_that_is_not_a_whole_number_of_seconds_above_0(tmp_path: Path, seconds: str) -> None:
+    done = cli("serve", "--config", str(write_config(tmp_path)), "--shutdown-timeout", seconds)
+    assert done.returncode == 2
+    assert f"argument --shutdown-timeout: {seconds!r} is not a whole number of seconds above 0" in done.stderr
 
 
 def test_an_admin_listener_outlives_no_gateway_even_one_killed(tmp_path: Path) -> None:
@@ -531,11 +545,7 @@ def test_serve_warns_at_start_of_an_admin_token_file_others_may_read(tmp_path: P
     config, token = tmp_path / "gateway.yaml", tmp_path / "admin.token"
     assert (f"WARNING gateway.server: {config}:{_line(config, 'token_file')}: warning: admin.token_file {token} is open to others "
             "(mode 0604): only its owner may read it; chmod 600 it") in output.splitlines()
-    quiet = tmp_path / "quiet"
-    quiet.mkdir()
-    with serve_with_admin(quiet) as (process, *_):
-        process.send_signal(signal.SIGTERM)
-        assert "admin.token_file" not in process.communicate(timeout=20)[0]
+    # a token file only its owner may read gets no warning: test_a_stopped_serve_leaves_no_process_no_listener_and_no_folder
 
 
 def test_a_second_serve_of_the_same_config_is_refused_and_the_first_serves_on(tmp_path: Path) -> None:

@@ -97,12 +97,13 @@ def _states(key: str, fields: dict[str, str]) -> dict[str, GrantState]:
 class RedisStore:
     """A `GrantStore` in one Redis (or a Redis endpoint in front of a replicated set), for a fleet."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
         self.url = redacted(url)  # for messages: no password
         self._url = url
-        options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT}
+        self._timeout = timeout  # seconds a call waits for Redis (a test of a hung one waits less)
+        options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": timeout, "socket_timeout": timeout}
         # One retry, on a fresh connection, for a connection found closed (a Redis that restarted
-        # since the pooled one was opened); never for a timeout, so a hung Redis fails within TIMEOUT.
+        # since the pooled one was opened); never for a timeout, so a hung Redis fails within `timeout`.
         try:
             self._client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)), **options)
         except ValueError as exc:  # redis-py's own words may quote the URL
@@ -162,7 +163,7 @@ class RedisStore:
         # A client of its own that never reconnects by itself: publications sent while it was down
         # are lost, so its break must reach the caller, which drops every view.
         subscriber = redis.asyncio.Redis.from_url(
-            self._url, decode_responses=True, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0))
+            self._url, decode_responses=True, socket_connect_timeout=self._timeout, socket_timeout=self._timeout, retry=Retry(NoBackoff(), 0))
         with self._errors():
             async with subscriber, subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(CHANNEL)
