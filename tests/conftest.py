@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import GatewayProcess, LiveServer, RecordingUpstream, RedisServer, start_gateway
+from tests.support import GatewayProcess, LiveServer, RecordingUpstream, RedisServer, logging_state, restore_logging, start_gateway
 
 
 @pytest.fixture
@@ -46,3 +46,12 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Whatever a test does to logging (a command run in process configures it, a test silences a
+    logger) is undone after it: under two workers, tests meet in any order."""
+    saved = logging_state()
+    yield
+    restore_logging(saved)

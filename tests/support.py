@@ -140,28 +140,36 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
                 print(exit_.code, file=sys.stderr)
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved = _logging_state()
+    saved = logging_state()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), contextlib.chdir(cwd or Path.cwd()):
             thread = threading.Thread(target=command)
             thread.start()
             thread.join()
     finally:
-        _restore_logging(saved)
+        restore_logging(saved)
     assert outcome, f"gateway {' '.join(args)} raised: {stderr.getvalue()}"
     return subprocess.CompletedProcess(["gateway", *args], outcome[0], stdout.getvalue(), stderr.getvalue())
 
 
-def _logging_state() -> dict[str, tuple[int, list[logging.Handler], bool, bool]]:
+def logging_state() -> dict[str, tuple[int, list[logging.Handler], bool, bool]]:
     loggers = {name: logger for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
     return {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled) for name, logger in [("", logging.root), *loggers.items()]}
 
 
-def _restore_logging(saved: dict[str, tuple[int, list[logging.Handler], bool, bool]]) -> None:
+def _pytests(handler: logging.Handler) -> bool:
+    return type(handler).__module__.startswith("_pytest")
+
+
+def restore_logging(saved: dict[str, tuple[int, list[logging.Handler], bool, bool]]) -> None:
     for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]:
         if not isinstance(logger, logging.Logger):
             continue
         level, handlers, propagate, disabled = saved.get(name, (logging.NOTSET, [], True, False))
+        if logger is logging.root:
+            # pytest swaps its own capture handlers on the root at each phase of a test: the
+            # current phase's stay, whatever was saved in another phase
+            handlers = [*(handler for handler in handlers if not _pytests(handler)), *filter(_pytests, logger.handlers)]
         logger.setLevel(level)
         logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
