@@ -4,6 +4,7 @@
     python bench/inprocess.py --instructions      # instructions per request, counted by valgrind
     python bench/inprocess.py --mode metrics      # with metrics on (json-log: with JSON access logs)
     python bench/inprocess.py --instructions --workloads get,shadow   # enforce mode against shadow mode
+    python bench/inprocess.py --issuers 2         # two issuer entries configured
 
 Calls the ASGI app directly (no server, no wrk) for `--concurrency` concurrent callers on uvloop,
 against the same nginx upstream and route table as bench/run.py, and prints the CPU microseconds
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per workload; the least is reported (default 5)")
     parser.add_argument("--instructions", action="store_true", help="count instructions per request with valgrind instead of timing")
     parser.add_argument("--mode", default="plain", choices=MODES, help="what each request notes: nothing (default), metrics, a JSON access line")
+    parser.add_argument("--issuers", type=int, default=1, help="issuer entries in tokens (default 1); the tokens name the first")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"which to run, comma-separated (default {','.join(WORKLOADS)})")
     parser.add_argument("--child", nargs=3, metavar=("WORK", "WORKLOAD", "COUNT"), help=argparse.SUPPRESS)
     settings = parser.parse_args(argv)
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             service.start()
             service.wait_listening(30)
-        config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True)
+        config = material.write_gateway_config(work / "gateway", keys, upstream_port, grants=True, graphql=True, issuers=settings.issuers)
         material.write_gateway_config(work / "gateway-shadow", keys, upstream_port, grants=True, graphql=True, shadow=True)
         if settings.instructions:
             instructions(work, settings.concurrency, settings.mode, settings.workloads)

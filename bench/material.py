@@ -219,11 +219,12 @@ def mint_distinct_tokens(private_pem: bytes, count: int, path: Path) -> float:
 def write_gateway_config(
     directory: Path, keys: Keys, upstream_port: int, generated_routes: int = 0, cache_size: int = CACHE_SIZE, grants: bool = False,
     graphql: bool = False,
-    admin_port: int | None = None, shadow: bool = False,
+    admin_port: int | None = None, shadow: bool = False, issuers: int = 1,
 ) -> Path:
     """gateway.yaml + routes/ in `directory`; `generated_routes` extra routes go in a second table;
     with `admin_port`, the admin listener, and so the metrics, are on; with `shadow`, the
-    management table is in shadow mode."""
+    management table is in shadow mode; with `issuers` above 1, the tokens section lists that
+    many issuer entries (the bench's tokens name the first)."""
     (directory / "routes").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     (directory / "keys" / "jwks.json").write_text(json.dumps(keys.jwks))
@@ -248,14 +249,14 @@ def write_gateway_config(
         (directory / "admin.token").write_text("bench-admin-token-0123456789\n")
         store += f"admin:\n  listen: 127.0.0.1:{admin_port}\n  token_file: admin.token\n"
     config = directory / "gateway.yaml"
+    tokens = f"  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  algorithms: [RS256]\n  jwks_file: keys/jwks.json\n"
+    if issuers > 1:
+        entries = [tokens] + [tokens.replace(ISSUER, f"https://auth{n}.bench") for n in range(2, issuers + 1)]
+        tokens = "  issuers:\n" + "".join("    - " + entry[2:].replace("\n  ", "\n      ") for entry in entries)
     config.write_text(f"""\
 routes: routes/
 tokens:
-  issuer: {ISSUER}
-  audience: {AUDIENCE}
-  algorithms: [RS256]
-  jwks_file: keys/jwks.json
-  cache_size: {cache_size}
+{tokens}  cache_size: {cache_size}
 proxy:
   connect_timeout: 5
   read_timeout: 30

@@ -1,6 +1,6 @@
 """Benchmark scope-gateway against nginx, HAProxy and a hand-written Starlette proxy, in one run.
 
-    python bench/run.py [--smoke] [--rounds 3] [--duration 5] [--out bench/results]
+    python bench/run.py [--smoke] [--rounds 3] [--duration 5] [--out bench/results] [--targets a,b] [--workloads a,b]
 
 Installs what is missing, generates keys, tokens and configs in a temp dir, starts every target on
 127.0.0.1, checks they all answer alike, then measures them in interleaved rounds with wrk, plus
@@ -66,6 +66,7 @@ class Settings:
     route_counts: list[int]
     warmup: float
     only: list[str] = field(default_factory=list)
+    workloads: list[str] = field(default_factory=list)  # only these cells, and none of the extras; empty: everything
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -75,17 +76,22 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="results folder (default bench/results)")
     parser.add_argument("--targets", default="", help="comma-separated subset of targets (default: all); upstream always runs")
+    parser.add_argument("--workloads", default="", help="comma-separated subset of workloads, without the memory and route extras (default: all)")
     args = parser.parse_args(argv)
     only = [name for name in args.targets.split(",") if name]
     unknown = sorted(set(only) - set(TARGET_NAMES))
     if unknown:
         parser.error(f"--targets: unknown {', '.join(unknown)}; choose from {', '.join(TARGET_NAMES)}")
+    workloads = [name for name in args.workloads.split(",") if name]
+    unknown = sorted(set(workloads) - set(WORKLOADS + FEATURE_WORKLOADS))
+    if unknown:
+        parser.error(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS + FEATURE_WORKLOADS)}")
     if args.smoke:
-        return Settings(True, 1, 1, args.out, [1, 32], 300, 50, 4, 2**20, [10, 1000], 0.5, only)
+        return Settings(True, 1, 1, args.out, [1, 32], 300, 50, 4, 2**20, [10, 1000], 0.5, only, workloads)
     # first_seen: enough distinct tokens for one run at a generous rate, and always more than the
     # gateway's cache holds, so cycling through them never hits the cache
     pool = int(min(100_000, max(1.5 * GATEWAY_CACHE_SIZE, args.duration * EXPECTED_FIRST_SEEN_RATE)))
-    return Settings(False, args.rounds, args.duration, args.out, [1, 32, 256], pool, 1000, 32, 100 * 2**20, [10, 1000, 10_000], 1.0, only)
+    return Settings(False, args.rounds, args.duration, args.out, [1, 32, 256], pool, 1000, 32, 100 * 2**20, [10, 1000, 10_000], 1.0, only, workloads)
 
 
 # --- set-up: what the benchmark needs on the machine ---
@@ -380,7 +386,8 @@ def describe(run: dict) -> str:
 
 def cells(settings: Settings) -> list[tuple[str, int]]:
     grid = [(workload, connections) for workload in ("get", "post", "refused") for connections in settings.connections]
-    return grid + [("first_seen", FIRST_SEEN_CONNECTIONS)] + [(workload, FEATURE_CONNECTIONS) for workload in FEATURE_WORKLOADS]
+    every = grid + [("first_seen", FIRST_SEEN_CONNECTIONS)] + [(workload, FEATURE_CONNECTIONS) for workload in FEATURE_WORKLOADS]
+    return [cell for cell in every if not settings.workloads or cell[0] in settings.workloads]
 
 
 def throughput_rounds(settings: Settings, targets: list[Target], tokens: dict[str, str], first_seen_file: Path) -> list[dict]:
@@ -570,10 +577,12 @@ def benchmark(settings: Settings, work: Path, services: list[procs.Service]) -> 
     measured = [Target("upstream", upstream, False), *(target for target in targets if target.name not in failed)]
     warm_up(settings, measured, tokens)
 
-    held = memory_with_connections(settings, [target for target in measured if target.extras], tokens, material.WEBHOOKS_PATH)
+    extras = not settings.workloads  # a run limited to some workloads measures only them
+    extra_targets = [target for target in measured if target.extras]
+    held = memory_with_connections(settings, extra_targets, tokens, material.WEBHOOKS_PATH) if extras else []
     runs = throughput_rounds(settings, measured, tokens, first_seen_file)
-    uploads = memory_with_uploads(settings, [target for target in measured if target.extras], tokens, material.WEBHOOKS_PATH)
-    route_runs, route_meta = route_scaling(settings, work, material, keys, upstream_port, tokens, services)
+    uploads = memory_with_uploads(settings, extra_targets, tokens, material.WEBHOOKS_PATH) if extras else []
+    route_runs, route_meta = route_scaling(settings, work, material, keys, upstream_port, tokens, services) if extras else ([], {})
 
     failures += [f"{run['target']} {run['workload']} c={run['connections']} round {run['round']}: {'; '.join(run['problems'])}"
                  for run in runs + route_runs if run["problems"]]

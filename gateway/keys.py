@@ -183,7 +183,7 @@ def _fingerprint(keys: Iterable[VerificationKey]) -> frozenset[tuple[object, ...
 class KeySet:
     """An immutable set of keys, indexed by kid."""
 
-    __slots__ = ("keys", "_by_kid", "_without_kid")
+    __slots__ = ("keys", "_by_kid", "_without_kid", "_prepared")
 
     def __init__(self, keys: Iterable[VerificationKey]) -> None:
         self.keys = tuple(keys)
@@ -192,6 +192,12 @@ class KeySet:
             if key.kid is not None:
                 self._by_kid[key.kid] = (*self._by_kid.get(key.kid, ()), key)
         self._without_kid = tuple(key for key in self.keys if key.kid is None)
+        # the candidates of every (known kid or none, algorithm), worked out once: a first-seen
+        # token only looks them up. An unknown kid is not remembered (the token chooses it).
+        algorithms = {algorithm for key in self.keys for algorithm in key.algorithms}
+        self._prepared = {
+            (kid, algorithm): self._select(kid, algorithm) for kid in (None, *self._by_kid) for algorithm in algorithms
+        }
 
     def knows(self, kid: str) -> bool:
         return kid in self._by_kid
@@ -199,6 +205,10 @@ class KeySet:
     def candidates(self, kid: str | None, algorithm: str) -> tuple[VerificationKey, ...]:
         """Keys that may verify a token with this header: its kid's keys, else keys without a kid
         (PEM, HMAC); with no kid in the token, every key."""
+        prepared = self._prepared.get((kid, algorithm))
+        return self._select(kid, algorithm) if prepared is None else prepared
+
+    def _select(self, kid: str | None, algorithm: str) -> tuple[VerificationKey, ...]:
         if kid is not None and kid in self._by_kid:
             pool = self._by_kid[kid]
         elif kid is not None:
