@@ -24,7 +24,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.loading import load_config
-from tests.support import RecordingUpstream, free_port
+from tests.support import RecordingUpstream
 
 pytestmark = pytest.mark.anyio
 FIXTURE = Path(__file__).parent / "oidc"
@@ -48,10 +48,8 @@ class Providers:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.ports = {"a": free_port(), "b": free_port()}
         self.process = subprocess.Popen(
-            ["node", str(FIXTURE / "providers.mjs"), str(self.ports["a"]), str(self.ports["b"]), str(folder)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            ["node", str(FIXTURE / "providers.mjs"), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         ready: list[str] = []
         reader = threading.Thread(target=lambda: ready.append(self.process.stdout.readline() if self.process.stdout else ""), daemon=True)
@@ -60,7 +58,7 @@ class Providers:
         if not ready or not ready[0].startswith('{"ready":true'):
             self.stop()
             raise RuntimeError(f"node-oidc-provider did not start: {ready}")
-        self.url = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+        self.url = {issuer["name"]: issuer["url"] for issuer in json.loads(ready[0])["issuers"]}
 
     def token(self, issuer: str, resource: str, client: str = "acme-app", scope: str = "reports:read") -> str:
         """An access token, obtained as a client obtains one: client_credentials at the token endpoint."""

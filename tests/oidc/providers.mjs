@@ -1,4 +1,4 @@
-// Two real authorization servers (node-oidc-provider), issuer A and issuer B, on loopback ports,
+// Two real authorization servers (node-oidc-provider), issuer A and issuer B, on loopback ports of the system's choosing,
 // for tests/test_oidc_provider.py. Each issues, with client_credentials:
 //   - JWT access tokens (RFC 9068) for the resource https://api.test/jwt,
 //   - opaque access tokens for https://api.test/opaque, answered at its introspection endpoint,
@@ -7,7 +7,7 @@
 // (a new kid; the old key is gone from its JWKS). Each issuer's private JWKS is written to
 // OUT/<name>.private.jwks.json, so a test can forge what a holder of one issuer's key could sign.
 //
-// usage: node providers.mjs PORT_A PORT_B OUT   (prints one JSON line when both listen)
+// usage: node providers.mjs OUT   (prints one JSON line, with each issuer's URL, when both listen)
 
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -16,7 +16,7 @@ import path from 'node:path';
 
 import Provider from 'oidc-provider';
 
-const [portA, portB, out] = process.argv.slice(2);
+const [out] = process.argv.slice(2);
 const RESOURCES = {
   'https://api.test/jwt': { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } },
   'https://api.test/opaque': { accessTokenFormat: 'opaque' },
@@ -59,11 +59,9 @@ function provider(issuer, key) {
 }
 
 class Issuer {
-  constructor(name, port) {
+  constructor(name) {
     this.name = name;
-    this.url = `http://127.0.0.1:${port}`;
     this.generation = 1;
-    this.start();
     this.server = http.createServer((req, res) => {
       if (req.method === 'POST' && req.url === '/admin/rotate') {
         this.generation += 1;
@@ -74,7 +72,14 @@ class Issuer {
       }
       this.handle(req, res);
     });
-    this.server.listen(Number(port), '127.0.0.1');
+  }
+
+  // a port of the system's choosing (no race with another test for a port picked in advance),
+  // then the provider, whose issuer URL names that port
+  async listen() {
+    await new Promise((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    this.url = `http://127.0.0.1:${this.server.address().port}`;
+    this.start();
   }
 
   // a new signing key and a provider holding only it: a rotation whose old key is retired
@@ -86,8 +91,6 @@ class Issuer {
   }
 }
 
-const issuers = [new Issuer('a', portA), new Issuer('b', portB)];
-await Promise.all(issuers.map((issuer) => new Promise((resolve) => {
-  if (issuer.server.listening) resolve(); else issuer.server.once('listening', resolve);
-})));
+const issuers = [new Issuer('a'), new Issuer('b')];
+await Promise.all(issuers.map((issuer) => issuer.listen()));
 console.log(JSON.stringify({ ready: true, issuers: issuers.map(({ name, url, kid }) => ({ name, url, kid })) }));
