@@ -23,6 +23,7 @@ from urllib.parse import quote_plus
 import httpx
 
 from gateway.errors import InvalidToken, TemporarilyUnavailable
+from gateway.keys import read_bounded
 from gateway.settings import IntrospectionSettings, TokenSettings
 from gateway.tokens import (
     VerifiedToken,
@@ -142,17 +143,7 @@ class Introspector:
             httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as client,
             client.stream("POST", self.endpoint.url, data=data, headers=headers, auth=self._auth) as response,
         ):
-            if response.status_code != 200:
-                raise Unanswered(f"status {response.status_code}")
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding != "identity":
-                raise Unanswered(f"answer is {encoding[:20]!r}-encoded, although only identity was accepted")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-                raise Unanswered(f"answer larger than 64 KiB (Content-Length {declared})")
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise Unanswered("answer larger than 64 KiB")
-        return bytes(body)
+            try:
+                return await read_bounded(response, MAX_ANSWER_BYTES, "64 KiB")
+            except ValueError as exc:
+                raise Unanswered(str(exc)) from None

@@ -218,6 +218,30 @@ class KeySet:
         return tuple(key for key in pool if algorithm in key.algorithms)
 
 
+async def read_bounded(response: httpx.Response, limit: int, size: str) -> bytes:
+    """The body of a 200 answer on the control plane (a JWKS, an introspection answer), read as it
+    arrives and given up as soon as it outgrows `limit` bytes (`size` in words), so an endless or
+    huge answer costs no more memory than the bound. The request asked for `identity`: a
+    compressed answer could grow past the bound inside one decoded chunk.
+
+    :raises ValueError: another status, an encoding, or a body over the bound.
+    """
+    if response.status_code != 200:
+        raise ValueError(f"status {response.status_code}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ValueError(f"answer is {encoding[:20]!r}-encoded, although only identity was accepted")
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ValueError(f"answer larger than {size} (Content-Length {declared})")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"answer larger than {size}")
+    return bytes(body)
+
+
 class KeyStore:
     """Static keys plus, when `jwks_url` is set, a remote JWKS that is fetched at start, again when
     older than `max_age`, and again on an unknown kid at most once per `refetch_interval`. A fetch
@@ -320,27 +344,12 @@ class KeyStore:
             logger.warning("%s", warning)
         return keys
 
-    async def _download(self, url: str) -> bytearray:
-        """The body of a 200 answer, read as it arrives and given up as soon as it outgrows
-        `_MAX_JWKS_BYTES`, so an endless or huge answer costs no more memory than the bound."""
-        # identity only: a compressed answer could grow past the bound inside one decoded chunk
+    async def _download(self, url: str) -> bytes:
+        """The JWKS document at `url`, at most `_MAX_JWKS_BYTES` (`read_bounded`)."""
         headers = {"accept": "application/json", "accept-encoding": "identity"}
         async with httpx.AsyncClient(timeout=self._fetch_timeout, trust_env=False) as client:
             async with client.stream("GET", url, headers=headers) as response:
-                if response.status_code != 200:
-                    raise ValueError(f"status {response.status_code}")
-                encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                if encoding != "identity":
-                    raise ValueError(f"answer is {encoding[:20]!r}-encoded, although only identity was accepted")
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > _MAX_JWKS_BYTES:
-                    raise ValueError(f"document larger than 1 MiB (Content-Length {declared})")
-                body = bytearray()
-                async for chunk in response.aiter_raw():
-                    body += chunk
-                    if len(body) > _MAX_JWKS_BYTES:
-                        raise ValueError("document larger than 1 MiB")
-        return body
+                return await read_bounded(response, _MAX_JWKS_BYTES, "1 MiB")
 
 
 class IssuerKeys:
