@@ -56,7 +56,7 @@ routes:
 # enforced tables beside it: one elsewhere, one whose prefix lies inside the shadow table's
 STRICT = "name: strict\nupstream: {upstream}\nprefix: /api/strict\nroutes:\n  GET /things: things:read\n"
 PLAIN = "name: plain\nupstream: {upstream}\nprefix: /plain\nroutes:\n  GET /things: things:read\n"
-READ = {"authorization": f"Bearer {mint('things:read')}"}
+READ = {"authorization": f"Bearer {mint('things:read', lifetime=3600)}"}  # minted at collection: outlives the suite
 # what a client sends to pass for someone: never reaches the upstream
 SPOOFED = {"x-auth-subject": "admin", "x-auth-client": "root", "x-auth-scopes": "things:write"}
 
@@ -264,10 +264,14 @@ async def test_an_rfc_9728_document_under_a_shadow_prefix_is_still_served(tmp_pa
     table = TABLE.replace("prefix: /api\n", "prefix: /\nresource:\n  identifier: https://api.example.com/payments\n"
                                            "  authorization_servers: [https://auth.test]\n")
     app = Gateway(load_config(write_config(tmp_path, upstream=upstream.url, table=table)))
-    answer = await call(app, "GET", "/.well-known/oauth-protected-resource/payments")
-    assert answer.status_code == 200 and answer.json()["resource"] == "https://api.example.com/payments"
-    assert (await call(app, "GET", "/anything/else")).status_code == 200  # no route, under the prefix /: forwarded
-    assert [received.target for received in upstream.received] == [b"/anything/else"]
+    await app.runtime.start()
+    try:
+        answer = await call(app, "GET", "/.well-known/oauth-protected-resource/payments")
+        assert answer.status_code == 200 and answer.json()["resource"] == "https://api.example.com/payments"
+        assert (await call(app, "GET", "/anything/else")).status_code == 200  # no route, under the prefix /: forwarded
+        assert [received.target for received in upstream.received] == [b"/anything/else"]
+    finally:
+        await app.runtime.aclose()  # its upstream connection closed here, not by the collector in another test
 
 
 @pytest.mark.parametrize("endpoint", ["nginx", "forward-auth", "envoy"])
