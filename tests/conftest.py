@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import metrics
 from tests.support import GatewayProcess, LiveServer, RecordingUpstream, RedisServer, logging_state, restore_logging, start_gateway
 
 
@@ -55,3 +56,12 @@ def _logging_as_it_was() -> Iterator[None]:
     saved = logging_state()
     yield
     restore_logging(saved)
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Iterator[metrics.Recorder]:
+    """This process's recorder, as a serving process has it; off again after the test."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    yield metrics.enable(directory)
+    metrics.disable()

@@ -26,6 +26,9 @@ import redis
 import respx
 import uvicorn
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics
 
 KEYS = Path(__file__).parent / "keys"
 ISSUER = "https://auth.test"
@@ -791,3 +794,21 @@ class Wallet:
         """See the store's writes now, as a poll would within `refresh` (tested on its own in test_grants.py)."""
         assert self.app.runtime.grants is not None
         await seen(self.app.runtime.grants)
+
+
+# --- metrics, as /metrics shows them ---------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(directory: Path) -> Samples:
+    """Every sample `/metrics` would show for `directory`, parsed by prometheus-client's parser."""
+    body, content_type = metrics.exposition(directory)
+    assert content_type.startswith(b"text/plain; version=")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
+
+
+def requests_total(found: Samples) -> dict[tuple[str, str, str, str, str], float]:
+    return {tuple(dict(labels)[name] for name in metrics.REQUEST_LABELS): value  # type: ignore[misc]
+            for (name, labels), value in found.items() if name == "gateway_requests_total"}

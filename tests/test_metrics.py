@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,36 +25,11 @@ from gateway.keys import KeyStore
 from gateway.loading import ConfigError, load_config
 from tests.processes import GATEWAY, serving, wait_for
 from tests.support import ADMIN_TOKEN as TOKEN
-from tests.support import AUDIENCE, ISSUER, KEYS, RecordingUpstream, Wallet, free_port, mint, with_admin, write_config
+from tests.support import AUDIENCE, ISSUER, KEYS, RecordingUpstream, Wallet, free_port, mint, requests_total, samples, with_admin, write_config
 from tests.support import write_wallet as write
 
 pytestmark = pytest.mark.anyio
 UPSTREAM = "http://upstream.test:8080"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(directory: Path) -> Samples:
-    """Every sample `/metrics` would show for `directory`, parsed by prometheus-client's parser."""
-    body, content_type = metrics.exposition(directory)
-    assert content_type.startswith(b"text/plain; version=")
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
-
-
-def requests_total(found: Samples) -> dict[tuple[str, str, str, str, str], float]:
-    return {tuple(dict(labels)[name] for name in metrics.REQUEST_LABELS): value  # type: ignore[misc]
-            for (name, labels), value in found.items() if name == "gateway_requests_total"}
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Iterator[metrics.Recorder]:
-    """This process's recorder, as a serving process has it; off again after the test."""
-    directory = tmp_path / "metrics"
-    directory.mkdir()
-    yield metrics.enable(directory)
-    metrics.disable()
-
-
 @pytest.fixture
 async def client(tmp_path: Path, recorder: metrics.Recorder) -> AsyncIterator[httpx.AsyncClient]:
     app = Gateway(load_config(write_config(tmp_path, upstream=f"{UPSTREAM}/v3", proxy="proxy:\n  client: httpx\n")), metrics=recorder)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,7 @@ from gateway.decisions import DecisionGateway
 from gateway.explain import Caller, explain
 from gateway.loading import ConfigError, load_config
 from gateway.reload import SUCCESS, ServingReloads
-from tests import test_grants
-from tests.support import WALLET_TABLE, RecordingUpstream, answer, cli, mint, write_config
-from tests.test_metrics import requests_total, samples
+from tests.support import WALLET_TABLE, RecordingUpstream, Wallet, answer, cli, mint, requests_total, samples, write_config, write_wallet
 
 pytestmark = pytest.mark.anyio
 
@@ -66,14 +64,6 @@ def write_tables(folder: Path, upstream: str, table: str = TABLE) -> Path:
     (folder / "routes" / "strict.yaml").write_text(STRICT.replace("{upstream}", upstream))
     (folder / "routes" / "plain.yaml").write_text(PLAIN.replace("{upstream}", upstream))
     return config
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Iterator[metrics.Recorder]:
-    directory = tmp_path / "metrics"
-    directory.mkdir()
-    yield metrics.enable(directory)
-    metrics.disable()
 
 
 @pytest.fixture
@@ -235,9 +225,9 @@ async def test_head_and_framing_refusals_stay_enforced(app: Gateway, upstream: R
 
 async def test_a_grant_store_that_cannot_be_read_stays_503_and_a_missing_grant_is_forwarded(tmp_path: Path) -> None:
     gone = tmp_path / "gone"
-    config = test_grants.write(tmp_path, store=f"sqlite:///{gone}/grants.db")
+    config = write_wallet(tmp_path, store=f"sqlite:///{gone}/grants.db")
     (tmp_path / "routes" / "wallet.yaml").write_text(WALLET_TABLE.replace("prefix: /w\n", "prefix: /w\nmode: shadow\n"))
-    wallet = test_grants.Wallet(config)
+    wallet = Wallet(config)
     await wallet.app.runtime.start()
     try:
         status, body, forwarded = await wallet.ask("GET /w/accounts/details", "accounts_details:read")
